@@ -1,0 +1,97 @@
+"""Backend registry: ``load_backend("dinov2_vitb14", stride=7, layer=..., weights=...)``.
+
+Like timm's ``create_model``: a name maps to a factory. Names:
+
+* curated timm ViTs (table below), each with hub weights, ``weights=PATH`` or ``weights="random"``;
+* ``timm:<any timm ViT name>`` for anything else timm offers;
+* ``dsift``: weight-free dense descriptors (no download);
+* ``<name>+cosettle`` with ``projector=PATH``: the Co-Settle projection on top of ``<name>``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import UserError
+from .base import FeatureBackend
+
+_REGISTRY: dict[str, Callable[..., FeatureBackend]] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+
+# name -> timm model name (pretrained tag included)
+TIMM_MODELS = {
+    "dinov2_vits14": "vit_small_patch14_dinov2.lvd142m",
+    "dinov2_vitb14": "vit_base_patch14_dinov2.lvd142m",
+    "dinov2_vitl14": "vit_large_patch14_dinov2.lvd142m",
+    "dinov2_vitg14": "vit_giant_patch14_dinov2.lvd142m",
+    "dinov2_vits14_reg": "vit_small_patch14_reg4_dinov2.lvd142m",
+    "dinov2_vitb14_reg": "vit_base_patch14_reg4_dinov2.lvd142m",
+    "dinov2_vitl14_reg": "vit_large_patch14_reg4_dinov2.lvd142m",
+    "dinov2_vitg14_reg": "vit_giant_patch14_reg4_dinov2.lvd142m",
+    "dino_vits8": "vit_small_patch8_224.dino",
+    "dino_vits16": "vit_small_patch16_224.dino",
+    "dino_vitb8": "vit_base_patch8_224.dino",
+    "dino_vitb16": "vit_base_patch16_224.dino",
+    "mae_vitb16": "vit_base_patch16_224.mae",
+    "clip_vitb16": "vit_base_patch16_clip_224.openai",
+}
+
+
+def register_backend(name: str, description: str = ""):
+    def deco(factory):
+        _REGISTRY[name] = factory
+        _DESCRIPTIONS[name] = description or (factory.__doc__ or "").strip().split("\n")[0]
+        return factory
+
+    return deco
+
+
+def list_backends() -> dict[str, str]:
+    """{name: one-line description} of every registered backend."""
+    return dict(sorted(_DESCRIPTIONS.items()))
+
+
+def load_backend(name: str, *, projector: str | None = None, **kwargs) -> FeatureBackend:
+    """Build a backend by name. Extra keyword arguments go to its factory (stride, layer, weights,
+    resolution, device, ...). ``NAME+cosettle`` needs ``projector=PATH``."""
+    if "+" in name:
+        base_name, _, suffix = name.partition("+")
+        suffix, _, inline_path = suffix.partition(":")
+        if suffix != "cosettle":
+            raise UserError(f"unknown projection {suffix!r} in backend {name!r}", "use NAME+cosettle")
+        projector = projector or inline_path or None
+        if not projector:
+            raise UserError(f"backend {name!r} needs a projector file",
+                            "pass projector=PATH (CLI: --projector PATH) or NAME+cosettle:PATH")
+        from ..projector_io import load_projected_backend  # Co-Settle issue
+
+        return load_projected_backend(base_name, projector, **kwargs)
+    if name.startswith("timm:"):
+        from .timm_vit import TimmViTBackend
+
+        return TimmViTBackend(name[len("timm:"):], name=name, **kwargs)
+    if name not in _REGISTRY:
+        known = ", ".join(list_backends())
+        raise UserError(f"unknown backend {name!r}", f"choose one of: {known}, or timm:<timm ViT name>")
+    return _REGISTRY[name](**kwargs)
+
+
+def _timm_factory(backend_name: str, timm_name: str):
+    def factory(**kwargs):
+        from .timm_vit import TimmViTBackend
+
+        return TimmViTBackend(timm_name, name=backend_name, **kwargs)
+
+    return factory
+
+
+for _name, _timm in TIMM_MODELS.items():
+    register_backend(_name, f"timm {_timm}")(_timm_factory(_name, _timm))
+
+
+@register_backend("dsift", "weight-free multi-scale dense SIFT + colour (no download)")
+def _dsift(**kwargs):
+    from .dsift import DenseSiftBackend
+
+    kwargs.pop("weights", None)
+    kwargs.pop("layer", None)
+    return DenseSiftBackend(**kwargs)

@@ -1,0 +1,1 @@
+"""Video, query and track I/O shared by every CLI."""

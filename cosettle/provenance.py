@@ -1,0 +1,68 @@
+"""Provenance written next to every output (like dinov2's resolved config + git SHA)."""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .io.atomic import write_json
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=5)
+        sha = out.stdout.strip()
+        if not sha:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def run_info(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    import numpy
+    import torch
+
+    info = {
+        "git_sha": git_sha(),
+        "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+    }
+    try:
+        import timm
+
+        info["timm"] = timm.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    info.update(extra or {})
+    return info
+
+
+def write_run_info(out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    path = Path(out_dir) / "run_info.json"
+    write_json(path, run_info(extra))
+    return path
+
+
+def setup_logging(verbose: bool = False, log_file: str | Path | None = None) -> None:
+    """Console logging (INFO, or DEBUG with --verbose) plus an optional log file."""
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers,
+                        force=True)
