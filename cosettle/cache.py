@@ -1,0 +1,117 @@
+"""On-disk feature cache: fp16 ``.npy`` written chunk by chunk, memory-mapped on read.
+
+The key is a hash of everything that changes the features -- the backend's ``cache_fields()``
+(name, weights identity, layer, stride, resolution, projection weights, ...), the resolved input
+geometry and the video content (a hash of every decoded frame) -- so a changed setting or a changed
+video can never be served stale features. DINO-Tracker's fixed ``dino_embed_video.pt`` name could.
+
+Writing streams each chunk to the file as it is computed (never the whole video in RAM), into a temp
+file renamed on success; a killed run leaves no half-written entry.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .backends.base import Features, FeatureBackend, video_hw
+from .geometry import Geometry
+from .io.atomic import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("COSETTLE_CACHE", Path.home() / ".cache" / "cosettle")) / "features"
+
+
+def video_fingerprint(video) -> str:
+    """SHA-1 of the decoded frames (uint8 bytes, shape included), streamed frame by frame."""
+    from .backends.base import frames_layout
+
+    h = hashlib.sha1()
+    n, hh, ww = video_hw(video)
+    h.update(f"{n}x{hh}x{ww}".encode())
+    layout = frames_layout(video)
+    for i in range(n):
+        frame = video[i]
+        if isinstance(frame, torch.Tensor):
+            frame = frame.detach().cpu().numpy()
+        frame = np.asarray(frame)
+        if layout == "tchw":
+            frame = np.moveaxis(frame, 0, -1)
+        if frame.dtype != np.uint8:
+            frame = np.clip(np.round(frame.astype(np.float64) * 255), 0, 255).astype(np.uint8)
+        h.update(np.ascontiguousarray(frame).tobytes())
+    return h.hexdigest()
+
+
+class FeatureCache:
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def key(self, backend: FeatureBackend, video, geometry: Geometry | None = None,
+            fingerprint: str | None = None) -> tuple[str, dict]:
+        n, h, w = video_hw(video)
+        geometry = geometry or backend.geometry(h, w)
+        fields = {"backend": backend.cache_fields(), "geometry": geometry.to_dict(),
+                  "video": fingerprint or video_fingerprint(video), "frames": n, "dtype": "float16"}
+        blob = json.dumps(fields, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:32], fields
+
+    def paths(self, key: str) -> tuple[Path, Path]:
+        return self.root / f"{key}.npy", self.root / f"{key}.json"
+
+    def load(self, key: str, fields: dict) -> Features | None:
+        data, meta = self.paths(key)
+        if not (data.exists() and meta.exists()):
+            return None
+        try:
+            stored = json.loads(meta.read_text())
+        except json.JSONDecodeError:
+            return None
+        if json.dumps(stored.get("fields"), sort_keys=True, default=str) != json.dumps(fields, sort_keys=True, default=str):
+            return None  # hash collision or a foreign file: recompute rather than serve it
+        arr = np.load(data, mmap_mode="r")
+        return Features(torch.from_numpy(arr) if arr.flags.writeable else _readonly_tensor(arr),
+                        Geometry.from_dict(stored["geometry"]))
+
+    def get_or_compute(self, backend: FeatureBackend, video, chunk_size: int | None = None,
+                       progress: bool = False) -> Features:
+        """Cached features (T, C, h, w) float16, memory-mapped; computed and stored on a miss."""
+        n, h, w = video_hw(video)
+        geom = backend.geometry(h, w)
+        key, fields = self.key(backend, video, geom)
+        hit = self.load(key, fields)
+        if hit is not None:
+            log.info("feature cache hit %s (%s)", key, backend.name)
+            return hit
+        log.info("feature cache miss %s (%s): extracting %d frames", key, backend.name, n)
+        data, meta = self.paths(key)
+        shape = (n, backend.feat_dim, geom.grid_h, geom.grid_w)
+        with atomic_path(data) as tmp:
+            with open(tmp, "wb") as fh:
+                np.lib.format.write_array_header_1_0(
+                    fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+                         "fortran_order": False, "shape": shape})
+                written = 0
+                for start, f in backend.iter_chunks(video, chunk_size, progress):
+                    fh.write(f.to(torch.float16).numpy().tobytes())
+                    written += f.shape[0]
+            if written != n:
+                raise RuntimeError(f"feature extraction wrote {written} of {n} frames")
+        write_json(meta, {"fields": fields, "geometry": geom.to_dict(), "shape": list(shape)})
+        return self.load(key, fields)
+
+
+def _readonly_tensor(arr: np.ndarray) -> torch.Tensor:
+    import warnings
+
+    with warnings.catch_warnings():  # torch warns that the mmap is read-only; we never write to it
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr)
