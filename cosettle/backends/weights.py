@@ -84,12 +84,15 @@ def read_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=not allow_pickle)
     except Exception as err:
-        msg = str(err).splitlines()[0][:160]
-        if not allow_pickle and ("weights_only" in str(err) or "Unsupported global" in str(err)):
+        text = str(err)
+        if not allow_pickle and ("Unsupported global" in text or "allowlist this global" in text):
+            cls = text.split("GLOBAL ")[1].split(" ")[0] if "GLOBAL " in text else "a Python class"
             raise WeightsUnavailable(
-                f"{path} contains pickled Python objects that safe loading refuses ({msg})",
+                f"{path} contains pickled Python objects ({cls}) that safe loading refuses",
                 "if you trust the file, opt in with allow_pickle=True (CLI: --trust-checkpoint)") from None
-        raise WeightsUnavailable(f"cannot read checkpoint {path}: {msg}", "re-download the file") from None
+        msg = " ".join(text.split())[:160]
+        raise WeightsUnavailable(f"cannot read checkpoint {path}: {type(err).__name__}: {msg}",
+                                 "re-download the file") from None
     return unwrap_state_dict(obj)
 
 
