@@ -1,0 +1,307 @@
+#!/usr/bin/env python
+"""Evaluate trackers x backends on BADJA, TAP-Vid pickles or the synthetic TAP benchmark.
+
+    python badja_eval/run.py                                   # BADJA, every sequence under ../shared/data
+    python badja_eval/run.py --data-root DIR --sequences horsejump-high --trackers static,flow,dino \\
+        --backends dsift,dsift+cosettle:proj.safetensors --preset fast --out runs/eval/badja
+    python badja_eval/run.py --benchmark tapvid --pickle tapvid_davis.pkl --query-mode strided
+    python badja_eval/run.py --benchmark synthetic --difficulty easy,medium,hard
+
+Results are cached per (sequence, tracker, backend) under ``<out>/cache``: re-running the same command
+after an interruption resumes. ``--workers N`` splits the sequences over N processes; ``--shard i/n``
+runs one slice only (e.g. on different machines sharing ``<out>``), then a plain run writes the report.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import logging  # noqa: E402
+import subprocess  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from cosettle.errors import UserError, cli_entry  # noqa: E402
+
+log = logging.getLogger("badja_eval")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"  # the project's shared data, seen from a checkout
+BENCHMARKS = ("badja", "tapvid", "synthetic")
+QUERY_MODES = {"badja": ("clip0", "first-visible"), "tapvid": ("first", "strided"),
+               "synthetic": ("first", "strided")}
+HEADERS = {"delta_seg": "δseg", "delta_3px": "δ3px", "average_jaccard": "AJ",
+           "average_pts_within_thresh": "δavg", "occlusion_accuracy": "OA"}
+for _k in ("delta_seg", "delta_3px", "average_jaccard", "average_pts_within_thresh", "occlusion_accuracy"):
+    HEADERS["gain_" + _k] = "Δ" + HEADERS[_k]
+METRICS = {"badja": ("delta_seg", "delta_3px"),
+           "tapvid": ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")}
+METRICS["synthetic"] = METRICS["tapvid"]
+
+
+@dataclass
+class EvalConfig:
+    """The resolved settings of a run (written to ``<out>/config.yaml``)."""
+
+    benchmark: str = "badja"
+    data_root: str | None = None
+    sequences: list[str] = field(default_factory=list)
+    trackers: list[str] = field(default_factory=lambda: ["static", "flow"])
+    backends: list[str] = field(default_factory=lambda: ["dsift"])
+    preset: str = "fast"
+    out: str | None = None
+    query_mode: str | None = None
+    pickle: str | None = None
+    trust_pickle: bool = False
+    resolution: str = "256"
+    difficulty: list[str] = field(default_factory=lambda: ["easy", "medium", "hard"])
+    num_videos: int = 3
+    num_frames: int = 24
+    seed: int = 0
+    masks: bool = True
+    device: str | None = None
+    workers: int = 1
+    shard: str | None = None
+    max_new: int | None = None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line + exit 2, like every other user error
+        raise UserError(message, "see --help")
+
+
+def _csv(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="badja_eval/run.py", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--benchmark", choices=BENCHMARKS, default="badja")
+    p.add_argument("--data-root", help=f"BADJA data root (default: {DEFAULT_DATA_ROOT} when it exists)")
+    p.add_argument("--sequences", type=_csv, default=[], help="comma list (BADJA sequences / video names)")
+    p.add_argument("--trackers", type=_csv, default=["static", "flow"], help="comma list of static,flow,features,dino")
+    p.add_argument("--backends", type=_csv, default=["dsift"],
+                   help="backends for dino/features, e.g. dsift,dsift+cosettle:PATH (gain = projected - base)")
+    p.add_argument("--preset", choices=("fast", "paper"), default="fast", help="DINO-Tracker preset")
+    p.add_argument("--out", help="output folder (default runs/eval/<benchmark>)")
+    p.add_argument("--query-mode", help="badja: clip0 (default) | first-visible; tapvid/synthetic: first (default) | strided")
+    p.add_argument("--pickle", help="TAP-Vid pickle (--benchmark tapvid)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow arbitrary objects in the pickle (unsafe)")
+    p.add_argument("--resolution", choices=("256", "full"), default="256",
+                   help="TAP-Vid inference size: 256x256 (standard) or the pickle's size (separate category)")
+    p.add_argument("--difficulty", type=_csv, default=["easy", "medium", "hard"], help="synthetic levels")
+    p.add_argument("--num-videos", type=int, default=3, help="synthetic videos per level")
+    p.add_argument("--num-frames", type=int, default=24, help="synthetic frames per video")
+    p.add_argument("--seed", type=int, default=0, help="synthetic generator seed")
+    p.add_argument("--no-masks", dest="masks", action="store_false", help="do not pass BADJA masks to fit()")
+    p.add_argument("--device", help="torch device for backends/trackers (default: theirs)")
+    p.add_argument("--workers", type=int, default=1, help="split sequences over N processes")
+    p.add_argument("--shard", help="run only slice i/n of the sequences and exit (no report)")
+    p.add_argument("--max-new", type=int, help="stop after N newly computed results (resume later)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--verbose", action="store_true")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> EvalConfig:
+    cfg = EvalConfig(**{k: v for k, v in vars(args).items() if k in EvalConfig.__dataclass_fields__})
+    if cfg.query_mode is None:
+        cfg.query_mode = QUERY_MODES[cfg.benchmark][0]
+    if cfg.query_mode not in QUERY_MODES[cfg.benchmark]:
+        raise UserError(f"query mode {cfg.query_mode!r} does not apply to {cfg.benchmark}",
+                        f"use one of {', '.join(QUERY_MODES[cfg.benchmark])}")
+    from tracker import TRACKERS
+
+    bad = [t for t in cfg.trackers if t not in TRACKERS]
+    if bad or not cfg.trackers:
+        raise UserError(f"unknown tracker(s) {bad or cfg.trackers}", f"choose from {', '.join(TRACKERS)}")
+    if cfg.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {cfg.workers}")
+    if cfg.num_videos < 1 or cfg.num_frames < 2:
+        raise UserError("--num-videos must be >= 1 and --num-frames >= 2")
+    if cfg.out is None:
+        cfg.out = str(Path("runs") / "eval" / cfg.benchmark)
+    if cfg.benchmark == "badja":
+        if cfg.data_root is None:
+            if not DEFAULT_DATA_ROOT.is_dir():
+                raise UserError(f"no --data-root given and the default {DEFAULT_DATA_ROOT} does not exist",
+                                "pass --data-root DIR (see docs/evaluation.md for the layouts)")
+            cfg.data_root = str(DEFAULT_DATA_ROOT)
+        if not Path(cfg.data_root).is_dir():
+            raise UserError(f"data root not found: {cfg.data_root}", "check --data-root")
+    if cfg.benchmark == "tapvid" and not cfg.pickle:
+        raise UserError("--benchmark tapvid needs --pickle FILE", "e.g. --pickle tapvid_davis.pkl")
+    return cfg
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return (0, 1)
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise UserError(f"bad --shard {text!r}", "use i/n, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"bad --shard {text!r}: need 0 <= i < n", "e.g. 0/4")
+    return i, n
+
+
+# ------------------------------------------------------------------------------------------- benchmarks
+def badja_tasks(cfg: EvalConfig):
+    from badja_eval.badja import evaluate_badja, list_sequences, load_sequence
+    from badja_eval.runner import Task
+
+    root = Path(cfg.data_root)
+    found = list_sequences(root)
+    names = cfg.sequences or found
+    if not names:
+        raise UserError(f"no BADJA sequences with frames under {root}",
+                        "expected badja/joint_annotations/<seq>.json + davis480/<seq>/ (see docs/evaluation.md)")
+    tasks, scorers = [], {}
+    for name in names:
+        seq = load_sequence(root, name)  # raises UserError naming any missing file
+        q = seq.query_points(cfg.query_mode)
+        content = ";".join(f"{p.name}:{p.stat().st_size}" for p in seq.frame_paths + seq.mask_paths)
+        tasks.append(Task(name, lambda s=seq: (s.load_frames(), s.load_masks()), q,
+                          (seq.num_frames, *seq.size_hw), hashlib.sha1(content.encode()).hexdigest()))
+        scorers[name] = (lambda pred, s=seq, qf=q[:, 0]: evaluate_badja(s, pred.tracks, qf))
+    return tasks, scorers, {n: n for n in names}
+
+
+def tapvid_tasks(cfg: EvalConfig, pickles: list[Path]):
+    from badja_eval import tapvid
+    from badja_eval.runner import Task
+
+    tasks, scorers, groups = [], {}, {}
+    for pk in pickles:
+        videos = tapvid.load_pickle(pk, trust=cfg.trust_pickle)
+        if cfg.sequences and cfg.benchmark == "tapvid":
+            known = {v.name for v in videos}
+            missing = [s for s in cfg.sequences if s not in known]
+            if missing:
+                raise UserError(f"videos {missing} not in {pk}", f"available: {', '.join(sorted(known)[:10])} ...")
+            videos = [v for v in videos if v.name in cfg.sequences]
+        for v in videos:
+            t = tapvid.prepare(v, cfg.query_mode, cfg.resolution)
+            if len(t.queries_ours) == 0:
+                log.warning("video %s has no visible points; skipped", v.name)
+                continue
+            digest = hashlib.sha1(np.ascontiguousarray(t.frames).tobytes()).hexdigest()
+            tasks.append(Task(v.name, lambda t=t: (t.frames, None), t.queries_ours,
+                              t.frames.shape[:3], digest))
+            scorers[v.name] = (lambda pred, t=t: tapvid.score(t, pred.tracks, pred.visible))
+            # synthetic videos are named <difficulty>_<index>: their rows are per difficulty level
+            groups[v.name] = v.name.rsplit("_", 1)[0] if cfg.benchmark == "synthetic" else v.name
+    return tasks, scorers, groups
+
+
+def synthetic_pickles(cfg: EvalConfig) -> list[Path]:
+    from badja_eval.synthetic import DIFFICULTIES, generate_benchmark
+
+    bad = [d for d in cfg.difficulty if d not in DIFFICULTIES]
+    if bad or not cfg.difficulty:
+        raise UserError(f"unknown difficulty {bad or cfg.difficulty}", f"choose from {', '.join(DIFFICULTIES)}")
+    out = []
+    for d in cfg.difficulty:
+        path = Path(cfg.out) / "data" / f"synthetic_{d}_s{cfg.seed}_n{cfg.num_videos}_f{cfg.num_frames}.pkl"
+        if not path.is_file():  # deterministic in its name's parameters, so an existing file is reused
+            generate_benchmark(path, d, cfg.num_videos, cfg.seed, cfg.num_frames)
+        out.append(path)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- main
+def spawn_workers(argv: list[str], n: int) -> None:
+    """Run shards 0..n-1 as subprocesses of this script (sharing the cache), then return."""
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv, "--shard", f"{k}/{n}",
+                               "--workers", "1", "--quiet"]) for k in range(n)]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise UserError(f"worker exit codes {codes}", "see the messages above; re-run to resume")
+
+
+@cli_entry
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    from cosettle.provenance import setup_logging
+
+    setup_logging(args.verbose)
+    cfg = resolve(args)
+    shard = parse_shard(cfg.shard)
+    from badja_eval.report import build_rows, format_table, write_report
+    from badja_eval.runner import Runner, make_methods
+
+    methods = make_methods(cfg.trackers, cfg.backends)
+    if cfg.benchmark == "badja":
+        tasks, scorers, groups = badja_tasks(cfg)
+    else:
+        pickles = synthetic_pickles(cfg) if cfg.benchmark == "synthetic" else [Path(cfg.pickle)]
+        tasks, scorers, groups = tapvid_tasks(cfg, pickles)
+    if not tasks:
+        raise UserError("nothing to evaluate", "check --sequences / the pickle")
+    out = Path(cfg.out)
+    runner = Runner(out / "cache", cfg.preset, cfg.device, use_masks=cfg.masks and cfg.benchmark == "badja",
+                    progress=not args.quiet, max_new=cfg.max_new)
+    for b in sorted({m.backend for m in methods if m.backend}):  # fail fast on a bad backend name/file
+        runner.backend(b)
+    if cfg.workers > 1 and cfg.shard is None:
+        strip = _strip_flag(argv, "--workers")
+        spawn_workers(strip, min(cfg.workers, len(tasks)))
+    preds = runner.run(tasks, methods, shard, desc=cfg.benchmark)
+    if shard[1] > 1:
+        print(f"shard {shard[0]}/{shard[1]}: {len(preds)} results in {out / 'cache'}")
+        return 0
+    missing = [(t.key, m.label) for t in tasks for m in methods if (t.key, m.label) not in preds]
+    if missing:
+        print(f"stopped with {len(missing)} of {len(tasks) * len(methods)} results missing "
+              f"(--max-new {cfg.max_new}); re-run the same command to continue")
+        return 0
+    per_video = {f"{k}|{lab}": scorers[k](p) for (k, lab), p in preds.items()}
+    scores = _group(per_video, groups, methods, METRICS[cfg.benchmark])
+    seq_order = list(dict.fromkeys(groups[t.key] for t in tasks))
+    metrics = METRICS[cfg.benchmark]
+    rows = build_rows(scores, seq_order, methods, metrics)
+    print(format_table(rows, metrics, HEADERS))
+    paths = write_report(out, rows, metrics, benchmark=cfg.benchmark, config=asdict(cfg), per_video=per_video,
+                         headers=HEADERS, extra_info={"query_mode": cfg.query_mode, "preset": cfg.preset,
+                                                      "newly_computed": runner.computed})
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _group(per_video: dict, groups: dict, methods, metrics) -> dict:
+    """Per-video scores -> per-row scores. BADJA/TAP-Vid: one row per video. Synthetic: one row per
+    difficulty level, the simple mean over its videos (the per-video values stay in results.json)."""
+    from badja_eval.metrics import mean_over_videos
+
+    rows: dict[tuple[str, str], list] = {}
+    for key, val in per_video.items():
+        vid, lab = key.split("|", 1)
+        rows.setdefault((groups[vid], lab), []).append(val)
+    return {k: (v[0] if len(v) == 1 else mean_over_videos(v, metrics)) for k, v in rows.items()}
+
+
+def _strip_flag(argv: list[str], flag: str) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == flag:
+            skip = True
+            continue
+        if a.startswith(flag + "="):
+            continue
+        out.append(a)
+    return out
+
+
+if __name__ == "__main__":
+    main()

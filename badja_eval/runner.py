@@ -1,0 +1,213 @@
+"""Run trackers over evaluation tasks with a per-(sequence, tracker, backend) result cache.
+
+Each result is written atomically to ``<cache>/<tracker>__<backend>/<sequence>.npz`` together with a
+fingerprint of everything that determines it (queries, frame count/size, tracker, backend, preset). A
+re-run loads matching results instead of recomputing them, so an interrupted run resumes where it
+stopped, and a sharded run (``shard=(i, n)``: tasks i, i+n, ...) lets several processes share one cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from cosettle.errors import UserError
+from cosettle.io.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+BACKEND_TRACKERS = ("dino", "features")  # trackers that run on a FeatureBackend
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Method:
+    """A (tracker, backend) pair; ``backend`` is None for trackers that need none (static, flow)."""
+
+    tracker: str
+    backend: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.tracker if self.backend is None else f"{self.tracker}/{self.backend}"
+
+    @property
+    def base_backend(self) -> str | None:
+        """``NAME`` for a projected backend ``NAME+cosettle[:PATH]``, else None."""
+        if self.backend and "+cosettle" in self.backend:
+            return self.backend.split("+", 1)[0]
+        return None
+
+
+def make_methods(trackers: Iterable[str], backends: Iterable[str]) -> list[Method]:
+    """Backend trackers get one method per backend; the others one method each."""
+    backends = list(backends)
+    out: list[Method] = []
+    for t in trackers:
+        if t in BACKEND_TRACKERS:
+            if not backends:
+                raise UserError(f"tracker {t!r} needs at least one backend", "pass --backends NAME")
+            out.extend(Method(t, b) for b in backends)
+        else:
+            out.append(Method(t, None))
+    return out
+
+
+@dataclass
+class Task:
+    """One video to track. ``load()`` -> (frames (T,H,W,3) uint8, masks (T,H,W) bool or None)."""
+
+    key: str
+    load: Callable[[], tuple[np.ndarray, np.ndarray | None]]
+    queries: np.ndarray  # (N, 3) t, x, y in the pixel-centre convention of the loaded frames
+    shape: tuple[int, ...]  # (T, H, W) for the fingerprint
+    content: str = ""  # identifies the input frames (file names + sizes, or a hash) for the cache
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Prediction:
+    tracks: np.ndarray  # (N, T, 2) x, y
+    visible: np.ndarray  # (N, T) True = visible
+    cached: bool = False
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form; long or path-like names get a short hash so they never collide."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+    if len(s) > 60 or s != text:
+        s = s[:50] + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]
+    return s or "x"
+
+
+class Runner:
+    """``Runner(cache_dir, preset).run(tasks, methods)`` -> {(task.key, method.label): Prediction}.
+
+    ``build_tracker``/``load_backend`` default to the project's factories; tests may pass fakes.
+    ``max_new``: stop after computing that many new results (a budgeted run; re-run to continue).
+    """
+
+    def __init__(self, cache_dir: str | Path, preset: str = "fast", device: str | None = None,
+                 build_tracker: Callable | None = None, load_backend: Callable | None = None,
+                 use_masks: bool = True, progress: bool = True, max_new: int | None = None):
+        self.cache_dir = Path(cache_dir)
+        self.preset = preset
+        self.device = device
+        self._build_tracker = build_tracker
+        self._load_backend = load_backend
+        self.use_masks = use_masks
+        self.progress = progress
+        self.max_new = max_new
+        self._backends: dict[str, Any] = {}
+        self._loaded: tuple[str, Any] | None = None  # last task's frames, reused across methods
+        self.computed = 0
+
+    # -------------------------------------------------------------------------------- factories
+    def backend(self, name: str):
+        if name not in self._backends:
+            load = self._load_backend
+            if load is None:
+                from cosettle.backends.registry import load_backend as load
+            kw = {"device": self.device} if self.device else {}
+            self._backends[name] = load(name, **kw)
+        return self._backends[name]
+
+    def tracker_config(self, method: Method):
+        """The tracker's config for ``self.preset``: DINO-Tracker's ``fast``/``paper`` presets; the
+        baselines use their defaults (they have no presets)."""
+        if method.tracker == "dino":
+            from tracker.config import preset
+
+            kw = {"device": self.device} if self.device else {}
+            return preset(self.preset, **kw)
+        return None
+
+    def make_tracker(self, method: Method):
+        build = self._build_tracker
+        if build is None:
+            from tracker import build_tracker as build
+        backend = self.backend(method.backend) if method.backend else None
+        return build(method.tracker, backend, self.tracker_config(method))
+
+    # -------------------------------------------------------------------------------- cache
+    def cache_path(self, task: Task, method: Method) -> Path:
+        name = method.tracker + "__" + (method.backend or "-")
+        return self.cache_dir / slug(name) / f"{slug(task.key)}.npz"
+
+    def fingerprint(self, task: Task, method: Method) -> str:
+        h = hashlib.sha256()
+        h.update(json.dumps({"v": CACHE_VERSION, "key": task.key, "shape": list(task.shape),
+                             "content": task.content,
+                             "tracker": method.tracker, "backend": method.backend,
+                             "preset": self.preset if method.tracker == "dino" else None,
+                             "masks": self.use_masks}, sort_keys=True).encode())
+        h.update(np.ascontiguousarray(task.queries, dtype=np.float64).tobytes())
+        return h.hexdigest()[:20]
+
+    def load_cached(self, task: Task, method: Method) -> Prediction | None:
+        path = self.cache_path(task, method)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["fingerprint"]) != self.fingerprint(task, method):
+                    log.info("cache %s is stale (inputs changed); recomputing", path)
+                    return None
+                return Prediction(z["tracks"], z["visible"], cached=True)
+        except Exception as err:  # a corrupt cache entry is recomputed, never fatal
+            log.warning("ignoring unreadable cache %s (%s)", path, err)
+            return None
+
+    def save(self, task: Task, method: Method, pred: Prediction) -> Path:
+        path = self.cache_path(task, method)
+        with atomic_path(path) as tmp:
+            np.savez_compressed(tmp, tracks=pred.tracks.astype(np.float32), visible=pred.visible,
+                                fingerprint=np.array(self.fingerprint(task, method)),
+                                layout=np.array("tracks (N,T,2) x,y px, pixel-centre; visible (N,T) True=visible"))
+        return path
+
+    # -------------------------------------------------------------------------------- run
+    def run_one(self, task: Task, method: Method) -> Prediction:
+        if self._loaded is None or self._loaded[0] != task.key:
+            self._loaded = (task.key, task.load())
+        frames, masks = self._loaded[1]
+        tracker = self.make_tracker(method)
+        tracker.fit(frames, masks if self.use_masks else None)
+        res = tracker.track(np.asarray(task.queries, dtype=np.float32))
+        tracks = np.asarray(res.tracks, dtype=np.float32)
+        visible = np.asarray(res.visible, dtype=bool)
+        n, T = len(task.queries), task.shape[0]
+        if tracks.shape != (n, T, 2) or visible.shape != (n, T):
+            raise RuntimeError(f"tracker {method.label} returned tracks {tracks.shape} / visible "
+                               f"{visible.shape}, expected ({n}, {T}, 2) / ({n}, {T})")
+        return Prediction(tracks, visible)
+
+    def run(self, tasks: list[Task], methods: list[Method], shard: tuple[int, int] = (0, 1),
+            desc: str = "eval") -> dict[tuple[str, str], Prediction]:
+        i, n = shard
+        mine = [t for k, t in enumerate(tasks) if k % n == i]
+        jobs = [(t, m) for t in mine for m in methods]
+        out: dict[tuple[str, str], Prediction] = {}
+        from tqdm import tqdm
+
+        bar = tqdm(jobs, desc=desc, disable=not self.progress, unit="run")
+        for task, method in bar:
+            bar.set_postfix_str(f"{task.key} {method.label}"[:60])
+            pred = self.load_cached(task, method)
+            if pred is None:
+                if self.max_new is not None and self.computed >= self.max_new:
+                    log.info("stopping after %d new results (--max-new); re-run to continue", self.computed)
+                    break
+                pred = self.run_one(task, method)
+                self.save(task, method, pred)
+                self.computed += 1
+            out[(task.key, method.label)] = pred
+        bar.close()
+        self._loaded = None
+        return out
