@@ -1,0 +1,194 @@
+"""Co-Settle maths: projector size/precision, cycle loss and KL anchor on hand-computed cases, PEA."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cosettle.losses import LossConfig, cosettle_loss, cycle_loss, kl_anchor, pool_nodes
+from cosettle.pea import PEA, apply_pea
+from cosettle.projector import Projector
+
+
+# -- projector ----------------------------------------------------------------------------------
+def test_parameter_count_matches_paper():
+    # 768*768 + 768 (Linear) + 2*768 (LayerNorm) = 592,128 (spec §2); ViT-L: 1,051,648
+    assert Projector(768).num_parameters() == 592_128
+    assert Projector(768, variant="linear-ln").num_parameters() == 592_128
+    assert Projector(1024).num_parameters() == 1_051_648
+
+
+def test_projector_layers_and_fp32_under_autocast():
+    p = Projector(16, variant="linear")
+    kinds = [type(m).__name__ for m in p.net]
+    assert kinds == ["Linear", "Tanh", "LayerNorm"]
+    assert [type(m).__name__ for m in Projector(16, variant="mlp3").net] == \
+        ["Linear", "Tanh", "Linear", "Tanh", "Linear", "LayerNorm"]
+    x = torch.randn(2, 5, 16, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = p(x)
+    assert y.dtype == torch.float32
+    # Linear -> Tanh -> LayerNorm(eps 1e-5, weight 1, bias 0), written out by hand in fp32
+    h = torch.tanh(x.float() @ p.net.fc1.weight.T + p.net.fc1.bias)
+    mu, var = h.mean(-1, keepdim=True), h.var(-1, unbiased=False, keepdim=True)
+    assert torch.allclose(y, (h - mu) / torch.sqrt(var + 1e-5), atol=1e-4)
+
+
+def test_projector_init_is_seeded():
+    a, b = Projector(8, seed=3), Projector(8, seed=3)
+    assert torch.equal(a.net.fc1.weight, b.net.fc1.weight)
+    assert a.net.fc1.weight.abs().max() <= 0.04 + 1e-7  # trunc_normal(std 0.02) truncated at 2 std
+    assert torch.count_nonzero(a.net.fc1.bias) == 0
+
+
+# -- cycle loss ---------------------------------------------------------------------------------
+def _blocks(vectors: torch.Tensor, grid=(4, 4)) -> torch.Tensor:
+    """Tokens on a 4x4 grid whose 2x2 blocks are constant = the given 4 node vectors -> (1, 16, C)."""
+    gh, gw = grid
+    out = torch.zeros(1, gh * gw, vectors.shape[-1])
+    for y in range(gh):
+        for x in range(gw):
+            out[0, y * gw + x] = vectors[(y // 2) * (gw // 2) + x // 2]
+    return out
+
+
+def test_pooling_is_2x2_average_not_renormalised():
+    t = torch.arange(16, dtype=torch.float32).view(1, 16, 1)  # 4x4 grid of values 0..15
+    nodes = pool_nodes(t, (4, 4), 2)
+    assert nodes.flatten().tolist() == [(0 + 1 + 4 + 5) / 4, (2 + 3 + 6 + 7) / 4, (8 + 9 + 12 + 13) / 4,
+                                        (10 + 11 + 14 + 15) / 4]
+    # odd grid: floor (7x7 -> 3x3), and pooled unit vectors keep norm <= 1
+    u = F.normalize(torch.randn(1, 49, 8), dim=-1)
+    n = pool_nodes(u, (7, 7), 2)
+    assert n.shape == (1, 9, 8) and (n.norm(dim=-1) <= 1 + 1e-6).all()
+
+
+def test_identity_affinities_give_zero_loss():
+    nodes = torch.eye(4)  # orthonormal nodes: A = I / tau, S ~= I
+    t = _blocks(nodes)
+    loss, stats = cycle_loss(t, t, t, (4, 4), tau=0.03, pool=2)
+    # CE(log(S+eps)) with S = I is -log((1+eps)/(1+4 eps)) = ~3e-6
+    assert float(loss) < 1e-4
+    assert stats["acc"] == 1.0 and stats["sim_identity"] > 0.999
+
+
+def test_uniform_affinities_give_log_n():
+    t = torch.ones(1, 16, 8)  # every node identical: S = 1/M everywhere
+    loss, stats = cycle_loss(t, t, t, (4, 4), tau=0.03, pool=2)
+    # -log((1/M + eps) / (1 + M eps)) = log M exactly
+    assert float(loss) == pytest.approx(math.log(4), abs=1e-6)
+    t49 = torch.ones(2, 196, 8)  # the paper's 14x14 grid -> 49 nodes
+    assert float(cycle_loss(t49, t49, t49, (14, 14))[0]) == pytest.approx(math.log(49), abs=1e-5)
+
+
+def test_two_node_walk_by_hand():
+    # nodes t1 = t1' = [e1, e2], t2 = [e1, e1]; tau = 1, no pooling.
+    # S12 rows = [1/2, 1/2]; S21' rows = [s, 1-s] with s = sigmoid(1); S = rows [s, 1-s]
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    t1 = torch.stack([e1, e2])[None]
+    t2 = torch.stack([e1, e1])[None]
+    s = 1 / (1 + math.exp(-1))
+    eps = 1e-6
+    expect = 0.5 * (-math.log(s + eps) - math.log(1 - s + eps)) + math.log(1 + 2 * eps)
+    loss, stats = cycle_loss(t1, t2, t1, (1, 2), tau=1.0, pool=1)
+    assert float(loss) == pytest.approx(expect, rel=1e-6)  # 0.8133
+    assert stats["acc"] == 0.5
+
+
+# -- KL anchor ----------------------------------------------------------------------------------
+def test_kl_zero_for_identity_and_matches_direct_sum():
+    g = torch.Generator().manual_seed(0)
+    z = F.normalize(torch.randn(2, 3, 5, 12, generator=g), dim=-1)
+    assert float(kl_anchor(z, z)) == pytest.approx(0.0, abs=1e-7)
+    p = F.normalize(torch.randn(2, 3, 5, 12, generator=g), dim=-1)
+    zq, pq = z.double().numpy(), p.double().numpy()
+    total = 0.0
+    for b in range(2):
+        for f in range(3):
+            for n in range(5):
+                q = np.exp(zq[b, f, n]) / np.exp(zq[b, f, n]).sum()
+                r = np.exp(pq[b, f, n]) / np.exp(pq[b, f, n]).sum()
+                total += float((q * np.log(q / r)).sum())
+    assert float(kl_anchor(z, p)) == pytest.approx(total / 2, rel=1e-5)  # batchmean: / B only
+
+
+def test_kl_is_about_one_minus_cos_over_c():
+    # spec §5: for unit vectors, per-token KL ~= (1 - cos)/C
+    g = torch.Generator().manual_seed(1)
+    C = 768
+    z = F.normalize(torch.randn(1, 1, 64, C, generator=g), dim=-1)
+    p = F.normalize(z + 0.7 * F.normalize(torch.randn(1, 1, 64, C, generator=g), dim=-1), dim=-1)
+    approx = float((1 - (z * p).sum(-1)).sum() / C)
+    assert float(kl_anchor(z, p)) == pytest.approx(approx, rel=0.03)
+
+
+def test_total_loss_is_cycle_plus_lambda_reg():
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(2, 3, 16, 8, generator=g)
+    p = torch.randn(2, 3, 16, 8, generator=g)
+    loss, st = cosettle_loss(z, p, (4, 4), LossConfig(lambda_reg=3.0))
+    assert float(loss) == pytest.approx(st["l_cyc"] + 3.0 * st["l_reg"], rel=1e-5)
+    loss0, st0 = cosettle_loss(z, p, (4, 4), LossConfig(reg="none"))
+    assert st0["l_reg"] == 0 and float(loss0) == pytest.approx(st["l_cyc"], rel=1e-6)
+
+
+# -- PEA ----------------------------------------------------------------------------------------
+def test_pea_window_sizes_and_one_draw():
+    pea = PEA(10.0, seed=0)
+    assert pea.upsampled_size(14, 14) == (154, 154)  # spec: U = int(11 * 14)
+    pe = torch.randn(1, 6, 14, 14)
+    out = pea(pe)
+    oh, ow = pea.last_offset
+    assert 0 <= oh <= 140 and 0 <= ow <= 140 and out.shape == pe.shape
+    assert torch.equal(out, apply_pea(pe, 10.0, oh, ow))
+    # non-square grids and any size
+    assert pea(torch.randn(1, 6, 3, 5)).shape == (1, 6, 3, 5)
+    # ratio 0: U = S, offset 0 -> the identity
+    assert torch.allclose(apply_pea(pe, 0.0, 0, 0), pe, atol=1e-5)
+    # seeded: the same seed draws the same windows
+    a, b = PEA(10.0, seed=5), PEA(10.0, seed=5)
+    assert [a.draw(14, 14) for _ in range(3)] == [b.draw(14, 14) for _ in range(3)]
+
+
+def test_pea_window_is_a_zoom_of_the_grid():
+    # x11 up-sampling: 11 window cells span one original cell, so a unit ramp rises by exactly 1
+    # over 11 columns (bicubic with a = -0.75 wiggles within a cell, hence not per column)
+    gw = 14
+    ramp = torch.arange(gw, dtype=torch.float32).view(1, 1, 1, gw).expand(1, 1, gw, gw).contiguous()
+    out = apply_pea(ramp, 10.0, 70, 70)
+    row = out[0, 0, 7]
+    assert float(row[11] - row[0]) == pytest.approx(1.0, abs=1e-4)
+    assert float(row[13] - row[2]) == pytest.approx(1.0, abs=1e-4)
+    assert float(row[-1] - row[0]) < 1.5  # a zoom: 14 columns cover ~1.2 original cells, not 13
+
+
+@pytest.mark.parametrize("timm_name", ["vit_tiny_patch16_224", "vit_small_patch14_reg4_dinov2"])
+def test_pea_changes_only_patch_position_embeddings(timm_name):
+    from cosettle.backends.timm_vit import TimmViTBackend
+
+    enc = TimmViTBackend(timm_name, weights="random", layer=0, norm=False)
+    m = enc.model
+    seen = []
+    h = m.blocks[0].register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    p = enc.patch_size
+    x = torch.randn(1, 3, 4 * p, 5 * p)
+    with torch.inference_mode():
+        enc.forward_tokens(x)
+        pea = PEA(10.0, seed=1)
+        enc.forward_tokens(x, pos_embed_transform=pea)
+    h.remove()
+    plain, aug = seen
+    k = m.num_prefix_tokens
+    assert torch.equal(plain[:, :k], aug[:, :k])  # CLS / register tokens untouched
+    # patch tokens differ by exactly PEA(pe) - pe
+    from timm.layers import resample_abs_pos_embed
+
+    n_pe_prefix = 0 if m.no_embed_class else k
+    pe = resample_abs_pos_embed(m.pos_embed, new_size=(4, 5), old_size=m.patch_embed.grid_size,
+                                num_prefix_tokens=n_pe_prefix)[:, n_pe_prefix:]
+    grid = pe.reshape(1, 4, 5, -1).permute(0, 3, 1, 2)
+    new = apply_pea(grid, 10.0, *pea.last_offset).permute(0, 2, 3, 1).reshape(1, 20, -1)
+    assert torch.allclose(aug[:, k:] - plain[:, k:], new - pe, atol=1e-5)
