@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up everything and run the whole test suite (the README's test command; .ci/run calls it).
+# Installs torch/torchvision only when missing: the pinned pair below is what this project's CPU
+# machines carry on disk; a user's existing (e.g. CUDA) torch is left alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if [[ -n "${CI:-}" && ! -d ../shared/data ]]; then
+  echo "error: ../shared/data is missing -- CI must provide the shared data folder beside the checkout" >&2
+  exit 1
+fi
+
+if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
+  echo "== installing torch==2.14.1 torchvision==0.29.1 (first, together)"
+  "$PY" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+fi
+echo "== installing the project with test extras"
+"$PY" -m pip install --quiet -e ".[test]"
+
+echo "== running the test suite"
+export COSETTLE_OFFLINE=1  # tests never touch a model hub
+exec "$PY" -m pytest -q "$@"
