@@ -73,3 +73,25 @@ def test_offline_pretrained_fails_fast_and_names_the_file(monkeypatch):
     msg = str(err.value)
     assert "vit_small_patch14_dinov2.lvd142m" in msg and "weights=PATH" in msg
     assert "\n" not in msg
+
+
+def test_hub_probe_is_bounded(monkeypatch):
+    """Without the offline env, reachability is one socket connect with a short timeout."""
+    import socket
+
+    from cosettle.backends import weights
+
+    seen = {}
+
+    def fake_connect(addr, timeout):
+        seen["timeout"] = timeout
+        raise OSError("network unreachable")
+
+    monkeypatch.delenv("COSETTLE_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", fake_connect)
+    assert weights.hub_reachable() is False
+    assert seen["timeout"] <= 5
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    seen.clear()
+    assert weights.hub_reachable() is False and not seen  # offline flag: no probe at all

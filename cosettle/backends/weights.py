@@ -52,16 +52,24 @@ def create_pretrained(timm_name: str, **kwargs) -> torch.nn.Module:
     where = f"https://huggingface.co/{repo}" if repo else f"timm's pretrained source for {timm_name}"
     fix = (f"download model.safetensors from {where} and pass weights=PATH (CLI: --weights PATH), "
            "or use weights='random' / a weight-free backend such as 'dsift'")
-    if repo and cached_hub_file(repo):
-        os.environ["HF_HUB_OFFLINE"] = "1"  # cached: load without any network round trip
-    elif not hub_reachable():
+    cached = bool(repo and cached_hub_file(repo))
+    if not cached and not hub_reachable():
         raise WeightsUnavailable(f"pretrained weights for {timm_name} are not cached and the model hub "
                                  "is unreachable (offline)", fix)
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    if cached:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # load from the local cache without any network round trip
     try:
         return timm.create_model(timm_name, pretrained=True, **kwargs)
     except Exception as err:  # network errors, missing files, gated repos
         raise WeightsUnavailable(f"could not load pretrained weights for {timm_name}: "
                                  f"{type(err).__name__}: {str(err).splitlines()[0][:160]}", fix) from None
+    finally:
+        if cached:
+            if previous is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = previous
 
 
 def read_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
