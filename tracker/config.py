@@ -1,0 +1,162 @@
+"""``TrackerConfig``: every knob of DINO-Tracker training and inference, with two presets.
+
+* ``paper``: the reference settings (dino_tracker.md §1.3): 10k iterations, batch 512, loss weights
+  and switch-on iterations as published, Adam lr 0.01 with 0.999^(i//40) decay on DeltaDINO, CNN
+  width 64, the backend at its native (snapped) resolution (476x854 for a /14 stride-7 ViT on DAVIS).
+* ``fast``: CPU-feasible. Internal resolution short side 240 (the backend's ``resolution``), CNN width
+  16, batch 256, 400 iterations with the late losses (cycle, refined best buddies) switched on at 200.
+  Chosen from measurements on 2 CPU cores (docs/tracker.md): ~0.5 s per iteration at 240x427 with
+  dsift, so training takes ~3-4 minutes and the whole run fits the 10-minute budget.
+
+Thresholds that the reference gives in pixels at 476x854 (cycle threshold 4 px, soft-argmax radius
+35 px) are expressed here in **feature cells** (35 px / stride 7 = 5 cells) or scaled by the work
+resolution, so one setting means the same thing at any resolution and for any backend stride.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cosettle.errors import UserError
+
+PRESETS = ("fast", "paper")
+REF_HEIGHT = 476  # the reference's model height; pixel thresholds below are given at this height
+
+
+def _preprocess_cls():
+    """The preprocessing config class (tracker.preprocess, owned by the preprocessing module)."""
+    try:
+        from .preprocess import PreprocessConfig
+    except ImportError:  # preprocessing not available yet: keep the raw dict
+        return None
+    return PreprocessConfig
+
+
+@dataclass
+class TrackerConfig:
+    # --- resolution / model -------------------------------------------------------------------
+    resolution: Any = None          # backend input short side (int) or (H, W); None = native size
+    cnn_width: int = 64             # DeltaDINO channels (w, 2w, 4w); reference 64
+    bn_gamma: float = 0.05          # last BN gamma init (relative to features scaled to RMS 1/channel)
+    head_width: int = 16            # refiner hidden channels; 16 gives the reference's 305 params
+    softargmax_radius_cells: float = 5.0  # 35 px at stride 7
+    # --- training -----------------------------------------------------------------------------
+    iterations: int = 10000
+    batch_size: int = 512
+    fg_traj_ratio: float = 0.5
+    batch_n_frames: int = 4
+    lr_delta: float = 0.01
+    lr_head: float = 0.01
+    scheduler_every: int = 40
+    scheduler_gamma: float = 0.999
+    huber_delta: float = 1.0 / 32   # in normalised [-1, 1] units
+    lambda_cyc: float = 0.5
+    cyc_after: int = 5000
+    cyc_pairs: int = 4
+    cyc_points: int = 256
+    cyc_fg_ratio: float = 0.7
+    cyc_thresh_px: float = 4.0      # at the reference height 476; scaled to the work resolution
+    cyc_gamma: float = 0.8
+    lambda_norm: float = 1e-4
+    lambda_angle: float = 1e-4
+    lambda_dbb: float = 2.5e-4
+    lambda_rbb: float = 5e-5
+    cl_pairs: int = 4
+    cl_points: int = 256
+    cl_fg_ratio: float = 0.7
+    cl_temp: float = 0.1
+    cl_div_dbb: float = 700.0
+    cl_div_rbb: float = 900.0
+    rbb_after: int = 5000
+    bb_sig_a: float = 27.0
+    bb_sig_b: float = -5.7
+    checkpoint_every: int = 2500
+    log_every: int = 100
+    seed: int = 2                   # reference seed
+    device: str = "cpu"
+    # --- inference ----------------------------------------------------------------------------
+    occlusion: str = "fb"           # "fb": O(N*T) forward-backward check (default); "anchors": spec §5.2
+    anchor_cos: float = 0.7
+    visible_cos: float = 0.6
+    fb_thresh_cells: float = 1.0    # fb rule: back-tracking error above this (in cells) = occluded
+    infer_chunk_maps: int = 2048    # cost volumes per head call at inference (memory bound)
+    # --- files --------------------------------------------------------------------------------
+    work_dir: Any = None            # None: ~/.cache/cosettle/tracker/<content+settings hash>
+    preprocess: Any = field(default=None)  # PreprocessConfig (or its dict form)
+
+    def __post_init__(self):
+        cls = _preprocess_cls()
+        if cls is not None:
+            if self.preprocess is None:
+                self.preprocess = cls()
+            elif isinstance(self.preprocess, dict):
+                names = {f.name for f in dataclasses.fields(cls)}
+                unknown = set(self.preprocess) - names
+                if unknown:
+                    raise UserError(f"unknown preprocess config keys: {sorted(unknown)}",
+                                    f"valid keys: {sorted(names)}")
+                self.preprocess = cls(**self.preprocess)
+        elif self.preprocess is None:
+            self.preprocess = {}
+        if isinstance(self.resolution, list):
+            self.resolution = tuple(self.resolution)
+        if self.occlusion not in ("fb", "anchors"):
+            raise UserError(f"unknown occlusion rule {self.occlusion!r}", "use 'fb' or 'anchors'")
+        if self.iterations < 0 or self.batch_size < 1 or self.batch_n_frames < 2:
+            raise UserError("iterations must be >= 0, batch_size >= 1 and batch_n_frames >= 2")
+
+    def replace(self, **kw) -> "TrackerConfig":
+        return dataclasses.replace(self, **kw)
+
+
+def preset(name: str, **overrides) -> TrackerConfig:
+    """``paper`` or ``fast`` (see the module docstring), with field overrides."""
+    if name == "paper":
+        cfg = TrackerConfig()
+    elif name == "fast":
+        cfg = TrackerConfig(resolution=240, cnn_width=16, iterations=400, batch_size=256,
+                            cyc_after=200, rbb_after=200, checkpoint_every=100, log_every=50,
+                            cl_points=128, cyc_points=128)
+    else:
+        raise UserError(f"unknown preset {name!r}", f"choose one of {', '.join(PRESETS)}")
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
+def merge_dict(cfg: TrackerConfig, data: dict[str, Any]) -> TrackerConfig:
+    """Apply a (YAML) mapping over ``cfg``; a nested ``preprocess`` mapping is merged key by key."""
+    names = {f.name for f in dataclasses.fields(TrackerConfig)}
+    unknown = set(data) - names
+    if unknown:
+        raise UserError(f"unknown tracker config keys: {sorted(unknown)}", f"valid keys: {sorted(names)}")
+    data = dict(data)
+    if isinstance(data.get("preprocess"), dict):
+        base = cfg.preprocess
+        base = dataclasses.asdict(base) if dataclasses.is_dataclass(base) else dict(base or {})
+        base.update(data["preprocess"])
+        data["preprocess"] = base
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrackerConfig)}
+    if dataclasses.is_dataclass(values["preprocess"]):
+        values["preprocess"] = dataclasses.asdict(values["preprocess"])
+    values.update(data)
+    try:
+        return TrackerConfig(**values)
+    except TypeError as err:
+        raise UserError(f"invalid tracker config: {err}") from None
+
+
+def config_dict(cfg: TrackerConfig) -> dict[str, Any]:
+    """Plain-data form (for YAML, hashing)."""
+    d = dataclasses.asdict(cfg)
+    for k, v in list(d.items()):
+        if isinstance(v, Path):
+            d[k] = str(v)
+        elif isinstance(v, tuple):
+            d[k] = list(v)
+    return d
+
+
+def scaled_px(cfg_px: float, input_h: int) -> float:
+    """A pixel threshold given at the reference height (476) -> pixels at the work resolution."""
+    return cfg_px * input_h / REF_HEIGHT

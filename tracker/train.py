@@ -1,0 +1,284 @@
+"""Test-time training of DeltaDINO + TrackerHead on one preprocessed video (dino_tracker.md §4).
+
+Checkpoints ``ckpt_<iter>.pt`` (weights, optimiser, RNG states) are written atomically every
+``checkpoint_every`` iterations; ``train`` resumes from the latest one, so an interrupted run continues
+where it stopped and gives the same result as an uninterrupted one.
+
+Differences from the reference: raw features are multiplied by one global scale so that the mean token
+norm is sqrt(C) (per-channel RMS 1) -- cosine losses are unaffected, and the BN gamma init (0.05) then
+means the same relative residual for any backend (dsift, DINOv2, Co-Settle; spec §11 F3). The cycle
+loss draws its points once (the reference resamples until one survives) and pairs with s == t are
+skipped in the refined best-buddy loss (their mutual NNs are the identity).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cosettle.io.atomic import atomic_path
+
+from . import losses as L
+from .config import TrackerConfig, scaled_px
+from .models import DinoTrackerModel
+from .sampler import TrajectorySampler
+from .sampling import l2n, sample_frames, sample_points
+
+log = logging.getLogger(__name__)
+
+
+def feature_scale(features: torch.Tensor, max_frames: int = 8) -> float:
+    """Global factor making the mean token norm sqrt(C) (computed on <= max_frames even frames)."""
+    t = features.shape[0]
+    idx = np.unique(np.linspace(0, t - 1, min(t, max_frames)).round().astype(int))
+    norms = torch.stack([features[i].float().norm(dim=0).mean() for i in idx])
+    return float(math.sqrt(features.shape[1]) / norms.mean().clamp_min(1e-12))
+
+
+def build_model(feat_dim: int, cfg: TrackerConfig) -> DinoTrackerModel:
+    torch.manual_seed(cfg.seed)
+    return DinoTrackerModel(feat_dim, cfg.cnn_width, cfg.bn_gamma, cfg.head_width,
+                            cfg.softargmax_radius_cells)
+
+
+def frames_tensor(frames: np.ndarray, idx) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(frames[np.asarray(idx)]))
+    return x.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    cands = sorted(Path(ckpt_dir).glob("ckpt_*.pt"))
+    return cands[-1] if cands else None
+
+
+def _save(path: Path, model, opt, it: int, rng: np.random.Generator) -> None:
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "iteration": it,
+             "np_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class Trainer:
+    def __init__(self, prep, cfg: TrackerConfig, ckpt_dir: Path | None = None):
+        self.prep = prep
+        self.cfg = cfg
+        self.geom = prep.geometry
+        self.hw = (self.geom.input_h, self.geom.input_w)
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
+        self.device = torch.device(cfg.device)
+        self.scale = feature_scale(prep.features)
+        self.model = build_model(prep.features.shape[1], cfg).to(self.device)
+        self.sampler = TrajectorySampler(prep.trajectories, prep.traj_fg, cfg.batch_size,
+                                         cfg.fg_traj_ratio, cfg.batch_n_frames)
+        self.opt = torch.optim.Adam([
+            {"params": self.model.delta.parameters(), "lr": cfg.lr_delta},
+            {"params": self.model.head.parameters(), "lr": cfg.lr_head}])
+        self.rng = np.random.default_rng(cfg.seed)
+        self.masks = np.asarray(prep.masks, bool)
+        self.cyc_thresh = scaled_px(cfg.cyc_thresh_px, self.geom.input_h)
+        self.start = 0
+        self.history: list[dict] = []
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def resume(self) -> int:
+        if self.ckpt_dir is None:
+            return 0
+        path = latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            return 0
+        st = load_checkpoint(path)
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["opt"])
+        self.rng.bit_generator.state = json.loads(st["np_rng"])
+        torch.set_rng_state(st["torch_rng"])
+        self.start = int(st["iteration"])
+        log.info("resuming training from %s (iteration %d)", path.name, self.start)
+        return self.start
+
+    def save(self, it: int) -> None:
+        if self.ckpt_dir is None:
+            return
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        _save(self.ckpt_dir / f"ckpt_{it:07d}.pt", self.model, self.opt, it, self.rng)
+        for old in sorted(self.ckpt_dir.glob("ckpt_*.pt"))[:-2]:  # keep the last two
+            old.unlink(missing_ok=True)
+
+    # -- one iteration -------------------------------------------------------------------------
+    def _set_lr(self, it: int) -> None:
+        c = self.cfg
+        self.opt.param_groups[0]["lr"] = c.lr_delta * c.scheduler_gamma ** (it // c.scheduler_every)
+        self.opt.param_groups[1]["lr"] = c.lr_head  # the head's lr stays constant (reference)
+
+    def _split_fg(self, frame: int, xy: np.ndarray, n: int, ratio: float) -> np.ndarray:
+        """Indices of <= round(n*ratio) FG + the rest BG points (by the mask at ``frame``)."""
+        if len(xy) == 0:
+            return np.zeros(0, np.int64)
+        m = self.masks[frame]
+        xi = np.clip(np.round(xy[:, 0]).astype(int), 0, m.shape[1] - 1)
+        yi = np.clip(np.round(xy[:, 1]).astype(int), 0, m.shape[0] - 1)
+        fg = m[yi, xi]
+        n_fg = int(round(n * ratio))
+        fi, bi = np.flatnonzero(fg), np.flatnonzero(~fg)
+        fi = self.rng.permutation(fi)[:n_fg]
+        bi = self.rng.permutation(bi)[: n - n_fg]
+        return np.concatenate([fi, bi])
+
+    def _pairs(self, n_frames: int, n_pairs: int, distinct: bool) -> list[tuple[int, int]]:
+        out = []
+        for _ in range(n_pairs):
+            s = int(self.rng.integers(n_frames))
+            t = int(self.rng.integers(n_frames))
+            while distinct and t == s and n_frames > 1:
+                t = int(self.rng.integers(n_frames))
+            out.append((s, t))
+        return out
+
+    def _dbb_loss(self, frames, refined):
+        c = self.cfg
+        bbs = self.prep.best_buddies or {}
+        total = refined.new_zeros(())
+        for s, t in self._pairs(len(frames), c.cl_pairs, distinct=True):
+            bb = bbs.get((int(frames[s]), int(frames[t])))
+            if bb is None or len(bb["src"]) == 0:
+                continue
+            src = np.asarray(bb["src"], np.float32)
+            sel = self._split_fg(int(frames[s]), src, c.cl_points, c.cl_fg_ratio)
+            if len(sel) == 0:
+                continue
+            ps = torch.from_numpy(src[sel]).to(self.device)
+            pt = torch.from_numpy(np.asarray(bb["dst"], np.float32)[sel]).to(self.device)
+            r = torch.as_tensor(np.asarray(bb["r"], np.float32)[sel], device=self.device)
+            cs = torch.as_tensor(np.asarray(bb["cos"], np.float32)[sel], device=self.device)
+            w = L.bb_weight_dino(r, cs, c.bb_sig_a, c.bb_sig_b)
+            fs = sample_points(refined[s], ps, self.geom)
+            ft = sample_points(refined[t], pt, self.geom)
+            total = total + L.symmetric_nce(fs, refined[s], ft, refined[t], w, c.cl_temp)
+        return 0.5 * total / c.cl_div_dbb
+
+    def _rbb_loss(self, frames, refined):
+        c = self.cfg
+        total = refined.new_zeros(())
+        centres = self.geom.cell_centers("input").reshape(-1, 2).astype(np.float32)
+        cdim = refined.shape[1]
+        for s, t in self._pairs(len(frames), c.cl_pairs, distinct=True):
+            if s == t:
+                continue
+            idx_s, idx_t, aff = L.mutual_nn(refined[s], refined[t])
+            if len(idx_s) == 0:
+                continue
+            sel = self._split_fg(int(frames[s]), centres[idx_s.cpu().numpy()], c.cl_points, c.cl_fg_ratio)
+            sel_t = torch.as_tensor(sel, device=self.device)
+            fs = refined[s].reshape(cdim, -1)[:, idx_s[sel_t]].t()
+            ft = refined[t].reshape(cdim, -1)[:, idx_t[sel_t]].t()
+            w = L.bb_weight_refined(aff[sel_t])
+            total = total + L.symmetric_nce(fs, refined[s], ft, refined[t], w, c.cl_temp)
+        return 0.5 * total / c.cl_div_rbb
+
+    def _cycle_loss(self, frames, refined, refined_n):
+        c = self.cfg
+        xs, si, ti = [], [], []
+        for s, t in self._pairs(len(frames), c.cyc_pairs, distinct=False):
+            m = self.masks[int(frames[s])]
+            n_fg = int(round(c.cyc_points * c.cyc_fg_ratio))
+            yy, xx = np.nonzero(m)
+            pf = self.rng.choice(len(xx), size=min(n_fg, len(xx)), replace=False) if len(xx) else []
+            yb, xb = np.nonzero(~m)
+            n_bg = c.cyc_points - len(pf)
+            pb = self.rng.choice(len(xb), size=min(n_bg, len(xb)), replace=False) if len(xb) else []
+            pts = np.concatenate([np.stack([xx[pf], yy[pf]], 1), np.stack([xb[pb], yb[pb]], 1)])
+            xs.append(pts.astype(np.float32))
+            si += [s] * len(pts)
+            ti += [t] * len(pts)
+        x_s = torch.from_numpy(np.concatenate(xs)).to(self.device)
+        si = torch.as_tensor(si, device=self.device)
+        ti = torch.as_tensor(ti, device=self.device)
+        model, geom = self.model, self.geom
+        with torch.no_grad():
+            rd, rnd = refined.detach(), refined_n.detach()
+            y_t = model.predict(sample_frames(rd, si, x_s, geom), rnd, ti, geom)
+            x_back = model.predict(sample_frames(rd, ti, y_t, geom), rnd, si, geom)
+            d = (x_back - x_s).norm(dim=1)
+            keep = d <= self.cyc_thresh
+        if not bool(keep.any()):
+            return refined.new_zeros(())
+        x_s, y_t, d, si, ti = x_s[keep], y_t[keep], d[keep], si[keep], ti[keep]
+        pf = model.predict(sample_frames(refined, si, x_s, geom), refined_n, ti, geom)
+        pb = model.predict(sample_frames(refined, ti, y_t, geom), refined_n, si, geom)
+        return L.cycle_loss(pf, y_t, pb, x_s, d, self.hw, c.huber_delta, c.cyc_gamma)
+
+    def step(self, it: int) -> dict:
+        c, geom, dev = self.cfg, self.geom, self.device
+        self._set_lr(it)
+        b = self.sampler.sample(self.rng)
+        rgb = frames_tensor(self.prep.frames, b.frames).to(dev)
+        raw = self.prep.features[torch.as_tensor(b.frames)].float().to(dev) * self.scale
+        self.model.train()
+        refined = self.model.refine(rgb, raw, geom)
+        refined_n = l2n(refined)
+        src_fi = torch.from_numpy(b.src_fi).to(dev)
+        tgt_fi = torch.from_numpy(b.tgt_fi).to(dev)
+        src = sample_frames(refined, src_fi, torch.from_numpy(b.src_xy).to(dev), geom)
+        pred = self.model.predict(src, refined_n, tgt_fi, geom)
+        parts = {"flow": L.flow_loss(pred, torch.from_numpy(b.tgt_xy).to(dev), self.hw, c.huber_delta)}
+        if c.lambda_dbb:
+            parts["dbb"] = c.lambda_dbb * self._dbb_loss(b.frames, refined)
+        if c.lambda_norm:
+            parts["norm"] = c.lambda_norm * L.norm_loss(refined, raw)
+        if c.lambda_angle:
+            parts["angle"] = c.lambda_angle * L.angle_loss(refined, raw)
+        if it >= c.cyc_after and c.lambda_cyc:
+            parts["cyc"] = c.lambda_cyc * self._cycle_loss(b.frames, refined, refined_n)
+        if it >= c.rbb_after and c.lambda_rbb:
+            parts["rbb"] = c.lambda_rbb * self._rbb_loss(b.frames, refined)
+        loss = sum(parts.values())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {k: float(v.detach()) for k, v in parts.items()} | {"loss": float(loss.detach())}
+
+    def run(self, progress: bool = True, stop_after: int | None = None) -> DinoTrackerModel:
+        """Train to ``cfg.iterations`` (resuming). ``stop_after``: stop early (tests of resume)."""
+        from tqdm.auto import tqdm
+
+        c = self.cfg
+        start = self.resume()
+        if start == 0 and self.ckpt_dir is not None and c.iterations > 0:
+            self.save(0)
+        bar = tqdm(total=c.iterations, initial=start, desc="train", unit="it", disable=not progress,
+                   leave=False)
+        t0 = time.perf_counter()
+        for it in range(start, c.iterations):
+            if stop_after is not None and it >= stop_after:
+                break
+            rec = self.step(it)
+            done = it + 1
+            if done % c.log_every == 0 or done == c.iterations:
+                rec["iteration"] = done
+                self.history.append(rec)
+                log.info("iter %d/%d loss %.5f (%s)", done, c.iterations, rec["loss"],
+                         ", ".join(f"{k} {v:.2e}" for k, v in rec.items() if k not in ("loss", "iteration")))
+            if done % c.checkpoint_every == 0 or done == c.iterations:
+                self.save(done)
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}")
+        bar.close()
+        log.info("training: %d iterations in %.1f s", max(0, c.iterations - start),
+                 time.perf_counter() - t0)
+        self.model.eval()
+        return self.model
+
+
+def train(prep, cfg: TrackerConfig, ckpt_dir: Path | None = None, progress: bool = True):
+    """Train (or resume) and return (model in eval mode, feature scale)."""
+    tr = Trainer(prep, cfg, ckpt_dir)
+    model = tr.run(progress)
+    return model, tr.scale
