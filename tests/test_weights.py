@@ -95,3 +95,21 @@ def test_hub_probe_is_bounded(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     seen.clear()
     assert weights.hub_reachable() is False and not seen  # offline flag: no probe at all
+
+
+def test_hub_weights_load_from_a_local_hf_cache(tmp_path, monkeypatch):
+    """timm's real pretrained=True path, fed from a Hugging Face cache our test builds."""
+    src = load_backend("dinov2_vits14", weights="random", seed=4, precision="fp32")
+    repo_dir = tmp_path / "models--timm--vit_small_patch14_dinov2.lvd142m"
+    snap = repo_dir / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text("0" * 40)
+    save_file({k: v.contiguous() for k, v in src.model.state_dict().items()}, str(snap / "model.safetensors"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path), raising=False)
+    hub = load_backend("dinov2_vits14", precision="fp32")  # weights default: the hub
+    assert hub.weights == "hub"
+    torch.testing.assert_close(hub(_clip()).features, src(_clip()).features)
