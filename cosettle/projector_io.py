@@ -128,8 +128,16 @@ def load_projected_backend(base_name: str, path: str | Path, **backend_kwargs):
         if meta.get("norm") is not None:
             backend_kwargs.setdefault("norm", bool(meta["norm"]))
         enc = meta.get("encoder_weights")
-        if enc and base_name == recorded and "weights" not in backend_kwargs:
+        w = meta.get("weights")
+        if "weights" in backend_kwargs or base_name != recorded:
+            pass
+        elif enc:
             backend_kwargs["weights"] = str((p.parent / enc).resolve())  # released file's own encoder
+        elif w == "random" or (w and Path(w).is_file()):
+            backend_kwargs["weights"] = w  # the encoder weights it was trained on
+        elif w and w not in ("hub", "pretrained"):
+            log.warning("projector %s was trained with encoder weights %s, which is not available here; "
+                        "using the default weights", p, w)
     base = load_backend(base_name, **backend_kwargs)
     if base.feat_dim != proj.in_dim:
         raise UserError(f"projector {p} expects {proj.in_dim}-d features, {base_name} gives {base.feat_dim}",
