@@ -142,3 +142,16 @@ def test_custom_backend_through_the_contract(small_clip):
     assert f.shape == (6, 3, 12, 16)
     expect = small_clip[0, :4, :4].reshape(-1, 3).mean(0) / 255
     np.testing.assert_allclose(f[0, :, 0, 0].numpy(), expect, atol=1e-6)
+
+
+def test_random_vit_on_real_video_and_no_xformers_on_cpu(davis_dir):
+    from cosettle.io.video import read_video
+
+    video = read_video(davis_dir / "JPEGImages", max_frames=3)
+    assert (len(video), video.height, video.width) == (3, 480, 854)
+    b = load_backend("dinov2_vits14", weights="random", stride=7, resolution=112)
+    f, g = b(video)
+    # short side 112 -> 112 x round(854 * 112 / 480) = 199 -> snapped to 14 + 7k = 196
+    assert (g.input_h, g.input_w, g.grid_h, g.grid_w) == (112, 196, 15, 27)
+    assert f.shape == (3, 384, 15, 27) and torch.isfinite(f).all()
+    assert b.xformers is False  # xformers only ever runs on CUDA
