@@ -104,7 +104,7 @@ def _read_list(list_file: Path) -> list[Clip]:
     return clips
 
 
-def discover_clips(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Clip]:
+def discover_clips(sources: str | os.PathLike | Sequence[str | os.PathLike], flag: str = "--data") -> list[Clip]:
     """All clips of one or more sources (list files, video folders, frame folders, video files)."""
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
@@ -112,8 +112,8 @@ def discover_clips(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> 
     for src in sources:
         p = Path(src).expanduser()
         if not p.exists():
-            raise UserError(f"training data not found: {p}",
-                            "pass --data LIST.txt, a folder of videos or a folder of frame folders")
+            raise UserError(f"{flag} path not found: {p}",
+                            f"pass {flag} LIST.txt, a folder of videos or a folder of frame folders")
         if p.is_file() and p.suffix.lower() in VIDEO_EXTS:
             clips.append(Clip(str(p), "video"))
         elif p.is_file():

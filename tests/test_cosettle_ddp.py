@@ -55,7 +55,7 @@ def _cli(args, capsys):
 
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, video_dir):
     code, err = _cli(["--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o")] + TINY, capsys)
-    assert code == 2 and err.startswith("error: training data not found") and "\n" not in err
+    assert code == 2 and err.startswith("error: --data path not found") and "\n" not in err
     code, err = _cli(["--out", str(tmp_path / "o")] + TINY, capsys)
     assert code == 2 and "no training data" in err and "\n" not in err
     code, err = _cli(["--data", str(video_dir), "--out", str(tmp_path / "o"), "--backend", "nonexistent_net"], capsys)
