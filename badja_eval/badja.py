@@ -187,7 +187,7 @@ def load_sequence(root: str | Path, name: str, full_hw: tuple[int, int] | None =
         joints[:, t, 0] = rc[:, 1] * sx
         joints[:, t, 1] = rc[:, 0] * sy
         visible[:, t] = np.asarray(e["visibility"], dtype=bool)[list(BADJA_JOINTS)]
-    log.info("BADJA %s: clip frames %d..%d (%d), %d annotated, %d visible entries, %s layout, %dx%d",
+    log.debug("BADJA %s: clip frames %d..%d (%d), %d annotated, %d visible entries, %s layout, %dx%d",
              name, first, last, S, int(annotated.sum()), int(visible.sum()), layout, size_hw[1], size_hw[0])
     return BadjaSequence(name, frame_paths, mask_paths, indices, joints, visible, annotated,
                          (int(size_hw[0]), int(size_hw[1])), layout)
