@@ -1,0 +1,195 @@
+"""``Tracker``: DINO-Tracker on any FeatureBackend.
+
+    from cosettle.backends.registry import load_backend
+    from tracker.api import Tracker
+    from tracker.config import preset
+
+    tracker = Tracker(load_backend("dsift"), preset("fast")).fit(video)   # video: Video or (T,H,W,3)
+    result = tracker.track(queries)     # (N,3) t,x,y in original pixels -> TrackResult (original px)
+
+``fit`` preprocesses (cached per video), trains or resumes from the last checkpoint, and caches the
+refined features. Everything lives in a work folder keyed by the video content and every setting that
+changes the result (default ``$COSETTLE_CACHE/tracker/<key>``, ``~/.cache/cosettle`` if unset), so
+re-running the same command is instant and an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cosettle.backends.base import FeatureBackend, frames_to_tensor, video_hw
+from cosettle.errors import UserError
+from cosettle.io.atomic import atomic_path
+from cosettle.io.tracks import TrackResult
+
+from .config import TrackerConfig, config_dict, preset
+
+log = logging.getLogger(__name__)
+
+# fields that do not change the trained model (excluded from the training cache key)
+_INFERENCE_ONLY = {"occlusion", "anchor_cos", "visible_cos", "fb_thresh_cells", "infer_chunk_maps",
+                   "work_dir", "preprocess", "device", "log_every", "checkpoint_every"}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("COSETTLE_CACHE", Path.home() / ".cache" / "cosettle")) / "tracker"
+
+
+def video_digest(video) -> str:
+    """sha256 over the frames (streamed one frame at a time)."""
+    h = hashlib.sha256()
+    n, hh, ww = video_hw(video)
+    h.update(f"{n}x{hh}x{ww}".encode())
+    for i in range(n):
+        h.update(np.ascontiguousarray(np.asarray(video[i], dtype=np.uint8)).tobytes())
+    return h.hexdigest()
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def training_key(cfg: TrackerConfig) -> str:
+    d = {k: v for k, v in config_dict(cfg).items() if k not in _INFERENCE_ONLY}
+    return _digest(d)
+
+
+class Tracker:
+    """DINO-Tracker (test-time trained per video) implementing the ``PointTracker`` protocol."""
+
+    name = "dino"
+
+    def __init__(self, backend: FeatureBackend, config: TrackerConfig | None = None,
+                 progress: bool = True, **overrides):
+        if not isinstance(backend, FeatureBackend):
+            raise UserError(f"Tracker needs a FeatureBackend, got {type(backend).__name__}")
+        cfg = config if config is not None else preset("fast")
+        if overrides:
+            cfg = cfg.replace(**overrides)
+        self.backend = backend
+        self.cfg = cfg
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self.prep = None
+        self.model = None
+        self.infer = None
+        self.work_dir: Path | None = None
+
+    # -- fitting ---------------------------------------------------------------------------------
+    def _work_dir(self, video, masks) -> Path:
+        if self.cfg.work_dir:
+            return Path(self.cfg.work_dir)
+        pre = self.cfg.preprocess
+        pre = config_dict_any(pre)
+        key = _digest({"video": video_digest(video), "backend": self.backend.cache_key(),
+                       "resolution": self.backend.resolution, "preprocess": pre,
+                       "masks": None if masks is None else hashlib.sha256(
+                           np.ascontiguousarray(np.asarray(masks) > 0).tobytes()).hexdigest()})
+        return cache_root() / key
+
+    def fit(self, video, masks: np.ndarray | None = None) -> "Tracker":
+        from .inference import TrackInference, refined_features
+        from .preprocess import preprocess_video
+        from .train import Trainer, latest_checkpoint
+
+        cfg = self.cfg
+        if isinstance(video, np.ndarray) and video.ndim == 4 and video.shape[-1] == 3 and video.dtype != np.uint8:
+            raise UserError("video frames must be uint8 RGB")
+        n, h, w = video_hw(video)
+        if n < 2:
+            raise UserError(f"the dino tracker needs at least 2 frames, got {n}")
+        res = cfg.resolution
+        if isinstance(res, int) and min(h, w) <= res:
+            res = None  # a short-side setting never upsamples a small video
+        if cfg.resolution is not None and self.backend.resolution != res:
+            log.info("setting backend %s resolution to %s (config)", self.backend.name, res)
+            self.backend.resolution = res
+        self.geometry_image_hw = (h, w)
+        t0 = time.perf_counter()
+        self.work_dir = self._work_dir(video, masks)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        log.info("work folder %s", self.work_dir)
+        self.prep = preprocess_video(video, self.backend, cfg.preprocess, self.work_dir, masks=masks,
+                                     progress=self.progress)
+        self.timings["preprocess"] = time.perf_counter() - t0
+        geom = self.prep.geometry
+        ckpt_dir = self.work_dir / f"train_{training_key(cfg)}"
+        t0 = time.perf_counter()
+        trainer = Trainer(self.prep, cfg, ckpt_dir)
+        self.model = trainer.run(progress=self.progress)
+        self.timings["train"] = time.perf_counter() - t0
+        self.train_history = trainer.history
+        t0 = time.perf_counter()
+        last = latest_checkpoint(ckpt_dir)
+        cache = ckpt_dir / "refined.pt"
+        refined = None
+        tag = last.name if last is not None else "untrained"
+        if cache.is_file():
+            st = torch.load(cache, map_location="cpu", weights_only=True)
+            if st.get("tag") == tag:
+                refined = st["refined"].float()
+        if refined is None:
+            refined = refined_features(self.model, self.prep.frames, self.prep.features, trainer.scale, geom,
+                                       progress=self.progress)
+            with atomic_path(cache) as tmp:
+                torch.save({"tag": tag, "refined": refined.half()}, tmp)
+            refined = refined.half().float()  # same values whether computed now or read from the cache
+        self.timings["refine"] = time.perf_counter() - t0
+        self.infer = TrackInference(self.model, refined, geom, cfg)
+        return self
+
+    # -- tracking ----------------------------------------------------------------------------------
+    @property
+    def geometry(self):
+        if self.prep is None:
+            raise RuntimeError("call fit(video) before track()")
+        return self.prep.geometry
+
+    def track(self, queries, occlusion: str | None = None) -> TrackResult:
+        if self.infer is None:
+            raise RuntimeError("call fit(video) before track()")
+        q = np.asarray(getattr(queries, "txy", queries), dtype=np.float64).reshape(-1, 3)
+        names = list(getattr(queries, "names", []) or [])
+        geom = self.geometry
+        t = self.prep.frames.shape[0]
+        if len(q) and (q[:, 0].min() < 0 or q[:, 0].max() > t - 1):
+            raise UserError(f"query frame out of range [0, {t - 1}]")
+        q_in = np.concatenate([q[:, :1], geom.image_to_input(q[:, 1:3])], axis=1)
+        t0 = time.perf_counter()
+        tracks, vis, conf = self.infer.track(q_in, occlusion, progress=self.progress)
+        self.timings["track"] = self.timings.get("track", 0.0) + time.perf_counter() - t0
+        tracks_img = geom.input_to_image(tracks.astype(np.float64)).astype(np.float32)
+        # keep the query point exact in its own frame (no round-trip error)
+        for i, (tq, x, y) in enumerate(q):
+            tracks_img[i, int(round(tq))] = (x, y)
+        return TrackResult(tracks_img, vis, conf, q.astype(np.float32), names)
+
+
+def config_dict_any(obj):
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    return dict(obj or {})
+
+
+def frames_at_work_resolution(video, geometry) -> np.ndarray:
+    """(T, input_h, input_w, 3) uint8 frames resized like the backends resize them (tests/tools)."""
+    import torch.nn.functional as F
+
+    n = video_hw(video)[0]
+    out = []
+    for s in range(0, n, 8):
+        x = frames_to_tensor(video, s, min(n, s + 8))
+        if x.shape[-2:] != (geometry.input_h, geometry.input_w):
+            x = F.interpolate(x, size=(geometry.input_h, geometry.input_w), mode="bilinear",
+                              align_corners=False, antialias=True)
+        out.append((x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
