@@ -22,9 +22,9 @@ import argparse  # noqa: E402
 import hashlib  # noqa: E402
 import logging  # noqa: E402
 import subprocess  # noqa: E402
+import dataclasses  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 
-import numpy as np  # noqa: E402
 
 from cosettle.errors import UserError, cli_entry  # noqa: E402
 
@@ -127,6 +127,7 @@ def resolve(args: argparse.Namespace) -> EvalConfig:
         raise UserError("--num-videos must be >= 1 and --num-frames >= 2")
     if cfg.out is None:
         cfg.out = str(Path("runs") / "eval" / cfg.benchmark)
+    cfg.masks = cfg.masks and cfg.benchmark == "badja"  # only BADJA has masks to pass to fit()
     if cfg.benchmark == "badja":
         if cfg.data_root is None:
             if not DEFAULT_DATA_ROOT.is_dir():
@@ -179,25 +180,27 @@ def tapvid_tasks(cfg: EvalConfig, pickles: list[Path]):
     from badja_eval.runner import Task
 
     tasks, scorers, groups = [], {}, {}
-    for pk in pickles:
-        videos = tapvid.load_pickle(pk, trust=cfg.trust_pickle)
-        if cfg.sequences and cfg.benchmark == "tapvid":
-            known = {v.name for v in videos}
-            missing = [s for s in cfg.sequences if s not in known]
-            if missing:
-                raise UserError(f"videos {missing} not in {pk}", f"available: {', '.join(sorted(known)[:10])} ...")
-            videos = [v for v in videos if v.name in cfg.sequences]
-        for v in videos:
-            t = tapvid.prepare(v, cfg.query_mode, cfg.resolution)
-            if len(t.queries_ours) == 0:
-                log.warning("video %s has no visible points; skipped", v.name)
-                continue
-            digest = hashlib.sha1(np.ascontiguousarray(t.frames).tobytes()).hexdigest()
-            tasks.append(Task(v.name, lambda t=t: (t.frames, None), t.queries_ours,
-                              t.frames.shape[:3], digest))
-            scorers[v.name] = (lambda pred, t=t: tapvid.score(t, pred.tracks, pred.visible))
-            # synthetic videos are named <difficulty>_<index>: their rows are per difficulty level
-            groups[v.name] = v.name.rsplit("_", 1)[0] if cfg.benchmark == "synthetic" else v.name
+    loaded = [(pk, v) for pk in pickles for v in tapvid.load_pickle(pk, trust=cfg.trust_pickle)]
+    if len({v.name for _, v in loaded}) != len(loaded):  # several list-layout shards: names per file
+        loaded = [(pk, dataclasses.replace(v, name=f"{pk.stem}/{v.name}")) for pk, v in loaded]
+    videos = [v for _, v in loaded]
+    if cfg.sequences:
+        known = {v.name for v in videos}
+        missing = [s for s in cfg.sequences if s not in known]
+        if missing:
+            raise UserError(f"videos {missing} not in {', '.join(str(p) for p in pickles)}",
+                            f"available: {', '.join(sorted(known)[:10])}{' ...' if len(known) > 10 else ''}")
+        videos = [v for v in videos if v.name in cfg.sequences]
+    for v in videos:
+        t = tapvid.prepare(v, cfg.query_mode, cfg.resolution)
+        if len(t.queries_ours) == 0:
+            log.warning("video %s has no visible points; skipped", v.name)
+            continue
+        tasks.append(Task(v.name, lambda t=t: (t.load_frames(), None), t.queries_ours,
+                          (v.num_frames, *t.inf_hw), f"{v.digest()}@{t.inf_hw}"))
+        scorers[v.name] = (lambda pred, t=t: tapvid.score(t, pred.tracks, pred.visible))
+        # synthetic videos are named <difficulty>_<index>: their rows are per difficulty level
+        groups[v.name] = v.name.rsplit("_", 1)[0] if cfg.benchmark == "synthetic" else v.name
     return tasks, scorers, groups
 
 
@@ -247,7 +250,7 @@ def main(argv=None):
     if not tasks:
         raise UserError("nothing to evaluate", "check --sequences / the pickle")
     out = Path(cfg.out)
-    runner = Runner(out / "cache", cfg.preset, cfg.device, use_masks=cfg.masks and cfg.benchmark == "badja",
+    runner = Runner(out / "cache", cfg.preset, cfg.device, use_masks=cfg.masks,
                     progress=not args.quiet, max_new=cfg.max_new)
     for b in sorted({m.backend for m in methods if m.backend}):  # fail fast on a bad backend name/file
         runner.backend(b)

@@ -38,13 +38,36 @@ STRIDE = 5
 @dataclass
 class TapVidVideo:
     name: str
-    video: np.ndarray  # (T, H, W, 3) uint8 at the pickle's resolution
+    video: object  # (T, H, W, 3) uint8 array, or a list of JPEG bytes (Kinetics), decoded on demand
     points: np.ndarray  # (N, T, 2) float32 (x, y) normalised, corner convention
     occluded: np.ndarray  # (N, T) bool, True = occluded
+    hw: tuple[int, int] = (0, 0)  # frame size (H, W) at the pickle's resolution
+
+    def __post_init__(self):
+        if self.hw == (0, 0) and isinstance(self.video, np.ndarray):
+            self.hw = (int(self.video.shape[1]), int(self.video.shape[2]))
 
     @property
     def num_frames(self) -> int:
-        return int(self.video.shape[0])
+        return int(self.points.shape[1])
+
+    def frames(self) -> np.ndarray:
+        """(T, H, W, 3) uint8 (JPEG bytes are decoded here, so a Kinetics shard is never all in memory)."""
+        if isinstance(self.video, np.ndarray):
+            return self.video
+        return np.stack([_decode_jpeg(b, self.name, k) for k, b in enumerate(self.video)])
+
+    def digest(self) -> str:
+        """Content hash of the frames as stored (for the runner's cache)."""
+        import hashlib
+
+        h = hashlib.sha1()
+        if isinstance(self.video, np.ndarray):
+            h.update(np.ascontiguousarray(self.video).tobytes())
+        else:
+            for b in self.video:
+                h.update(bytes(b))
+        return h.hexdigest()
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -98,17 +121,22 @@ def _to_video(name: str, d, path: Path) -> TapVidVideo:
         raise UserError(f"{path}: video {name!r} lacks video/points/occluded", "expected a TAP-Vid pickle")
     frames = d["video"]
     if isinstance(frames, (list, tuple)) and frames and isinstance(frames[0], (bytes, bytearray)):
-        frames = np.stack([_decode_jpeg(b, name, k) for k, b in enumerate(frames)])
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise UserError(f"{path}: video {name!r} has shape {frames.shape}, expected (T,H,W,3)", "check the file")
+        first = _decode_jpeg(frames[0], name, 0)
+        T, hw = len(frames), first.shape[:2]
+        frames = list(frames)
+    else:
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise UserError(f"{path}: video {name!r} has shape {frames.shape}, expected (T,H,W,3)",
+                            "check the file")
+        frames = frames.astype(np.uint8, copy=False)
+        T, hw = frames.shape[0], frames.shape[1:3]
     points = np.asarray(d["points"], dtype=np.float32)
     occ = np.asarray(d["occluded"], dtype=bool)
-    T = frames.shape[0]
     if points.ndim != 3 or points.shape[1:] != (T, 2) or occ.shape != points.shape[:2]:
         raise UserError(f"{path}: video {name!r}: points {points.shape} / occluded {occ.shape} do not match "
                         f"{T} frames", "expected points (N,T,2) and occluded (N,T)")
-    return TapVidVideo(name, frames.astype(np.uint8), points, occ)
+    return TapVidVideo(name, frames, points, occ, (int(hw[0]), int(hw[1])))
 
 
 def _decode_jpeg(buf: bytes, name: str, k: int) -> np.ndarray:
@@ -180,15 +208,20 @@ def resize_video(video: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 @dataclass
 class TapVidTask:
-    """What the runner needs to track one video: frames at the inference size and tracker queries."""
+    """What the runner needs to track one video: its frames (loaded on demand) and tracker queries."""
 
     name: str
-    frames: np.ndarray  # (T, h, w, 3) uint8 at the inference resolution
+    video: TapVidVideo
+    inf_hw: tuple[int, int]  # inference resolution (H, W)
     queries_ours: np.ndarray  # (Q, 3) t, x, y in our pixel-centre convention at the inference size
     query_points: np.ndarray  # (Q, 3) [t, y, x] raster at 256x256 (for the metric)
     gt_tracks: np.ndarray  # (Q, T, 2) raster (x, y) at 256x256
     gt_occluded: np.ndarray  # (Q, T)
     mode: str = "first"
+
+    def load_frames(self) -> np.ndarray:
+        """(T, h, w, 3) uint8 at the inference resolution."""
+        return resize_video(self.video.frames(), self.inf_hw)
 
 
 def prepare(video: TapVidVideo, mode: str, resolution: str = "256", stride: int = STRIDE) -> TapVidTask:
@@ -197,7 +230,7 @@ def prepare(video: TapVidVideo, mode: str, resolution: str = "256", stride: int 
     if resolution == "256":
         inf_hw = (EVAL_SIZE, EVAL_SIZE)
     elif resolution == "full":
-        inf_hw = tuple(int(v) for v in video.video.shape[1:3])
+        inf_hw = video.hw
     else:
         raise UserError(f"unknown TAP-Vid resolution {resolution!r}", "use 256 or full")
     ev_hw = (EVAL_SIZE, EVAL_SIZE)
@@ -209,16 +242,15 @@ def prepare(video: TapVidVideo, mode: str, resolution: str = "256", stride: int 
     q_ours[:, 0] = qp256[:, 0]
     t_idx = qp256[:, 0].astype(np.int64)
     q_ours[:, 1:] = raster_to_ours(gt_inf[idx, t_idx])
-    return TapVidTask(video.name, resize_video(video.video, inf_hw), q_ours, qp256, gt256[idx],
-                      video.occluded[idx], mode)
+    return TapVidTask(video.name, video, inf_hw, q_ours, qp256, gt256[idx], video.occluded[idx], mode)
 
 
 def score(task: TapVidTask, pred_tracks_ours: np.ndarray, pred_visible: np.ndarray) -> dict:
     """Metrics of one video (×100 for the percentages), from predictions in our convention at the
-    inference size of ``task.frames``."""
+    inference size ``task.inf_hw``."""
     from .metrics import compute_tapvid_metrics
 
-    pred256 = ours_to_raster(pred_tracks_ours, task.frames.shape[1:3])
+    pred256 = ours_to_raster(pred_tracks_ours, task.inf_hw)
     m = compute_tapvid_metrics(task.query_points[None], task.gt_occluded[None], task.gt_tracks[None],
                                ~np.asarray(pred_visible, dtype=bool)[None], pred256[None], task.mode)
     out = {k: 100.0 * float(v[0]) for k, v in m.items()}

@@ -153,3 +153,36 @@ def test_missing_frame_is_named(data_root, tmp_path, capsys):
 def test_script_bad_input_from_a_subprocess(tmp_path):
     p = _run("--data-root", tmp_path / "missing", check=False)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "error:" in p.stderr
+
+
+def test_tapvid_pickle_through_the_cli(tmp_path, capsys):
+    """Static points, always visible: the static tracker is perfect in both query modes; a video list
+    pickle with a point that moves 1 px/frame at 256 scores by hand."""
+    import pickle
+
+    T, H, W = 8, 32, 64
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 255, (T, H, W, 3), dtype=np.uint8)
+    pts = np.tile(rng.uniform(0.1, 0.9, (3, 1, 2)), (1, T, 1)).astype(np.float32)
+    moving = pts[:1].copy()
+    moving[0, :, 0] += np.arange(T) / 256.0  # +1 raster px per frame at 256x256
+    data = {"still": {"video": video, "points": pts, "occluded": np.zeros((3, T), bool)},
+            "moving": {"video": video, "points": moving, "occluded": np.zeros((1, T), bool)}}
+    (tmp_path / "t.pkl").write_bytes(pickle.dumps(data))
+    for mode in ("first", "strided"):
+        out = tmp_path / mode
+        code, cap = _main(["--benchmark", "tapvid", "--pickle", tmp_path / "t.pkl", "--trackers", "static",
+                           "--query-mode", mode, "--out", out, "--quiet"], capsys)
+        assert code == 0, cap.err
+        rows = {r["sequence"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+        assert rows["still"]["average_jaccard"] == pytest.approx(100.0)
+        assert rows["still"]["occlusion_accuracy"] == 100.0
+        # first mode, query at 0: errors 1..7 px on frames 1..7; d < δ for δ=1,2,4,8,16 -> 0,1,3,7,7 of 7
+        if mode == "first":
+            expect = 100 * np.mean([0, 1 / 7, 3 / 7, 1, 1])
+            assert rows["moving"]["average_pts_within_thresh"] == pytest.approx(expect)
+        assert rows["mean"]["average_jaccard"] == pytest.approx(
+            (rows["still"]["average_jaccard"] + rows["moving"]["average_jaccard"]) / 2)
+    code, cap = _main(["--benchmark", "tapvid", "--pickle", tmp_path / "t.pkl", "--sequences", "nope",
+                       "--out", tmp_path / "x", "--quiet"], capsys)
+    assert code == 2 and "not in" in cap.err

@@ -95,7 +95,7 @@ def test_levels_and_reproducibility(tmp_path):
     assert digest[0] == digest[1] != digest[2]
     vids = load_pickle(a)  # readable by the TAP-Vid reader (safe mode)
     assert [v.name for v in vids] == ["easy_000", "easy_001"]
-    assert vids[0].video.shape == (6, 48, 64, 3) and vids[0].points.shape == (8, 6, 2)
+    assert vids[0].frames().shape == (6, 48, 64, 3) and vids[0].points.shape == (8, 6, 2)
     with open(a, "rb") as fh:
         assert set(pickle.load(fh)["easy_000"]) == {"video", "points", "occluded"}
 

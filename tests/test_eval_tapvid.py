@@ -37,8 +37,9 @@ def test_reads_dict_list_and_jpeg_layouts(tmp_path):
         jpgs.append(buf.getvalue())
     (tmp_path / "kin.pkl").write_bytes(pickle.dumps([dict(v, video=jpgs), _video(seed=2)]))
     vids = tapvid.load_pickle(tmp_path / "kin.pkl")
-    assert len(vids) == 2 and vids[0].video.shape == (6, 32, 48, 3)
-    assert np.abs(vids[0].video.astype(int) - v["video"]).mean() < 60  # decoded JPEG
+    assert len(vids) == 2 and vids[0].hw == (32, 48) and vids[0].num_frames == 6
+    assert vids[0].frames().shape == (6, 32, 48, 3)
+    assert np.abs(vids[0].frames().astype(int) - v["video"]).mean() < 60  # decoded JPEG
 
 
 def test_untrusted_pickle_is_refused(tmp_path):
@@ -85,7 +86,7 @@ def test_corner_convention_round_trip():
 def test_gt_predictions_score_perfectly_and_shift_is_seen(mode, resolution):
     v = tapvid.TapVidVideo("v", **_video(T=10, H=40, W=80))
     task = tapvid.prepare(v, mode, resolution)
-    h, w = task.frames.shape[1:3]
+    h, w = task.load_frames().shape[1:3]
     assert (h, w) == ((256, 256) if resolution == "256" else (40, 80))
     # a perfect tracker answers in our convention at the inference size
     gt_ours = tapvid.raster_to_ours(tapvid.norm_to_raster(v.points, (h, w)))
