@@ -1,0 +1,160 @@
+"""Foreground masks: from the user (folder of images or an array) or from backend-feature saliency.
+
+Saliency (DINO-Tracker spec section 2.3): every feature token of the whole video, L2-normalised,
+projected on the first principal component; min-max normalised over all tokens; foreground = the
+normalised score below ``threshold`` (0.6) *after fixing the sign*.
+
+Differences from the reference, on purpose:
+* the PCA is exact and deterministic (eigen-decomposition of the C x C covariance of all tokens,
+  accumulated frame by frame) -- the reference uses the randomised, unseeded ``pca_lowrank``;
+* sign rule: the component is oriented so that the cells on the border of the frame (background in
+  most videos) score *high*, i.e. fall on the background side of the threshold. The reference leaves the
+  sign to chance, so FG and BG can swap between runs;
+* generated masks are written as PNG (0/255), not JPEG, so "> 0" does not pick up ringing.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cosettle.errors import UserError
+from cosettle.geometry import Geometry
+from cosettle.io.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+MASK_EXTS = {".png", ".jpg", ".jpeg", ".bmp"}
+
+
+def check_masks(masks, num_frames: int, height: int, width: int) -> np.ndarray:
+    """User masks (T, H, W) (any dtype; > 0 = foreground) -> bool; UserError on a shape mismatch."""
+    m = np.asarray(masks)
+    if m.ndim == 4 and m.shape[-1] in (1, 3, 4):
+        m = m[..., 0] if m.shape[-1] == 1 else m[..., :3].max(-1)
+    if m.ndim != 3:
+        raise UserError(f"masks must be (T, H, W), got shape {m.shape}")
+    if m.shape[0] != num_frames:
+        raise UserError(f"got {m.shape[0]} masks for a video of {num_frames} frames",
+                        "give one mask per frame (same count and order as the frames)")
+    if m.shape[1:] != (height, width):
+        raise UserError(f"masks are {m.shape[2]}x{m.shape[1]}, the video is {width}x{height}",
+                        "masks must have the video's size")
+    return m > 0
+
+
+def load_mask_folder(folder, num_frames: int, height: int, width: int) -> np.ndarray:
+    """Read one mask image per frame (sorted by filename; any value > 0 = foreground)."""
+    import imageio.v3 as iio
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"mask folder not found: {folder}", "check --masks")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in MASK_EXTS and not p.name.startswith("."))
+    if len(files) != num_frames:
+        raise UserError(f"mask folder {folder} has {len(files)} images, the video {num_frames} frames",
+                        "give one mask per frame")
+    out = np.zeros((num_frames, height, width), bool)
+    for i, f in enumerate(files):
+        img = np.asarray(iio.imread(f))
+        if img.ndim == 3:
+            img = img[..., :3].max(-1)
+        if img.shape != (height, width):
+            raise UserError(f"mask {f} is {img.shape[1]}x{img.shape[0]}, the video is {width}x{height}",
+                            "masks must have the video's size")
+        out[i] = img > 0
+    return out
+
+
+def resize_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of (T, h, w) bool masks (pixel-centre aligned)."""
+    t = torch.from_numpy(np.ascontiguousarray(masks)).float()[:, None]
+    if t.shape[-2:] == (height, width):
+        return masks.astype(bool)
+    return (F.interpolate(t, size=(height, width), mode="nearest-exact")[:, 0] > 0.5).numpy()
+
+
+def saliency_masks(features: torch.Tensor, geometry: Geometry, threshold: float = 0.6,
+                   seed: int = 0) -> tuple[np.ndarray, dict]:
+    """PCA saliency -> (T, input_h, input_w) bool masks at the work resolution, plus a small report.
+
+    ``seed`` is accepted for API symmetry; the exact PCA below has no randomness.
+    """
+    T, C, h, w = features.shape
+    # covariance streamed frame by frame in float64: exact, deterministic, memory ~ one frame
+    s1 = torch.zeros(C, dtype=torch.float64)
+    s2 = torch.zeros(C, C, dtype=torch.float64)
+    for t in range(T):
+        x = _unit_tokens(features[t:t + 1]).double()
+        s1 += x.sum(0)
+        s2 += x.T @ x
+    n = T * h * w
+    mean = s1 / n
+    cov = (s2 - n * torch.outer(mean, mean)) / max(n - 1, 1)
+    _, vecs = torch.linalg.eigh(cov)  # ascending eigenvalues
+    pc1 = vecs[:, -1]
+    score = torch.stack([(_unit_tokens(features[t:t + 1]).double() - mean) @ pc1 for t in range(T)])
+    score = score.reshape(T, h, w)
+    border = torch.zeros(h, w, dtype=torch.bool)
+    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
+    # sign rule: border cells must score higher (background side) than the interior on average
+    flipped = bool(score[:, border].mean() < score[:, ~border].mean()) if (~border).any() else False
+    if flipped:
+        score = -score
+    lo, hi = score.min(), score.max()
+    norm = (score - lo) / (hi - lo).clamp_min(1e-12)
+    fg_cells = (norm < threshold).numpy()
+    masks = cells_to_pixels(fg_cells, geometry)
+    info = {"flipped": flipped, "fg_fraction": float(masks.mean()), "threshold": threshold}
+    log.info("saliency masks: PCA sign %s, foreground %.1f%% of pixels",
+             "flipped (border -> background)" if flipped else "kept", 100 * info["fg_fraction"])
+    if info["fg_fraction"] > 0.5:
+        log.warning("saliency masks cover %.0f%% of the frame -- the backend's first principal component "
+                    "does not isolate the object; pass your own masks for a better fg/bg balance",
+                    100 * info["fg_fraction"])
+    return masks, info
+
+
+def _unit_tokens(features: torch.Tensor) -> torch.Tensor:
+    """(T, C, h, w) -> (T*h*w, C) float32 L2-normalised tokens."""
+    C = features.shape[1]
+    return F.normalize(features.float().permute(0, 2, 3, 1).reshape(-1, C), dim=1)
+
+
+def cells_to_pixels(cells: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """(T, grid_h, grid_w) bool -> (T, input_h, input_w): each pixel takes its nearest cell."""
+    g = geometry
+    xs = np.rint(g.input_to_grid(np.stack([np.arange(g.input_w), np.zeros(g.input_w)], 1))[:, 0])
+    ys = np.rint(g.input_to_grid(np.stack([np.zeros(g.input_h), np.arange(g.input_h)], 1))[:, 1])
+    xi = np.clip(xs.astype(np.int64), 0, g.grid_w - 1)
+    yi = np.clip(ys.astype(np.int64), 0, g.grid_h - 1)
+    return cells[:, yi][:, :, xi]
+
+
+def save_masks_png(folder, masks: np.ndarray) -> Path:
+    """Write masks as ``00000.png`` ... (0/255, lossless), each atomically."""
+    import imageio.v3 as iio
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, m in enumerate(masks):
+        with atomic_path(folder / f"{i:05d}.png") as tmp:
+            iio.imwrite(tmp, (np.asarray(m, bool) * 255).astype(np.uint8))
+    return folder
+
+
+def trajectory_foreground(traj: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(N,) bool: the trajectory's first valid point lies on the foreground (spec section 2.5)."""
+    n = len(traj)
+    if n == 0:
+        return np.zeros(0, bool)
+    valid = np.isfinite(traj[:, :, 0])
+    start = np.argmax(valid, axis=1)
+    xy = traj[np.arange(n), start]
+    _, h, w = masks.shape
+    xi = np.clip(np.rint(xy[:, 0]).astype(np.int64), 0, w - 1)
+    yi = np.clip(np.rint(xy[:, 1]).astype(np.int64), 0, h - 1)
+    return masks[start, yi, xi] & valid.any(1)

@@ -1,0 +1,344 @@
+"""DINO-Tracker preprocessing on any backend: frames, features, masks, flows, trajectories, best buddies.
+
+Everything is at the *work resolution* = the backend's input size (``geometry.input_h x input_w``).
+
+Each stage is a function call (never a subprocess) cached in ``work_dir/<stage>-<key>/``, where the
+key hashes the video content and every setting that changes the stage's output (and its inputs'
+keys). A stage writes into a temporary folder that is renamed into place only when complete, with a
+``meta.json`` listing its files and sizes; a cached stage is loaded only when that check passes, else
+it is recomputed. So a killed run leaves no partial stage, and re-running resumes at the first
+missing stage. A failing stage raises with its name (the reference's sub-scripts failed silently and
+left missing files for the next stage).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cosettle.errors import UserError
+from cosettle.geometry import Geometry
+
+from . import best_buddies as bbm
+from .flow import consecutive_flows, make_flow_estimator
+from .masks import check_masks, resize_masks, saliency_masks, save_masks_png, trajectory_foreground
+from .trajectories import chain_trajectories
+
+log = logging.getLogger(__name__)
+
+STAGES = ("frames", "features", "masks", "flows", "trajectories", "trajectories_nodirect", "best_buddies")
+
+
+@dataclass
+class PreprocessConfig:
+    """Defaults are DINO-Tracker's where they apply; CPU-motivated deviations are marked."""
+
+    flow: str = field(default="dis", metadata={"help": "optical flow: dis (OpenCV, no weights) | raft"})
+    dis_preset: str = field(default="medium", metadata={"help": "DIS preset: ultrafast|fast|medium"})
+    dis_finest_scale: int | None = field(default=None, metadata={
+        "help": "DIS finest pyramid level (None = preset's, 0 = full resolution, slower)"})
+    raft_weights: str | None = field(default=None, metadata={"help": "local raft_large weights file"})
+    fb_threshold: float = field(default=1.5, metadata={"help": "forward-backward consistency, px"})
+    direct_threshold: float = field(default=2.5, metadata={"help": "direct-flow filter, px"})
+    direct_window: int = field(default=8, metadata={
+        "help": "direct flows s->s+2..s+window (reference: every later frame, O(T^2)); <2 disables"})
+    min_traj_len: int = 2
+    traj_stride: int = field(default=2, metadata={
+        "help": "seed trajectories on a stride-s pixel lattice (reference: 1 = every pixel)"})
+    fg_threshold: float = field(default=0.6, metadata={"help": "PCA saliency threshold"})
+    bb_box: int = field(default=30, metadata={"help": "NMS half box size, work px"})
+    bb_iou: float = 0.2
+    bb_topk: int = 400
+    bb_max_pairs: int = field(default=100, metadata={
+        "help": "best buddies on at most this many unordered frame pairs, seeded (0 = all T(T-1)/2)"})
+    bb_window: int = field(default=0, metadata={"help": "best-buddy pairs only within this many frames (0 = any)"})
+    bb_flow_filter: bool = True
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass
+class Preprocessed:
+    geometry: Geometry
+    frames: np.ndarray        # (T, input_h, input_w, 3) uint8
+    features: torch.Tensor    # (T, C, grid_h, grid_w) float32, raw backend features
+    trajectories: np.ndarray  # (N, T, 2) float32 input px, NaN where absent
+    traj_fg: np.ndarray       # (N,) bool
+    masks: np.ndarray         # (T, input_h, input_w) bool
+    best_buddies: dict        # {(s, t): {"src", "dst", "cos", "r"}}, both orders, only the computed pairs
+    work_dir: Path
+    stats: dict = field(default_factory=dict)  # per stage: cached, seconds, key, counts (flow calls...)
+
+
+# -- stage cache ---------------------------------------------------------------------------------------
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def content_hash(arr: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(str((arr.shape, str(arr.dtype))).encode())
+    h.update(np.ascontiguousarray(arr).data)
+    return h.hexdigest()[:16]
+
+
+class StageCache:
+    """Folders ``<stage>-<key>/`` with a ``meta.json`` (written last) describing their files."""
+
+    def __init__(self, work_dir: Path):
+        self.root = Path(work_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._clean_stale()
+
+    def _clean_stale(self):
+        # temp folders of dead processes (SIGKILL skips our cleanup): remove them
+        for p in self.root.glob(".tmp-*"):
+            try:
+                pid = int(p.name.rsplit("-", 1)[1])
+                os.kill(pid, 0)
+                alive = pid != os.getpid()
+            except (ValueError, ProcessLookupError, IndexError):
+                alive = False
+            except PermissionError:
+                alive = True
+            if not alive:
+                shutil.rmtree(p, ignore_errors=True)
+
+    def path(self, name: str, key: str) -> Path:
+        return self.root / f"{name}-{key}"
+
+    def check(self, folder: Path) -> dict | None:
+        meta_file = folder / "meta.json"
+        if not meta_file.is_file():
+            return None
+        try:
+            meta = json.loads(meta_file.read_text())
+            for fname, size in meta["files"].items():
+                if (folder / fname).stat().st_size != size:
+                    return None
+        except (OSError, ValueError, KeyError):
+            return None
+        return meta
+
+    def run(self, name: str, fields: dict, compute: Callable[[Path], dict], load: Callable[[Path, dict], Any]):
+        """-> (result, info). ``compute(folder)`` writes files and returns JSON-able meta."""
+        key = _hash({"stage": name, **fields})
+        final = self.path(name, key)
+        tic = time.time()
+        meta = self.check(final)
+        if meta is not None:
+            try:
+                result = load(final, meta)
+                log.info("stage %-22s cached (%s)", name, final.name)
+                return result, {"cached": True, "seconds": time.time() - tic, "key": key, **meta.get("stats", {})}
+            except Exception as err:  # corrupt cache: say so and recompute
+                log.warning("stage %s: cached files in %s unreadable (%s); recomputing", name, final, err)
+                shutil.rmtree(final, ignore_errors=True)
+        elif final.exists():
+            log.warning("stage %s: incomplete cache folder %s; recomputing", name, final)
+            shutil.rmtree(final, ignore_errors=True)
+        tmp = self.root / f".tmp-{name}-{key}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            try:
+                stats = compute(tmp) or {}
+            except UserError as err:
+                raise UserError(f"preprocessing stage '{name}': {err.message}", err.fix) from err
+            except Exception as err:
+                raise RuntimeError(f"preprocessing stage '{name}' failed: {type(err).__name__}: {err}") from err
+            files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+            meta = {"stage": name, "key": key, "fields": fields, "stats": stats, "files": files}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another process finished the same stage first: keep theirs
+                if self.check(final) is None:
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        result = load(final, self.check(final))
+        secs = time.time() - tic
+        log.info("stage %-22s computed in %.1fs (%s)", name, secs, final.name)
+        return result, {"cached": False, "seconds": secs, "key": key, **stats}
+
+
+def _save_npy(path: Path, arr: np.ndarray):
+    np.save(path, arr, allow_pickle=False)
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+def video_array(video) -> np.ndarray:
+    """Any accepted video (Video, array (T,H,W,3)) -> (T, H, W, 3) uint8."""
+    if hasattr(video, "numpy") and not isinstance(video, (np.ndarray, torch.Tensor)):
+        arr = np.asarray(video.numpy())
+    else:
+        arr = np.asarray(video)
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise UserError(f"video must be (T, H, W, 3) RGB, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise UserError(f"video frames must be uint8, got {arr.dtype}")
+    if arr.shape[0] < 2:
+        raise UserError(f"the tracker needs at least 2 frames, got {arr.shape[0]}")
+    return np.ascontiguousarray(arr)
+
+
+def resize_frames(frames: np.ndarray, h: int, w: int, chunk: int = 8) -> np.ndarray:
+    """uint8 frames -> (T, h, w, 3) uint8 with the backends' resize (antialiased bilinear)."""
+    if frames.shape[1:3] == (h, w):
+        return frames
+    out = np.empty((len(frames), h, w, 3), np.uint8)
+    for s in range(0, len(frames), chunk):
+        x = torch.from_numpy(frames[s:s + chunk]).permute(0, 3, 1, 2).float()
+        y = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        out[s:s + chunk] = y.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    return out
+
+
+# -- the pipeline --------------------------------------------------------------------------------------
+def preprocess_video(video, backend, config: PreprocessConfig | None = None, work_dir: Path | str = "work",
+                     masks: np.ndarray | None = None, progress: bool = True) -> Preprocessed:
+    """Run (or load from ``work_dir``) every preprocessing stage. See the module docstring."""
+    cfg = config or PreprocessConfig()
+    frames0 = video_array(video)
+    T, H0, W0 = frames0.shape[:3]
+    if masks is not None:
+        masks = check_masks(masks, T, H0, W0)
+    geom = backend.geometry(H0, W0)
+    cache = StageCache(Path(work_dir))
+    vid_key = content_hash(frames0)
+    stats: dict = {"video": {"frames": T, "height": H0, "width": W0, "content": vid_key},
+                   "geometry": geom.to_dict()}
+    log.info("preprocessing %d frames %dx%d -> work %dx%d (%s), cache %s", T, W0, H0, geom.input_w,
+             geom.input_h, backend.name, cache.root)
+
+    # 1. frames at the work resolution
+    def c_frames(d):
+        _save_npy(d / "frames.npy", resize_frames(frames0, geom.input_h, geom.input_w))
+        return {}
+
+    frames_fields = {"video": vid_key, "size": [geom.input_h, geom.input_w], "v": 1}
+    frames, stats["frames"] = cache.run("frames", frames_fields, c_frames,
+                                        lambda d, m: np.load(d / "frames.npy"))
+
+    # 2. raw backend features
+    feat_fields = {"video": vid_key, "backend": backend.cache_key(), "geometry": geom.to_dict(), "v": 1}
+
+    def c_feats(d):
+        feats = backend.extract(frames0, progress=progress)
+        _save_npy(d / "features.npy", feats.features.float().numpy())
+        return {"shape": list(feats.features.shape)}
+
+    def l_feats(d, m):
+        f = torch.from_numpy(np.load(d / "features.npy"))
+        if tuple(f.shape) != (T, backend.feat_dim, geom.grid_h, geom.grid_w):
+            raise ValueError(f"features shape {tuple(f.shape)} does not match the geometry")
+        return f
+
+    features, stats["features"] = cache.run("features", feat_fields, c_feats, l_feats)
+
+    # 3. foreground masks: the user's, else PCA saliency of the backend features
+    if masks is not None:
+        mask_fields = {"user": content_hash(masks), "size": [geom.input_h, geom.input_w], "v": 1}
+    else:
+        mask_fields = {"features": stats["features"]["key"], "threshold": cfg.fg_threshold, "seed": cfg.seed,
+                       "v": 1}
+
+    def c_masks(d):
+        if masks is not None:
+            m, info = resize_masks(masks, geom.input_h, geom.input_w), {"source": "user"}
+        else:
+            m, info = saliency_masks(features, geom, cfg.fg_threshold, cfg.seed)
+            info["source"] = "pca-saliency"
+        save_masks_png(d / "masks", m)
+        return info
+
+    def l_masks(d, m):
+        import imageio.v3 as iio
+
+        files = sorted((d / "masks").glob("*.png"))
+        if len(files) != T:
+            raise ValueError(f"{len(files)} mask files for {T} frames")
+        return np.stack([iio.imread(f) > 127 for f in files])
+
+    fg_masks, stats["masks"] = cache.run("masks", mask_fields, c_masks, l_masks)
+
+    # 4. consecutive flows, once
+    estimator = make_flow_estimator(cfg.flow, cfg.dis_preset, cfg.raft_weights, cfg.device, cfg.dis_finest_scale)
+    flow_fields = {"frames": stats["frames"]["key"], "estimator": estimator.cache_fields(), "v": 1}
+
+    def c_flows(d):
+        fwd, bwd = consecutive_flows(frames, estimator, progress=progress)
+        _save_npy(d / "fwd.npy", fwd)
+        _save_npy(d / "bwd.npy", bwd)
+        return {"flow_calls": estimator.calls}
+
+    (fwd, bwd), stats["flows"] = cache.run(
+        "flows", flow_fields, c_flows,
+        lambda d, m: (np.load(d / "fwd.npy", mmap_mode="r"), np.load(d / "bwd.npy", mmap_mode="r")))
+    fwd, bwd = np.ascontiguousarray(fwd), np.ascontiguousarray(bwd)
+
+    # 5. trajectories with the direct-flow filter (training supervision) ...
+    traj_common = {"flows": stats["flows"]["key"], "fb": cfg.fb_threshold, "min_len": cfg.min_traj_len,
+                   "stride": cfg.traj_stride, "v": 1}
+
+    def c_traj(direct: bool):
+        def compute(d):
+            calls0 = estimator.calls
+            traj, st = chain_trajectories(fwd, bwd, frames, estimator, cfg.fb_threshold, cfg.direct_threshold,
+                                          cfg.direct_window, cfg.min_traj_len, cfg.traj_stride, direct, progress)
+            _save_npy(d / "trajectories.npy", traj)
+            return {"num_trajectories": st.num_trajectories, "flow_calls": estimator.calls - calls0,
+                    "per_start": st.per_start}
+        return compute
+
+    def l_traj(d, m):
+        traj = np.load(d / "trajectories.npy")
+        if traj.ndim != 3 or traj.shape[1:] != (T, 2):
+            raise ValueError(f"trajectories shape {traj.shape}, expected (N, {T}, 2)")
+        return traj
+
+    direct_fields = {**traj_common, "direct": cfg.direct_threshold, "window": cfg.direct_window}
+    trajectories, stats["trajectories"] = cache.run("trajectories", direct_fields, c_traj(True), l_traj)
+
+    # ... and without it (only to decide which best buddies flow already explains)
+    traj_nodirect = None
+    if cfg.bb_flow_filter:
+        traj_nodirect, stats["trajectories_nodirect"] = cache.run(
+            "trajectories_nodirect", {**traj_common, "direct": None}, c_traj(False), l_traj)
+
+    # 6. best buddies
+    pairs = bbm.select_pairs(T, cfg.bb_max_pairs, cfg.bb_window, cfg.seed)
+    bb_fields = {"features": stats["features"]["key"],
+                 "traj": stats.get("trajectories_nodirect", {}).get("key"), "box": cfg.bb_box,
+                 "iou": cfg.bb_iou, "topk": cfg.bb_topk, "pairs": _hash(pairs), "v": 1}
+
+    def c_bb(d):
+        bb, st = bbm.compute_best_buddies(features, geom, pairs, traj_nodirect, cfg.bb_box, cfg.bb_iou,
+                                          cfg.bb_topk, cfg.bb_flow_filter, progress)
+        bbm.save_best_buddies(d / "best_buddies.npz", bb)
+        return st
+
+    best_buddies, stats["best_buddies"] = cache.run("best_buddies", bb_fields, c_bb,
+                                                    lambda d, m: bbm.load_best_buddies(d / "best_buddies.npz"))
+
+    traj_fg = trajectory_foreground(trajectories, fg_masks)
+    stats["flow_calls_total"] = sum(int(stats[s].get("flow_calls", 0)) for s in
+                                    ("flows", "trajectories", "trajectories_nodirect") if s in stats)
+    stats["flow_calls_reference"] = 2 * (T - 1) * 2 + T * (T - 1)  # spec section 8: 2646 for T = 50
+    stats["config"] = asdict(cfg)
+    log.info("preprocessing done: %d trajectories (%d fg), %d best-buddy pairs, %d flow calls "
+             "(reference: %d)", len(trajectories), int(traj_fg.sum()), len(best_buddies),
+             stats["flow_calls_total"], stats["flow_calls_reference"])
+    return Preprocessed(geom, frames, features, trajectories, traj_fg, fg_masks, best_buddies,
+                        cache.root, stats)
