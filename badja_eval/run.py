@@ -53,6 +53,7 @@ class EvalConfig:
     sequences: list[str] = field(default_factory=list)
     trackers: list[str] = field(default_factory=lambda: ["static", "flow"])
     backends: list[str] = field(default_factory=lambda: ["dsift"])
+    backend_args: dict = field(default_factory=dict)
     preset: str = "fast"
     out: str | None = None
     query_mode: str | None = None
@@ -79,6 +80,18 @@ def _csv(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
+def _kv(text: str) -> dict:
+    import yaml
+
+    out = {}
+    for item in _csv(text):
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(val)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="badja_eval/run.py", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trackers", type=_csv, default=["static", "flow"], help="comma list of static,flow,features,dino")
     p.add_argument("--backends", type=_csv, default=["dsift"],
                    help="backends for dino/features, e.g. dsift,dsift+cosettle:PATH (gain = projected - base)")
+    p.add_argument("--backend-args", type=_kv, default={},
+                   help="keyword arguments for every backend, e.g. weights=random,stride=7")
     p.add_argument("--preset", choices=("fast", "paper"), default="fast", help="DINO-Tracker preset")
     p.add_argument("--out", help="output folder (default runs/eval/<benchmark>)")
     p.add_argument("--query-mode", help="badja: clip0 (default) | first-visible; tapvid/synthetic: first (default) | strided")
@@ -251,7 +266,7 @@ def main(argv=None):
         raise UserError("nothing to evaluate", "check --sequences / the pickle")
     out = Path(cfg.out)
     runner = Runner(out / "cache", cfg.preset, cfg.device, use_masks=cfg.masks,
-                    progress=not args.quiet, max_new=cfg.max_new)
+                    progress=not args.quiet, max_new=cfg.max_new, backend_kwargs=cfg.backend_args)
     for b in sorted({m.backend for m in methods if m.backend}):  # fail fast on a bad backend name/file
         runner.backend(b)
     if cfg.workers > 1 and cfg.shard is None:

@@ -95,7 +95,8 @@ class Runner:
 
     def __init__(self, cache_dir: str | Path, preset: str = "fast", device: str | None = None,
                  build_tracker: Callable | None = None, load_backend: Callable | None = None,
-                 use_masks: bool = True, progress: bool = True, max_new: int | None = None):
+                 use_masks: bool = True, progress: bool = True, max_new: int | None = None,
+                 backend_kwargs: dict | None = None):
         self.cache_dir = Path(cache_dir)
         self.preset = preset
         self.device = device
@@ -104,6 +105,7 @@ class Runner:
         self.use_masks = use_masks
         self.progress = progress
         self.max_new = max_new
+        self.backend_kwargs = dict(backend_kwargs or {})  # e.g. weights="random", stride=7 (every backend)
         self._backends: dict[str, Any] = {}
         self._loaded: tuple[str, Any] | None = None  # last task's frames, reused across methods
         self.computed = 0
@@ -115,6 +117,7 @@ class Runner:
             if load is None:
                 from cosettle.backends.registry import load_backend as load
             kw = {"device": self.device} if self.device else {}
+            kw.update(self.backend_kwargs)
             self._backends[name] = load(name, **kw)
         return self._backends[name]
 
@@ -147,6 +150,8 @@ class Runner:
                              "tracker": method.tracker, "backend": method.backend,
                              "preset": self.preset if method.tracker == "dino" else None,
                              "masks": self.use_masks}, sort_keys=True).encode())
+        if method.backend and self.backend_kwargs:
+            h.update(json.dumps(self.backend_kwargs, sort_keys=True, default=str).encode())
         h.update(np.ascontiguousarray(task.queries, dtype=np.float64).tobytes())
         return h.hexdigest()[:20]
 

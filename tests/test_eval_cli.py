@@ -186,3 +186,28 @@ def test_tapvid_pickle_through_the_cli(tmp_path, capsys):
     code, cap = _main(["--benchmark", "tapvid", "--pickle", tmp_path / "t.pkl", "--sequences", "nope",
                        "--out", tmp_path / "x", "--quiet"], capsys)
     assert code == 2 and "not in" in cap.err
+
+
+def test_projected_backend_gain_columns(data_root, tmp_path, capsys):
+    """A real projector file on dsift (random linear map) through the registry: one row per backend
+    and gain columns = projected - base, per sequence and on the mean."""
+    from cosettle.backends.registry import load_backend
+    from cosettle.projector import Projector
+    from cosettle.projector_io import save_projector
+
+    dim = load_backend("dsift").feat_dim
+    proj = save_projector(tmp_path / "p.safetensors", Projector(dim, 32, "linear", seed=0),
+                          {"base_backend": "dsift"})
+    out = tmp_path / "out"
+    code, cap = _main(["--data-root", data_root, "--sequences", "dog", "--trackers", "features",
+                       "--backends", f"dsift,dsift+cosettle:{proj}", "--out", out, "--quiet"], capsys)
+    assert code == 0, cap.err
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    by = {(r["sequence"], r["backend"]): r for r in rows}
+    p, b = by[("mean", f"dsift+cosettle:{proj}")], by[("mean", "dsift")]
+    assert p["gain_delta_seg"] == pytest.approx(p["delta_seg"] - b["delta_seg"])
+    assert p["gain_delta_3px"] == pytest.approx(p["delta_3px"] - b["delta_3px"])
+    assert "gain_delta_seg" not in b
+    assert "Δδseg" in cap.out
+    header = (out / "results.csv").read_text().splitlines()[0]
+    assert "gain_delta_seg" in header and "gain_delta_3px" in header
