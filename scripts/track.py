@@ -1,0 +1,237 @@
+#!/usr/bin/env python
+"""Track points through a video with DINO-Tracker (or a baseline) on any feature backend.
+
+    python scripts/track.py                                   # built-in demo clip, reports its error
+    python scripts/track.py --video clip.mp4 --points pts.json [--backend dsift] [--preset fast]
+    python scripts/track.py --video frames/ --grid-size 8 --grid-frame 0 --tracker flow
+
+Writes into --out: tracks.npz / tracks.json / tracks.csv (original-video pixels, see
+cosettle.io.tracks), overlay.mp4, config.yaml (the resolved settings), run_info.json and track.log.
+Nothing is written there when an input is bad (one ``error:`` line, exit status 2). The DINO tracker's
+preprocessing, checkpoints and refined features live in a work folder keyed by the video and the
+settings (``--work-dir``; default ~/.cache/cosettle/tracker/...): re-running resumes.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # busy-waiting OpenMP threads crawl on shared CPUs
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from cosettle.cli import add_backend_args, add_video_args, backend_from_args, print_backends  # noqa: E402
+from cosettle.config import dump_yaml, load_yaml_dict  # noqa: E402
+from cosettle.errors import UserError, cli_entry  # noqa: E402
+from cosettle.provenance import setup_logging, write_run_info  # noqa: E402
+
+log = logging.getLogger("track")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_video_args(p, required=False)
+    add_backend_args(p, default="dsift")
+    g = p.add_argument_group("tracking")
+    g.add_argument("--points", default=None, help="query points, JSON or CSV (frame, x, y[, name])")
+    g.add_argument("--grid-size", type=int, default=None, help="track an N x N grid of points instead")
+    g.add_argument("--grid-frame", type=int, default=0, help="frame of the grid points (default 0)")
+    g.add_argument("--tracker", default="dino", choices=("dino", "flow", "features", "static"))
+    g.add_argument("--preset", default="fast", choices=("fast", "paper"),
+                   help="DINO-Tracker settings: fast (CPU) or paper (the original) (default: %(default)s)")
+    g.add_argument("--config", type=Path, default=None, help="YAML with tracker config keys (over the preset)")
+    g.add_argument("--iterations", type=int, default=None, help="training iterations (over the preset)")
+    g.add_argument("--occlusion", choices=("fb", "anchors"), default=None,
+                   help="occlusion rule: fb (O(N*T), default) or anchors (the paper's, O(N*T^2))")
+    g.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's)")
+    g.add_argument("--masks", default=None, help="optional folder of foreground masks (png, one per frame)")
+    g.add_argument("--work-dir", default=None, help="DINO-Tracker work folder (default: content-keyed cache)")
+    g.add_argument("--out", default=None, help="output folder (default: outputs/track, demo: outputs/demo)")
+    g.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")
+    g.add_argument("--verbose", action="store_true")
+    return p
+
+
+def resolve_config(args):
+    from tracker.config import merge_dict, preset
+
+    cfg = preset(args.preset)
+    if args.config is not None:
+        cfg = merge_dict(cfg, load_yaml_dict(args.config))
+    over = {}
+    if args.iterations is not None:
+        if args.iterations < 0:
+            raise UserError(f"--iterations must be >= 0, got {args.iterations}")
+        over["iterations"] = args.iterations
+    if args.seed is not None:
+        over["seed"] = args.seed
+    if args.occlusion is not None:
+        over["occlusion"] = args.occlusion
+    if args.resolution is not None:
+        over["resolution"] = args.resolution
+    if args.work_dir is not None:
+        over["work_dir"] = args.work_dir
+    if args.device is not None:
+        over["device"] = args.device
+    return cfg.replace(**over) if over else cfg
+
+
+def load_masks(folder, video) -> np.ndarray:
+    import imageio.v3 as iio
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"mask folder not found: {folder}", "pass a folder of png masks, one per frame")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+    idx = getattr(video, "frame_indices", None) or list(range(len(video)))
+    if len(files) < max(idx) + 1:
+        raise UserError(f"{folder} has {len(files)} masks, the video needs {max(idx) + 1}",
+                        "one mask per frame of the source")
+    out = []
+    for i in idx:
+        m = np.asarray(iio.imread(files[i]))
+        m = m[..., 0] if m.ndim == 3 else m
+        if m.shape != (video.height, video.width):
+            raise UserError(f"mask {files[i]} is {m.shape[1]}x{m.shape[0]}, video is {video.width}x{video.height}")
+        out.append(m > 127)  # thresholded (JPEG ringing must not count as foreground)
+    return np.stack(out)
+
+
+def get_queries(args, video):
+    from cosettle.io.queries import grid_queries, load_queries
+
+    if args.points and args.grid_size:
+        raise UserError("pass either --points or --grid-size, not both")
+    if args.points:
+        return load_queries(args.points, len(video), video.height, video.width)
+    if args.grid_size:
+        if not 0 <= args.grid_frame < len(video):
+            raise UserError(f"--grid-frame {args.grid_frame} is out of range [0, {len(video) - 1}]")
+        return grid_queries(video.height, video.width, args.grid_size, args.grid_frame)
+    raise UserError("no query points", "pass --points FILE or --grid-size N")
+
+
+@cli_entry
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.list_backends:
+        print_backends()
+        return 0
+    demo = not args.video
+    out = Path(args.out or ("outputs/demo" if demo else "outputs/track"))
+    tmp_dir = Path(tempfile.mkdtemp(prefix="track_"))  # the log lives here until the run succeeds
+    try:
+        return run(args, demo, out, tmp_dir)
+    finally:
+        logging.shutdown()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def run(args, demo: bool, out: Path, tmp_dir: Path) -> int:
+    from cosettle.io.video import read_video
+
+    setup_logging(args.verbose, tmp_dir / "track.log")
+    stages: dict[str, float] = {}
+    t_all = time.perf_counter()
+    cfg = resolve_config(args)  # bad config -> error before anything is written
+    gt = None
+    if demo:
+        from cosettle.demo import make_demo_clip
+
+        t0 = time.perf_counter()
+        video_path, points_path, gt = make_demo_clip(out / "demo")
+        args.video, args.points = str(video_path), str(points_path)
+        stages["demo clip"] = time.perf_counter() - t0
+        log.info("demo clip %s with %d points", video_path, len(gt))
+    t0 = time.perf_counter()
+    video = read_video(args.video, max_frames=args.max_frames, frame_stride=args.frame_stride, fps=args.fps)
+    queries = get_queries(args, video)
+    masks = load_masks(args.masks, video) if args.masks else None
+    stages["read inputs"] = time.perf_counter() - t0
+    backend = None
+    if args.tracker in ("dino", "features"):
+        t0 = time.perf_counter()
+        backend = backend_from_args(args)
+        stages["load backend"] = time.perf_counter() - t0
+    if args.tracker == "dino" and len(video) < 2:
+        raise UserError("the dino tracker needs at least 2 frames", "use a longer video")
+
+    from tracker import build_tracker
+
+    tracker = build_tracker(args.tracker, backend=backend, config=cfg if args.tracker == "dino" else None)
+    frames = video.numpy()
+    log.info("tracking %d points over %d frames (%dx%d) with %s%s", len(queries), len(video), video.width,
+             video.height, args.tracker, f" on {backend.name}" if backend else "")
+    t0 = time.perf_counter()
+    tracker.fit(frames, masks=masks)
+    fit_s = time.perf_counter() - t0
+    timings = dict(getattr(tracker, "timings", {}) or {})
+    if timings:
+        stages.update({k: v for k, v in timings.items() if k != "track"})
+    else:
+        stages["fit"] = fit_s
+    t0 = time.perf_counter()
+    result = tracker.track(queries.txy)
+    result.names = list(queries.names)
+    stages["track"] = time.perf_counter() - t0
+
+    # --- outputs (only now: a failure above leaves the output folder untouched) ----------------------
+    from cosettle.io.tracks import save_tracks, write_overlay
+
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"tracker": args.tracker, "backend": backend.name if backend else None,
+            "video": str(args.video), "preset": args.preset if args.tracker == "dino" else None}
+    paths = save_tracks(out, result, video.fps, (video.height, video.width), meta)
+    if not args.no_overlay:
+        paths["overlay"] = write_overlay(out / "overlay.mp4", frames, result, video.fps)
+    stages["write outputs"] = time.perf_counter() - t0
+    from tracker.config import config_dict
+
+    resolved = {"tracker": args.tracker, "backend": backend.name if backend else None,
+                "backend_fields": backend.cache_fields() if backend else None,
+                "video": str(args.video), "points": args.points, "grid_size": args.grid_size,
+                "grid_frame": args.grid_frame, "max_frames": args.max_frames,
+                "frame_stride": args.frame_stride, "dino": config_dict(cfg) if args.tracker == "dino" else None}
+    dump_yaml(resolved, out / "config.yaml")
+    paths["config"] = out / "config.yaml"
+    extra = {"stages_s": {k: round(v, 3) for k, v in stages.items()},
+             "total_s": round(time.perf_counter() - t_all, 3), "frames": len(video), "points": len(queries),
+             "work_dir": str(getattr(tracker, "work_dir", "") or "")}
+    err = None
+    if gt is not None:
+        err = float(np.linalg.norm(result.tracks - gt, axis=-1)[:, 1:].mean())
+        extra["demo_mean_error_px"] = round(err, 3)
+    paths["run_info"] = write_run_info(out, extra)
+    # summary
+    lines = ["", f"done in {time.perf_counter() - t_all:.1f} s  ({args.tracker} tracker"
+             + (f", backend {backend.name}" if backend else "") + ")"]
+    for k, v in stages.items():
+        lines.append(f"  {k:<14s} {v:7.1f} s")
+    if getattr(tracker, "work_dir", None):
+        lines.append(f"  work folder    {tracker.work_dir}")
+    for k, pth in paths.items():
+        lines.append(f"  {k:<14s} {pth}")
+    lines.append(f"  {'log':<14s} {out / 'track.log'}")
+    vis = float(result.visible.mean()) if result.visible.size else 0.0
+    lines.append(f"  {len(queries)} points x {len(video)} frames, {100 * vis:.0f}% visible")
+    if err is not None:
+        lines.append(f"  demo: mean error vs ground truth {err:.2f} px (frames 1..{len(video) - 1})")
+    log.info("\n".join(lines))
+    for h in logging.getLogger().handlers:
+        h.flush()
+    shutil.copyfile(tmp_dir / "track.log", out / "track.log")
+    return 0
+
+
+if __name__ == "__main__":
+    main()

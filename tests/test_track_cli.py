@@ -1,0 +1,119 @@
+"""scripts/track.py: outputs of a real (tiny) run, and bad inputs -> exit 2, one line, no outputs."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cosettle.io.video import write_video
+from tests._tracker_synth import translating_clip
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_cli():
+    spec = importlib.util.spec_from_file_location("track_cli", REPO / "scripts" / "track.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+CLI = _load_cli()
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        CLI.main(argv)
+    cap = capsys.readouterr()
+    return exc.value.code, cap.out, cap.err
+
+
+@pytest.fixture(scope="module")
+def clip_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clip")
+    frames = translating_clip(64, 96, 6, 3, 1)
+    video = write_video(d / "clip.mp4", frames, fps=10)
+    pts = d / "pts.json"
+    pts.write_text(json.dumps({"points": [{"frame": 0, "x": 40, "y": 30, "name": "a"},
+                                          {"frame": 5, "x": 20.5, "y": 40}]}))
+    return video, pts
+
+
+def test_dino_run_writes_every_output(clip_files, tmp_path, capsys):
+    video, pts = clip_files
+    out = tmp_path / "out"
+    code, _, err = run(["--video", str(video), "--points", str(pts), "--out", str(out), "--iterations", "6",
+                        "--work-dir", str(tmp_path / "work"), "--stride", "4", "--seed", "1"], capsys)
+    assert code == 0, err
+    for name in ("tracks.npz", "tracks.json", "tracks.csv", "overlay.mp4", "config.yaml", "run_info.json",
+                 "track.log"):
+        assert (out / name).is_file(), name
+    z = np.load(out / "tracks.npz")
+    assert z["tracks"].shape == (2, 6, 2)
+    np.testing.assert_allclose(z["tracks"][1, 5], [20.5, 40], atol=1e-4)
+    info = json.loads((out / "run_info.json").read_text())
+    assert {"preprocess", "train", "track"} <= set(info["stages_s"])
+    assert "iterations: 6" in (out / "config.yaml").read_text()
+    assert "done in" in err and "tracks.npz" in err  # the summary
+
+
+def test_static_tracker_grid(clip_files, tmp_path, capsys):
+    video, _ = clip_files
+    out = tmp_path / "out"
+    code, _, err = run(["--video", str(video), "--grid-size", "3", "--grid-frame", "2", "--tracker", "static",
+                        "--out", str(out), "--no-overlay"], capsys)
+    assert code == 0, err
+    z = np.load(out / "tracks.npz")
+    assert z["tracks"].shape == (9, 6, 2)
+    np.testing.assert_allclose(z["tracks"][:, 0], z["tracks"][:, 5])
+
+
+def _bad_cases(tmp: Path, video: Path, pts: Path):
+    corrupt = tmp / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00not a video" * 100)
+    malformed = tmp / "malformed.json"
+    malformed.write_text("{points: [")
+    empty = tmp / "empty.json"
+    empty.write_text(json.dumps({"points": []}))
+    outside = tmp / "outside.json"
+    outside.write_text(json.dumps({"points": [{"frame": 0, "x": 500, "y": 10}]}))
+    late = tmp / "late.json"
+    late.write_text(json.dumps({"points": [{"frame": 6, "x": 5, "y": 10}]}))
+    badcfg = tmp / "bad.yaml"
+    badcfg.write_text("not_a_key: 3\n")
+    v = ["--video", str(video)]
+    return {
+        "missing video": ["--video", str(tmp / "nope.mp4"), "--points", str(pts)],
+        "corrupt video": ["--video", str(corrupt), "--points", str(pts)],
+        "missing points": v + ["--points", str(tmp / "nope.json")],
+        "malformed points": v + ["--points", str(malformed)],
+        "empty points": v + ["--points", str(empty)],
+        "point outside": v + ["--points", str(outside)],
+        "frame out of range": v + ["--points", str(late)],
+        "grid frame out of range": v + ["--grid-size", "2", "--grid-frame", "9"],
+        "no points": v,
+        "unknown backend": v + ["--points", str(pts), "--backend", "nosuchnet"],
+        "weights missing offline": v + ["--points", str(pts), "--backend", "dinov2_vits14"],
+        "weights file missing": v + ["--points", str(pts), "--backend", "dinov2_vits14", "--weights",
+                                     str(tmp / "nope.safetensors")],
+        "unknown config key": v + ["--points", str(pts), "--config", str(badcfg)],
+    }
+
+
+def test_bad_inputs_exit_2_one_line_no_outputs(clip_files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("COSETTLE_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # nothing cached
+    video, pts = clip_files
+    for name, argv in _bad_cases(tmp_path, video, pts).items():
+        out = tmp_path / f"out_{name.replace(' ', '_')}"
+        code, stdout, err = run(argv + ["--out", str(out), "--work-dir", str(tmp_path / "w")], capsys)
+        lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
+        assert code == 2, (name, err)
+        assert len(lines) == 1 and "Traceback" not in err, (name, err)
+        assert not out.exists(), name
