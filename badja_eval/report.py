@@ -129,7 +129,9 @@ def plot_bars(path: Path, rows: list[dict], metrics: Sequence[str], title: str,
         ax.set_xticklabels(seqs, rotation=20, fontsize=8)
         ax.set_ylabel(headers.get(k, k))
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].set_title(title)
+    import textwrap
+
+    axes[0, 0].set_title("\n".join(textwrap.wrap(title, 100)), fontsize=8)
     axes[0, 0].legend(fontsize=7, ncol=min(4, len(meths)))
     fig.tight_layout()
     path = Path(path)
@@ -141,7 +143,7 @@ def plot_bars(path: Path, rows: list[dict], metrics: Sequence[str], title: str,
 
 def write_report(out_dir: str | Path, rows: list[dict], metrics: Sequence[str], *, benchmark: str,
                  config: dict, per_video: dict | None = None, headers: dict[str, str] | None = None,
-                 extra_info: dict | None = None) -> dict[str, Path]:
+                 extra_info: dict | None = None, protocol: str = "") -> dict[str, Path]:
     """results.csv, results.json, results.png, config.yaml, run_info.json in ``out_dir``."""
     from cosettle.config import dump_yaml
     from cosettle.provenance import write_run_info
@@ -151,13 +153,13 @@ def write_report(out_dir: str | Path, rows: list[dict], metrics: Sequence[str], 
     paths = {"csv": out / "results.csv", "json": out / "results.json", "png": out / "results.png",
              "config": out / "config.yaml"}
     write_text(paths["csv"], to_csv(rows, metrics))
-    write_json(paths["json"], {"benchmark": benchmark, "metrics": list(metrics),
+    write_json(paths["json"], {"benchmark": benchmark, "protocol": protocol, "metrics": list(metrics),
                                "note": "percentages (x100); mean = simple mean over sequences/videos; "
                                        "gain_<metric> = projected backend minus its base backend",
                                "rows": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
                                          for k, v in r.items()} for r in rows],
                                "per_video": per_video or {}})
-    plot_bars(paths["png"], rows, metrics, f"{benchmark}", headers)
+    plot_bars(paths["png"], rows, metrics, protocol or benchmark, headers)
     dump_yaml(config, paths["config"])
     paths["run_info"] = write_run_info(out, {"benchmark": benchmark, **(extra_info or {})})
     return paths

@@ -286,12 +286,30 @@ def main(argv=None):
     seq_order = list(dict.fromkeys(groups[t.key] for t in tasks))
     metrics = METRICS[cfg.benchmark]
     rows = build_rows(scores, seq_order, methods, metrics)
+    proto = protocol(cfg, len(tasks))
+    print(proto)
     print(format_table(rows, metrics, HEADERS))
     paths = write_report(out, rows, metrics, benchmark=cfg.benchmark, config=asdict(cfg), per_video=per_video,
-                         headers=HEADERS, extra_info={"query_mode": cfg.query_mode, "preset": cfg.preset,
-                                                      "newly_computed": runner.computed})
+                         headers=HEADERS, protocol=proto,
+                         extra_info={"query_mode": cfg.query_mode, "preset": cfg.preset,
+                                     "newly_computed": runner.computed})
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def protocol(cfg: EvalConfig, n_videos: int) -> str:
+    """One line that states how the numbers were made (publish it next to them)."""
+    if cfg.benchmark == "badja":
+        q = ("all 20 joints queried at clip frame 0" if cfg.query_mode == "clip0"
+             else "each joint queried at its first visible frame")
+        return (f"BADJA: {q}; visible joints scored on frames after the query; 854x480; "
+                f"δseg = d < 0.2·sqrt(mask area), δ3px = d < 3 px; mean over {n_videos} video(s)")
+    size = "256x256 frames" if cfg.resolution == "256" else "frames at the pickle's size (separate category)"
+    what = "TAP-Vid" if cfg.benchmark == "tapvid" else (
+        f"synthetic (seed {cfg.seed}, {cfg.num_videos} video(s)/level x {cfg.num_frames} frames; "
+        f"rows = mean per level)")
+    return (f"{what}: '{cfg.query_mode}' queries; inference on {size}; metrics at 256x256; "
+            f"mean over {n_videos} video(s)")
 
 
 def _group(per_video: dict, groups: dict, methods, metrics) -> dict:
