@@ -54,6 +54,7 @@ class EvalConfig:
     trackers: list[str] = field(default_factory=lambda: ["static", "flow"])
     backends: list[str] = field(default_factory=lambda: ["dsift"])
     backend_args: dict = field(default_factory=dict)
+    tracker_args: dict = field(default_factory=dict)
     preset: str = "fast"
     out: str | None = None
     query_mode: str | None = None
@@ -92,6 +93,16 @@ def _kv(text: str) -> dict:
     return out
 
 
+def _tracker_kv(text: str) -> dict:
+    out: dict = {}
+    for key, val in _kv(text).items():
+        name, dot, fld = key.partition(".")
+        if not dot or not fld:
+            raise argparse.ArgumentTypeError(f"expected TRACKER.FIELD=VALUE, got {key!r}")
+        out.setdefault(name, {})[fld] = val
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="badja_eval/run.py", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backends for dino/features, e.g. dsift,dsift+cosettle:PATH (gain = projected - base)")
     p.add_argument("--backend-args", type=_kv, default={},
                    help="keyword arguments for every backend, e.g. weights=random,stride=7")
+    p.add_argument("--tracker-args", type=_tracker_kv, default={},
+                   help="tracker config overrides TRACKER.FIELD=VALUE, e.g. dino.iterations=200,flow.fb_threshold=2")
     p.add_argument("--preset", choices=("fast", "paper"), default="fast", help="DINO-Tracker preset")
     p.add_argument("--out", help="output folder (default runs/eval/<benchmark>)")
     p.add_argument("--query-mode", help="badja: clip0 (default) | first-visible; tapvid/synthetic: first (default) | strided")
@@ -266,9 +279,12 @@ def main(argv=None):
         raise UserError("nothing to evaluate", "check --sequences / the pickle")
     out = Path(cfg.out)
     runner = Runner(out / "cache", cfg.preset, cfg.device, use_masks=cfg.masks,
-                    progress=not args.quiet, max_new=cfg.max_new, backend_kwargs=cfg.backend_args)
+                    progress=not args.quiet, max_new=cfg.max_new, backend_kwargs=cfg.backend_args,
+                    tracker_overrides=cfg.tracker_args)
     for b in sorted({m.backend for m in methods if m.backend}):  # fail fast on a bad backend name/file
         runner.backend(b)
+    for m in methods:  # ... and on bad tracker settings
+        runner.tracker_config(m)
     if cfg.workers > 1 and cfg.shard is None:
         strip = _strip_flag(argv, "--workers")
         spawn_workers(strip, min(cfg.workers, len(tasks)))

@@ -96,7 +96,7 @@ class Runner:
     def __init__(self, cache_dir: str | Path, preset: str = "fast", device: str | None = None,
                  build_tracker: Callable | None = None, load_backend: Callable | None = None,
                  use_masks: bool = True, progress: bool = True, max_new: int | None = None,
-                 backend_kwargs: dict | None = None):
+                 backend_kwargs: dict | None = None, tracker_overrides: dict | None = None):
         self.cache_dir = Path(cache_dir)
         self.preset = preset
         self.device = device
@@ -106,6 +106,8 @@ class Runner:
         self.progress = progress
         self.max_new = max_new
         self.backend_kwargs = dict(backend_kwargs or {})  # e.g. weights="random", stride=7 (every backend)
+        # {tracker name: {config field: value}}, e.g. {"dino": {"iterations": 200}}
+        self.tracker_overrides = {k: dict(v) for k, v in (tracker_overrides or {}).items()}
         self._backends: dict[str, Any] = {}
         self._loaded: tuple[str, Any] | None = None  # last task's frames, reused across methods
         self.computed = 0
@@ -122,14 +124,28 @@ class Runner:
         return self._backends[name]
 
     def tracker_config(self, method: Method):
-        """The tracker's config for ``self.preset``: DINO-Tracker's ``fast``/``paper`` presets; the
-        baselines use their defaults (they have no presets)."""
-        if method.tracker == "dino":
-            from tracker.config import preset
+        """The tracker's config: DINO-Tracker's ``fast``/``paper`` preset, the baselines' defaults, each
+        with the user's field overrides (``--tracker-args dino.iterations=200``)."""
+        over = dict(self.tracker_overrides.get(method.tracker, {}))
+        try:
+            if method.tracker == "dino":
+                from tracker.config import preset
 
-            kw = {"device": self.device} if self.device else {}
-            return preset(self.preset, **kw)
-        return None
+                if self.device:
+                    over.setdefault("device", self.device)
+                return preset(self.preset, **over)
+            if not over:
+                return None
+            from tracker import baselines
+
+            cls = {"flow": getattr(baselines, "FlowTrackerConfig", None),
+                   "features": getattr(baselines, "FeatureTrackerConfig", None)}.get(method.tracker)
+            if cls is None:
+                raise UserError(f"tracker {method.tracker!r} takes no settings", "drop its --tracker-args")
+            return cls(**over)
+        except TypeError as err:  # unknown field names
+            raise UserError(f"bad --tracker-args for {method.tracker}: {err}",
+                            "use fields of the tracker's config dataclass") from None
 
     def make_tracker(self, method: Method):
         build = self._build_tracker
@@ -152,6 +168,8 @@ class Runner:
                              "masks": self.use_masks}, sort_keys=True).encode())
         if method.backend and self.backend_kwargs:
             h.update(json.dumps(self.backend_kwargs, sort_keys=True, default=str).encode())
+        if self.tracker_overrides.get(method.tracker):
+            h.update(json.dumps(self.tracker_overrides[method.tracker], sort_keys=True, default=str).encode())
         h.update(np.ascontiguousarray(task.queries, dtype=np.float64).tobytes())
         return h.hexdigest()[:20]
 

@@ -133,6 +133,11 @@ def test_reference_through_the_cli(shared_dir, tmp_path, capsys):
     (["--trackers", "dino", "--backends", "nosuchbackend"], "unknown backend"),
     (["--frobnicate"], "unrecognized arguments"),
     (["--benchmark", "synthetic", "--difficulty", "insane"], "unknown difficulty"),
+    (["--trackers", "dino", "--tracker-args", "dino.nosuchfield=1"], "bad --tracker-args for dino"),
+    (["--trackers", "flow", "--tracker-args", "flow.fb_thresh=2"], "bad --tracker-args for flow"),
+    (["--tracker-args", "iterations=5"], "TRACKER.FIELD"),
+    (["--trackers", "static", "--tracker-args", "static.x=1"], "takes no settings"),
+    (["--backend-args", "weights"], "KEY=VALUE"),
 ])
 def test_bad_input_is_one_line_exit_2(data_root, tmp_path, capsys, args, needle):
     argv = list(args)

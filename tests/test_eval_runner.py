@@ -89,6 +89,19 @@ def test_shards_partition_and_share_the_cache(tmp_path):
     assert len(full) == 6 and FakeTracker.calls == [] and all(p.cached for p in full.values())
 
 
+def test_settings_are_part_of_the_cache_key(tmp_path):
+    t, m = _tasks(1)[0], Method("dino", "dsift")
+    base = _runner(tmp_path).fingerprint(t, m)
+    assert _runner(tmp_path, tracker_overrides={"dino": {"iterations": 5}}).fingerprint(t, m) != base
+    assert _runner(tmp_path, tracker_overrides={"flow": {"fb_threshold": 2}}).fingerprint(t, m) == base
+    assert _runner(tmp_path, backend_kwargs={"stride": 4}).fingerprint(t, m) != base
+    assert _runner(tmp_path, preset="paper").fingerprint(t, m) != base
+    assert _runner(tmp_path, preset="paper").fingerprint(t, Method("static")) == \
+        _runner(tmp_path).fingerprint(t, Method("static"))  # the preset is DINO-Tracker's only
+    cfg = _runner(tmp_path, tracker_overrides={"dino": {"iterations": 5}}).tracker_config(m)
+    assert cfg.iterations == 5 and cfg.cnn_width == 16  # the fast preset plus the override
+
+
 def test_max_new_stops_early(tmp_path):
     r = _runner(tmp_path, max_new=1)
     assert len(r.run(_tasks(), [Method("fake")])) == 1
