@@ -100,3 +100,14 @@ def test_gt_predictions_score_perfectly_and_shift_is_seen(mode, resolution):
     shift = 1.2 * w / 256
     m = tapvid.score(task, gt_ours[idx] + [shift, 0], ~v.occluded[idx])
     assert m["pts_within_1"] == 0.0 and m["pts_within_2"] == 100.0
+
+
+def test_pickles_written_by_numpy_1_are_admitted(tmp_path):
+    """The official pickles predate numpy 2: their arrays are rebuilt via numpy.core.multiarray."""
+    d = {"v": _video(T=6)}
+    raw = pickle.dumps(d, protocol=2)  # protocol 2 names globals as text lines
+    raw = raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray" in raw
+    (tmp_path / "old.pkl").write_bytes(raw)
+    vids = tapvid.load_pickle(tmp_path / "old.pkl")
+    np.testing.assert_array_equal(vids[0].points, d["v"]["points"])
