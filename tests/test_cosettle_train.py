@@ -111,6 +111,9 @@ def test_kill_and_resume_gives_the_same_next_step_loss(clip_list, tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     ck = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert (ck["step"], ck["epoch"], ck["batch_in_epoch"]) == (3, 1, 1)
+    # a log line written after the checkpoint (as if killed later) must not survive the resume
+    with open(out / "log.jsonl", "a") as fh:
+        fh.write('{"step": 4, "loss": 123.0}\n{"step": 5, "lo')
     # 3) resume in this process
     resumed = _trainer(clip_list, out, **args).run()
     assert [h["step"] for h in resumed] == [4, 5, 6]

@@ -201,6 +201,22 @@ class Trainer:
             with open(self.out / "log.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
 
+    def _trim_log(self, step: int) -> None:
+        """Keep log lines up to ``step`` (a fresh run: none; a resumed one: drop the steps after the
+        checkpoint that will be re-done)."""
+        path = self.out / "log.jsonl"
+        if not path.is_file():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:  # a line cut by the kill
+                continue
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(x + "\n" for x in keep))
+
     def run(self) -> list[dict[str, float]]:
         from tqdm.auto import tqdm
 
@@ -218,6 +234,7 @@ class Trainer:
             from ..config import dump_yaml
             from ..provenance import write_run_info
 
+            self._trim_log(self.step)
             dump_yaml(cfg, self.out / "config.yaml")
             write_run_info(self.out, {"world_size": self.ctx.world_size, "resumed_at_step": self.step})
         bar = tqdm(total=self.total_steps, initial=self.step, desc="co-settle", unit="step",
