@@ -29,7 +29,7 @@ def test_position_shortcut_script_runs_both_arms():
 
 def test_bench_train_reports_both_precisions():
     r = _run("bench_train.py", ["--backend", "timm:vit_tiny_patch16_224", "--size", "32", "--batch-size", "1",
-                                "--iters", "1", "--warmup", "0"])
+                                "--iters", "1", "--warmup", "0", "--repeats", "1"])
     assert r.returncode == 0, r.stderr[-2000:]
     d = json.loads(r.stdout)
     assert set(d["runs"]) == {"fp32", "bf16"} and d["runs"]["bf16"]["autocast_dtype"] == "torch.bfloat16"
