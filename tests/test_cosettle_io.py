@@ -160,3 +160,35 @@ def test_import_cli_exit_codes(tmp_path):
                         "--base", "dino_vitb16", "--trust-checkpoint"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "o" / "projector.safetensors").is_file()
+
+
+@pytest.mark.parametrize("layout", ["dino_module_prefix", "ijepa_no_cls", "dinov2_no_registers"])
+def test_encoder_layouts_map_onto_timm(layout):
+    """The encoder part of a released file, in other layouts, loads into the inferred timm ViT exactly."""
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    from cosettle.released import convert_encoder
+
+    torch.manual_seed(0)
+    kw = dict(img_size=64, patch_size=16, embed_dim=128, depth=2, num_heads=2, num_classes=0)
+    if layout == "ijepa_no_cls":
+        src = VisionTransformer(class_token=False, global_pool="avg", fc_norm=False, **kw)
+    elif layout == "dinov2_no_registers":
+        src = VisionTransformer(init_values=1e-5, **kw)
+    else:
+        src = VisionTransformer(**kw)
+    src.eval()
+    sd = {k: v.clone() for k, v in src.state_dict().items()}
+    if layout == "dino_module_prefix":
+        sd = {"module." + k: v for k, v in sd.items()}
+    if layout == "dinov2_no_registers":
+        sd["mask_token"] = torch.zeros(1, 128)
+    sd["adapter.adapter.adapter_linear.weight"] = torch.zeros(128, 128)
+    name, state = convert_encoder(sd)
+    model = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True).eval()
+    model.load_state_dict(state)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model.forward_features(x), src.forward_features(x), atol=1e-5)
+    assert ("_cls" in name) == (layout != "ijepa_no_cls") and ("_ls" in name) == (layout == "dinov2_no_registers")
