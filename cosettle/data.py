@@ -59,14 +59,6 @@ def _has_frames(folder: Path) -> bool:
         return False
 
 
-def _clip_for(path: Path) -> Clip | None:
-    if path.is_file() and path.suffix.lower() in VIDEO_EXTS:
-        return Clip(str(path), "video")
-    if path.is_dir() and _has_frames(path):
-        return Clip(str(path), "frames")
-    return None
-
-
 def _scan_folder(root: Path) -> list[Clip]:
     if _has_frames(root):
         return [Clip(str(root), "frames")]
@@ -93,7 +85,9 @@ def _read_list(list_file: Path) -> list[Clip]:
         p = Path(line).expanduser()
         if not p.is_absolute():
             p = (list_file.parent / p)
-        clip = _clip_for(p)
+        # no directory scan per entry (Kinetics lists have ~240k lines); empty folders fail when read
+        clip = (Clip(str(p), "video") if p.suffix.lower() in VIDEO_EXTS and p.is_file()
+                else Clip(str(p), "frames") if p.is_dir() else None)
         if clip is None:
             missing.append(line)
         else:

@@ -16,7 +16,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from .errors import UserError
 from .io.atomic import atomic_path, write_json

@@ -148,7 +148,7 @@ def encoder_arch(s: dict[str, torch.Tensor]) -> dict[str, Any]:
     elif cls and math.isqrt(P) ** 2 == P and P > 1:
         nec, grid_tokens = True, P
     else:
-        nec, grid_tokens = False, P - (1 if cls else 0) - (0 if dinov2 else 0)
+        nec, grid_tokens = False, P - (1 if cls else 0)
     g = math.isqrt(max(grid_tokens, 1))
     if g * g != grid_tokens:
         raise UserError(f"cannot infer the position-embedding grid from {P} tokens", "unsupported encoder")
