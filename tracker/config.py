@@ -39,6 +39,7 @@ class TrackerConfig:
     # --- resolution / model -------------------------------------------------------------------
     resolution: Any = None          # backend input short side (int) or (H, W); None = native size
     cnn_width: int = 64             # DeltaDINO channels (w, 2w, 4w); reference 64
+    cnn_last_kernel: int = 5         # last conv kernel (dilation 2); reference 5
     bn_gamma: float = 0.05          # last BN gamma init (relative to features scaled to RMS 1/channel)
     head_width: int = 16            # refiner hidden channels; 16 gives the reference's 305 params
     softargmax_radius_cells: float = 5.0  # 35 px at stride 7
@@ -116,9 +117,9 @@ def preset(name: str, **overrides) -> TrackerConfig:
     if name == "paper":
         cfg = TrackerConfig()
     elif name == "fast":
-        cfg = TrackerConfig(resolution=240, cnn_width=16, iterations=400, batch_size=256,
-                            cyc_after=200, rbb_after=200, checkpoint_every=100, log_every=50,
-                            cl_points=128, cyc_points=128)
+        cfg = TrackerConfig(resolution=240, cnn_width=16, cnn_last_kernel=3, iterations=300,
+                            batch_size=256, cyc_after=150, rbb_after=150, checkpoint_every=50,
+                            log_every=50, cl_points=128, cyc_points=128)
     else:
         raise UserError(f"unknown preset {name!r}", f"choose one of {', '.join(PRESETS)}")
     return dataclasses.replace(cfg, **overrides) if overrides else cfg

@@ -56,7 +56,7 @@ class DeltaDINO(nn.Module):
 
     N_POOL = 3
 
-    def __init__(self, out_channels: int, width: int = 64, bn_gamma: float = 0.05):
+    def __init__(self, out_channels: int, width: int = 64, bn_gamma: float = 0.05, last_kernel: int = 5):
         super().__init__()
         w = int(width)
         layers = []
@@ -65,7 +65,8 @@ class DeltaDINO(nn.Module):
             layers += [_conv(cin, cout), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), BlurPool2d(cout)]
             cin = cout
         self.body = nn.Sequential(*layers)
-        self.last = _conv(cin, out_channels, k=5, d=2)
+        # the last conv dominates the cost (C output channels); ``last_kernel`` 3 is the fast preset's
+        self.last = _conv(cin, out_channels, k=last_kernel, d=2)
         self.last_bn = nn.BatchNorm2d(out_channels)
         nn.init.zeros_(self.last.weight)
         nn.init.zeros_(self.last.bias)
@@ -166,9 +167,9 @@ class DinoTrackerModel(nn.Module):
     """DeltaDINO + TrackerHead over frozen features, with the shared forward pieces."""
 
     def __init__(self, feat_dim: int, cnn_width: int = 64, bn_gamma: float = 0.05,
-                 head_width: int = 16, radius_cells: float = 5.0):
+                 head_width: int = 16, radius_cells: float = 5.0, last_kernel: int = 5):
         super().__init__()
-        self.delta = DeltaDINO(feat_dim, cnn_width, bn_gamma)
+        self.delta = DeltaDINO(feat_dim, cnn_width, bn_gamma, last_kernel)
         self.head = TrackerHead(head_width, radius_cells)
 
     def refine(self, rgb: torch.Tensor, raw: torch.Tensor, geometry: Geometry) -> torch.Tensor:

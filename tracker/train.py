@@ -43,7 +43,7 @@ def feature_scale(features: torch.Tensor, max_frames: int = 8) -> float:
 def build_model(feat_dim: int, cfg: TrackerConfig) -> DinoTrackerModel:
     torch.manual_seed(cfg.seed)
     return DinoTrackerModel(feat_dim, cfg.cnn_width, cfg.bn_gamma, cfg.head_width,
-                            cfg.softargmax_radius_cells)
+                            cfg.softargmax_radius_cells, cfg.cnn_last_kernel)
 
 
 def frames_tensor(frames: np.ndarray, idx) -> torch.Tensor:
