@@ -260,15 +260,19 @@ class Trainer:
                 bar.update(1)
                 end_of_epoch = batch_i == self.steps_per_epoch
                 done = self.step >= self.total_steps
-                if self.step % cfg.save_every == 0 and not end_of_epoch:
-                    self.save_checkpoint(epoch, batch_i)
+                saved = True
                 if end_of_epoch:
                     self.save_checkpoint(epoch, batch_i, tag=f"epoch_{epoch:03d}")
                     self.export_projector(epoch)
                 elif done:
                     self.save_checkpoint(epoch, batch_i)
                     self.export_projector(epoch)
-                barrier(self.ctx)
+                elif self.step % cfg.save_every == 0:
+                    self.save_checkpoint(epoch, batch_i)
+                else:
+                    saved = False
+                if saved:
+                    barrier(self.ctx)  # no rank runs ahead of a checkpoint being written
                 if cfg.kill_after_step and self.step == cfg.kill_after_step:
                     os.kill(os.getpid(), signal.SIGKILL)  # fault injection: die like `kill -9`
                 if done:
