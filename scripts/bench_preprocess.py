@@ -37,6 +37,8 @@ def main(argv=None):
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_prep"))
     ap.add_argument("--fresh", action="store_true", help="delete the work folder first")
     ap.add_argument("--max-frames", type=int, default=None)
+    ap.add_argument("--resolution", type=int, default=None,
+                    help="backend input short side (the tracker's 'fast' preset uses 240)")
     ap.add_argument("--progress", action="store_true")
     add_config_args(ap, PreprocessConfig)
     args = ap.parse_args(argv)
@@ -45,7 +47,7 @@ def main(argv=None):
     if args.fresh and args.work.exists():
         shutil.rmtree(args.work)
     video = read_video(args.video, max_frames=args.max_frames)
-    backend = load_backend(args.backend)
+    backend = load_backend(args.backend, **({"resolution": args.resolution} if args.resolution else {}))
     tic = time.time()
     pre = preprocess_video(video, backend, cfg, args.work, progress=args.progress)
     total = time.time() - tic
@@ -59,6 +61,7 @@ def main(argv=None):
                              "best_buddies") if k in st},
         "total_seconds": round(total, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "load_average_1min": round(__import__("os").getloadavg()[0], 1),
         "flow_calls": st["flow_calls_total"], "flow_calls_reference": st["flow_calls_reference"],
         "trajectories": int(len(pre.trajectories)), "fg_trajectories": int(pre.traj_fg.sum()),
         "fg_mask_fraction": round(float(pre.masks.mean()), 4),

@@ -152,6 +152,7 @@ class FeatureTrackerConfig:
     window: int = 2                # soft-argmax over (2*window+1)^2 cells around the best cell
     temperature: float = 0.02      # softmax temperature on cosines inside the window
     visible_threshold: float = 0.5  # cosine below this -> occluded
+    query_sampling: str = "nearest"  # query feature of the nearest cell ("bilinear": blend of 4 cells)
     chunk_points: int = 64
 
 
@@ -196,7 +197,10 @@ class FeatureTracker(_Fitted):
         uv = torch.as_tensor(g.pixel_to_normalized(q[:, 1:3]), dtype=torch.float32)
         tq = torch.as_tensor(q[:, 0].astype(np.int64))
         maps = self.feats[tq]  # (N, C, h, w)
-        out = F.grid_sample(maps, uv.view(-1, 1, 1, 2), mode="bilinear", align_corners=True,
+        # nearest by default: a blend of 4 cells of a weakly correlated descriptor (dsift) matches
+        # no single cell well, and far-away "average-looking" cells win the global argmax
+        mode = "nearest" if self.config.query_sampling == "nearest" else "bilinear"
+        out = F.grid_sample(maps, uv.view(-1, 1, 1, 2), mode=mode, align_corners=True,
                             padding_mode="border")
         return F.normalize(out[:, :, 0, 0], dim=1)
 

@@ -65,6 +65,8 @@ class PreprocessConfig:
     bb_flow_filter: bool = True
     seed: int = 0
     device: str = "cpu"
+    feature_chunk: int | None = field(default=2, metadata={
+        "help": "frames per backend forward pass (memory vs speed; None = the backend's default)"})
 
 
 @dataclass
@@ -235,9 +237,14 @@ def preprocess_video(video, backend, config: PreprocessConfig | None = None, wor
     feat_fields = {"video": vid_key, "backend": backend.cache_key(), "geometry": geom.to_dict(), "v": 1}
 
     def c_feats(d):
-        feats = backend.extract(frames0, progress=progress)
-        _save_npy(d / "features.npy", feats.features.float().numpy())
-        return {"shape": list(feats.features.shape)}
+        # streamed to disk chunk by chunk: the whole (T,C,h,w) array is never held twice in memory
+        shape = (T, backend.feat_dim, geom.grid_h, geom.grid_w)
+        out = np.lib.format.open_memmap(d / "features.npy", mode="w+", dtype=np.float32, shape=shape)
+        for start, f in backend.iter_chunks(frames0, cfg.feature_chunk, progress=progress):
+            out[start:start + f.shape[0]] = f.float().numpy()
+        out.flush()
+        del out
+        return {"shape": list(shape)}
 
     def l_feats(d, m):
         f = torch.from_numpy(np.load(d / "features.npy"))

@@ -123,9 +123,11 @@ def chain_trajectories(fwd: np.ndarray, bwd: np.ndarray, frames=None, estimator:
     n = sum(len(b) for _, b in blocks)
     traj = np.full((n, T, 2), np.nan, np.float32)
     row = 0
-    for s, b in blocks:
+    while blocks:  # pop as we copy so the blocks are freed while the packed array fills
+        s, b = blocks.pop(0)
         traj[row:row + len(b), s:] = b
         row += len(b)
+        del b
     stats.num_trajectories = n
     stats.flow_calls = (estimator.calls - calls0) if estimator is not None else 0
     stats.seconds = time.time() - tic
