@@ -5,7 +5,7 @@ Sources (``discover_clips``):
       layout (relative lines are resolved against the list file's folder; ``#`` starts a comment);
     * a folder of video files (mp4, avi, ...), searched recursively;
     * a folder of frame folders (e.g. ``frames/train/<class>/<video>/00000.jpg``) or one frame folder
-      (e.g. DAVIS ``JPEGImages/480p/<seq>``).
+      (e.g. DAVIS ``JPEGImages/480p/<seq>``); sub-folders named Annotations/masks are skipped.
 
 Sampling per clip of n frames: gap = int(0.15 n) (or, with a (lo, hi) range, a fraction drawn per
 sample); if n <= 4 or gap < 1 two random frames, else t1 ~ U{1..n-gap-1}, t2 = t1 + gap. The authors
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MASK_DIRS = {"annotations", "masks", "mask", "segmentations"}
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ def _scan_folder(root: Path) -> list[Clip]:
         return [Clip(str(root), "frames")]
     clips = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+        # segmentation masks next to the frames (DAVIS/YouTube-VOS layout) are not training video
+        dirnames[:] = sorted(d for d in dirnames if d.lower() not in MASK_DIRS)
         d = Path(dirpath)
         if any(Path(f).suffix.lower() in FRAME_EXTS for f in filenames):
             clips.append(Clip(str(d), "frames"))

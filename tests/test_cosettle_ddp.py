@@ -97,3 +97,19 @@ def test_data_sources_and_sampling(video_dir, tmp_path):
         assert torch.equal(x[0], x[1])
     # short clips: two random frames
     assert all(0 <= t < 4 for _ in range(20) for t in sample_pair(4, rng))
+
+
+def test_davis_frame_folder_is_a_training_source(shared_dir):
+    """Our own frame folders (DAVIS layout) work as --data: 50 frames -> gap int(0.15*50) = 7."""
+    from cosettle.data import ClipPairDataset, discover_clips
+
+    folder = shared_dir / "data" / "davis480" / "horsejump-high" / "JPEGImages"
+    for src in (folder, folder.parent):  # the frame folder itself, or a folder of frame folders
+        clips = discover_clips(src)
+        assert [c.kind for c in clips] == ["frames"] and clips[0].path == str(folder)
+    ds = ClipPairDataset(clips, input_size=56, seed=0)
+    assert ds.reader.num_frames(clips[0]) == 50
+    x = ds[0]
+    assert x.shape == (2, 3, 56, 56) and torch.isfinite(x).all()
+    # ImageNet-normalised: real frames span well beyond [0, 1]
+    assert float(x.min()) < -1.0 and float(x.max()) > 1.0
