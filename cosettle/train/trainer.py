@@ -57,6 +57,10 @@ def build_encoder(cfg: TrainConfig, device: torch.device):
     if "+" in cfg.backend or cfg.backend == "dsift":
         raise UserError(f"cannot train a projector on backend {cfg.backend!r}",
                         "use a ViT backend such as dinov2_vitb14, dino_vitb16 or timm:<vit name>")
+    if cfg.backend.startswith("timm:"):  # e.g. an imported released encoder (cosettle_vit_...)
+        from ..released import ensure_registered
+
+        ensure_registered(cfg.backend[len("timm:"):])
     enc = load_backend(cfg.backend, **kw)
     if not isinstance(enc, TimmViTBackend):
         raise UserError(f"backend {cfg.backend!r} is not a timm ViT", "use a ViT backend (PEA needs its pos-embed)")
