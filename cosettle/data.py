@@ -242,7 +242,9 @@ class ClipPairDataset(torch.utils.data.Dataset):
         frames = self.reader.read(clip, [t1, t2])
         S = self.size
         if self.squash:  # authors: Resize((224, 224)) first, aspect not kept
-            frames = [cv2.resize(f, (S, S), interpolation=cv2.INTER_LINEAR) for f in frames]
+            # PIL's bilinear resize antialiases when shrinking; INTER_AREA is cv2's equivalent there
+            frames = [cv2.resize(f, (S, S), interpolation=cv2.INTER_AREA if min(f.shape[:2]) > S
+                                 else cv2.INTER_LINEAR) for f in frames]
         x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div_(255.0)
         h, w = x.shape[-2:]
         top, left, ch, cw = random_resized_crop_box(h, w, rng, self.scale, self.ratio)

@@ -249,10 +249,12 @@ class Trainer:
             if done:
                 break
             batch_i = start_batch if epoch == start_epoch else 0
+            t_data = time.perf_counter()
             for x in self._loader(epoch, batch_i):
                 t0 = time.perf_counter()
                 stats = self.train_step(x)
                 dt = time.perf_counter() - t0
+                stats["data_s"] = t0 - t_data  # time spent waiting for this batch (I/O-bound if large)
                 batch_i += 1
                 stats = all_reduce_mean(stats, self.ctx)
                 stats.update(step=self.step, epoch=epoch, batch=batch_i,
@@ -281,6 +283,7 @@ class Trainer:
                     os.kill(os.getpid(), signal.SIGKILL)  # fault injection: die like `kill -9`
                 if done:
                     break
+                t_data = time.perf_counter()
         bar.close()
         if self.ctx.is_main and not (self.out / "projector.safetensors").exists():
             self.export_projector(epoch)
