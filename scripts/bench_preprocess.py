@@ -56,7 +56,8 @@ def main(argv=None):
         "video": str(args.video), "backend": args.backend, "frames": st["video"]["frames"],
         "work_size": [pre.geometry.input_w, pre.geometry.input_h],
         "grid": [pre.geometry.grid_h, pre.geometry.grid_w],
-        "stages": {k: {"seconds": round(st[k]["seconds"], 2), "cached": st[k]["cached"]}
+        "stages": {k: {"seconds": round(st[k]["seconds"], 2), "cached": st[k]["cached"],
+                       "peak_rss_mb_so_far": round(st[k]["peak_rss_mb"])}
                    for k in ("frames", "features", "masks", "flows", "trajectories", "trajectories_nodirect",
                              "best_buddies") if k in st},
         "total_seconds": round(total, 1),

@@ -142,7 +142,8 @@ class StageCache:
             try:
                 result = load(final, meta)
                 log.info("stage %-22s cached (%s)", name, final.name)
-                return result, {"cached": True, "seconds": time.time() - tic, "key": key, **meta.get("stats", {})}
+                return result, {**meta.get("stats", {}), "cached": True, "seconds": time.time() - tic,
+                                "key": key, "peak_rss_mb": _peak_rss_mb()}
             except Exception as err:  # corrupt cache: say so and recompute
                 log.warning("stage %s: cached files in %s unreadable (%s); recomputing", name, final, err)
                 shutil.rmtree(final, ignore_errors=True)
@@ -172,7 +173,14 @@ class StageCache:
         result = load(final, self.check(final))
         secs = time.time() - tic
         log.info("stage %-22s computed in %.1fs (%s)", name, secs, final.name)
-        return result, {"cached": False, "seconds": secs, "key": key, **stats}
+        return result, {**stats, "cached": False, "seconds": secs, "key": key, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MB; Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _save_npy(path: Path, arr: np.ndarray):
@@ -323,6 +331,8 @@ def preprocess_video(video, backend, config: PreprocessConfig | None = None, wor
     if cfg.bb_flow_filter:
         traj_nodirect, stats["trajectories_nodirect"] = cache.run(
             "trajectories_nodirect", {**traj_common, "direct": None}, c_traj(False), l_traj)
+
+    del fwd, bwd  # the flows are on disk; release them before the memory-heavy best-buddy stage
 
     # 6. best buddies
     pairs = bbm.select_pairs(T, cfg.bb_max_pairs, cfg.bb_window, cfg.seed)
