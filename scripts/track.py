@@ -86,8 +86,9 @@ def resolve_config(args, demo: bool = False):
         over["resolution"] = args.resolution
     if args.work_dir is not None:
         over["work_dir"] = args.work_dir
-    if args.device is not None:
-        over["device"] = args.device
+    from cosettle.cli import default_device
+
+    over["device"] = args.device or default_device()  # the backend's default too
     return cfg.replace(**over) if over else cfg
 
 

@@ -137,7 +137,7 @@ class Tracker:
                 refined = st["refined"].float()
         if refined is None:
             refined = refined_features(self.model, self.prep.frames, self.prep.features, trainer.scale, geom,
-                                       progress=self.progress)
+                                       progress=self.progress, device=cfg.device)
             with atomic_path(cache) as tmp:
                 torch.save({"tag": tag, "refined": refined.half()}, tmp)
             refined = refined.half().float()  # same values whether computed now or read from the cache

@@ -56,8 +56,9 @@ def _sig(x: torch.Tensor) -> torch.Tensor:
 class TrackInference:
     def __init__(self, model: DinoTrackerModel, refined: torch.Tensor, geometry, cfg):
         self.model = model.eval()
-        self.refined = refined
-        self.maps_n = l2n(refined)
+        self.device = next(model.parameters()).device
+        self.refined = refined.to(self.device)
+        self.maps_n = l2n(self.refined)
         self.geom = geometry
         self.cfg = cfg
         self.stats = {"head_evals": 0}
@@ -87,11 +88,12 @@ class TrackInference:
         from tqdm.auto import tqdm
 
         rule = occlusion or self.cfg.occlusion
-        q = torch.as_tensor(np.asarray(queries, np.float32))
+        q = torch.as_tensor(np.asarray(queries, np.float32), device=self.device)
         n, t = q.shape[0], self.refined.shape[0]
-        tracks = torch.zeros((n, t, 2))
-        vis = torch.zeros((n, t), dtype=torch.bool)
-        conf = torch.zeros((n, t))
+        dev = self.device
+        tracks = torch.zeros((n, t, 2), device=dev)
+        vis = torch.zeros((n, t), dtype=torch.bool, device=dev)
+        conf = torch.zeros((n, t), device=dev)
         qf = q[:, 0].round().long()
         t0 = time.perf_counter()
         for f in tqdm(torch.unique(qf).tolist(), desc=f"track ({rule})", disable=not progress, leave=False):
@@ -99,7 +101,7 @@ class TrackInference:
             xy = q[sel, 1:3]
             src = sample_points(self.refined[f], xy, self.geom)  # (m, C)
             m = len(sel)
-            tgt = torch.arange(t).repeat(m)
+            tgt = torch.arange(t, device=dev).repeat(m)
             pred = self._track(src.repeat_interleave(t, 0), tgt).view(m, t, 2)
             pred[:, f] = xy
             feats = self._sample_all(pred)  # (m, T, C)
@@ -115,19 +117,19 @@ class TrackInference:
             vis[sel, f] = True
             conf[sel, f] = 1.0
         self.stats["seconds"] = time.perf_counter() - t0
-        return tracks.numpy(), vis.numpy(), conf.numpy()
+        return tracks.cpu().numpy(), vis.cpu().numpy(), conf.cpu().numpy()
 
     def _fb(self, feats, pred, xy, f):
         m, t, _ = feats.shape
-        back = self._track(feats.reshape(m * t, -1), torch.full((m * t,), f)).view(m, t, 2)
+        back = self._track(feats.reshape(m * t, -1), torch.full((m * t,), f, device=self.device)).view(m, t, 2)
         d = (back - xy[:, None]).norm(dim=2)
         tau = self.cfg.fb_thresh_cells * self.geom.stride
         return d <= tau, _sig((tau - d) / (0.25 * tau))
 
     def _anchors(self, feats, pred, c):
         m, t, _ = feats.shape
-        vis = torch.zeros((m, t), dtype=torch.bool)
-        conf = torch.zeros((m, t))
+        vis = torch.zeros((m, t), dtype=torch.bool, device=self.device)
+        conf = torch.zeros((m, t), device=self.device)
         for i in range(m):
             anchors = torch.nonzero(c[i] >= self.cfg.anchor_cos).flatten()
             k = len(anchors)
