@@ -117,3 +117,13 @@ def test_bad_inputs_exit_2_one_line_no_outputs(clip_files, tmp_path, capsys, mon
         assert code == 2, (name, err)
         assert len(lines) == 1 and "Traceback" not in err, (name, err)
         assert not out.exists(), name
+
+
+def test_demo_mode_without_video(tmp_path, capsys):
+    out = tmp_path / "demo_out"
+    code, _, err = run(["--out", str(out), "--iterations", "3", "--no-overlay",
+                        "--work-dir", str(tmp_path / "work")], capsys)
+    assert code == 0, err
+    assert (out / "demo" / "demo.mp4").is_file() and (out / "tracks.npz").is_file()
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["demo_mean_error_px"] >= 0 and "demo: mean error vs ground truth" in err
