@@ -114,3 +114,9 @@ def test_sample_points_at_cell_centres_and_border():
     assert torch.allclose(sample_points(fmap, mid[None], geom)[0], (fmap[:, 2, 5] + fmap[:, 2, 6]) / 2, atol=1e-5)
     far = torch.tensor([[-50.0, -50.0]])  # beyond the first cell centre: clamps to the border cell
     assert torch.allclose(sample_points(fmap, far, geom)[0], fmap[:, 0, 0], atol=1e-5)
+
+
+def test_paper_deltadino_size_matches_reference():
+    # dino_tracker.md §3.1: ~7.59 M parameters for C = 1024, width 64
+    n = sum(p.numel() for p in DeltaDINO(1024, 64).parameters())
+    assert 7.58e6 < n < 7.60e6
