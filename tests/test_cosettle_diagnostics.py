@@ -45,7 +45,9 @@ def test_inter_and_intra_distances_by_hand():
     assert d["inter"] == pytest.approx(2.0)
     # all patches are at distance 1 from the global centroid -> diameter 2 -> normalised 1
     assert d["inter_norm100"] == pytest.approx(1.0)
-    still = torch.randn(1, 9, 3).expand(40, 9, 3).clone()
+    # 9 patches 2 apart (so a 0.5 shift never brings another patch closer than the patch itself)
+    pts = torch.tensor([[2.0 * i, 2.0 * j, 0.0] for i in range(3) for j in range(3)])
+    still = pts[None].expand(40, 9, 3).clone()
     assert intra_video_distance(still)["intra"] == pytest.approx(0.0, abs=1e-6)
     shifted = still.clone()
     shifted[1::2] += torch.tensor([0.0, 0.0, 0.5])  # every other frame moved by 0.5
