@@ -155,3 +155,10 @@ def test_random_vit_on_real_video_and_no_xformers_on_cpu(davis_dir):
     assert (g.input_h, g.input_w, g.grid_h, g.grid_w) == (112, 196, 15, 27)
     assert f.shape == (3, 384, 15, 27) and torch.isfinite(f).all()
     assert b.xformers is False  # xformers only ever runs on CUDA
+
+
+def test_released_architecture_names_build_through_the_registry():
+    """timm:cosettle_vit_* names (written by the released-checkpoint importer) need no prior import."""
+    b = load_backend("timm:cosettle_vit_p16_d64_l2_h4_m400_g14x14_r4_cls_ls_qkvb_nec", weights="random")
+    f, g = b(np.zeros((1, 32, 48, 3), np.uint8))
+    assert (b.patch_size, b.feat_dim) == (16, 64) and f.shape == (1, 64, 2, 3)

@@ -66,8 +66,10 @@ def load_backend(name: str, *, projector: str | None = None, **kwargs) -> Featur
 
         return load_projected_backend(base_name, projector, **kwargs)
     if name.startswith("timm:"):
+        from ..released import ensure_registered
         from .timm_vit import TimmViTBackend
 
+        ensure_registered(name[len("timm:"):])  # architectures read from released Co-Settle files
         return TimmViTBackend(name[len("timm:"):], name=name, **kwargs)
     if name not in _REGISTRY:
         known = ", ".join(list_backends())
