@@ -67,6 +67,9 @@ class PreprocessConfig:
     device: str = "cpu"
     feature_chunk: int | None = field(default=2, metadata={
         "help": "frames per backend forward pass (memory vs speed; None = the backend's default)"})
+    threads: int | None = field(default=None, metadata={
+        "help": "torch CPU threads while preprocessing (None = leave as is; 1 is 3-5x faster on an "
+                "oversubscribed machine)"})
 
 
 @dataclass
@@ -220,6 +223,17 @@ def preprocess_video(video, backend, config: PreprocessConfig | None = None, wor
                      masks: np.ndarray | None = None, progress: bool = True) -> Preprocessed:
     """Run (or load from ``work_dir``) every preprocessing stage. See the module docstring."""
     cfg = config or PreprocessConfig()
+    if cfg.threads is None:
+        return _preprocess(video, backend, cfg, work_dir, masks, progress)
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(cfg.threads))
+    try:
+        return _preprocess(video, backend, cfg, work_dir, masks, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress) -> Preprocessed:
     frames0 = video_array(video)
     T, H0, W0 = frames0.shape[:3]
     if masks is not None:
