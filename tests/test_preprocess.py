@@ -124,3 +124,17 @@ def test_user_masks_and_bad_masks(tmp_path, backend):
         preprocess_video(video, backend, cfg(), tmp_path, masks=masks[:, :20], progress=False)
     with pytest.raises(UserError, match="at least 2 frames"):
         preprocess_video(video[:1], backend, cfg(), tmp_path, progress=False)
+
+
+def test_odd_video_size_resizes_to_the_backend_grid(tmp_path, backend):
+    video = clip(T=3, h=43, w=59)  # not a valid dsift input: snapped down to 40x56
+    masks = np.zeros(video.shape[:3], bool)
+    masks[:, 20:, :] = True
+    pre = preprocess_video(video, backend, cfg(), tmp_path, masks=masks, progress=False)
+    g = pre.geometry
+    assert (g.image_h, g.image_w) == (43, 59) and (g.input_h, g.input_w) == (40, 56)
+    assert pre.frames.shape == (3, 40, 56, 3) and pre.masks.shape == (3, 40, 56)
+    # row 20 of 43 maps to input row (20.5 * 40/43) - 0.5 = 18.57: the mask edge moves with it
+    assert not pre.masks[:, :18].any() and pre.masks[:, 19:].all()
+    finite = pre.trajectories[np.isfinite(pre.trajectories)]
+    assert finite.min() >= 0 and pre.trajectories[..., 0][np.isfinite(pre.trajectories[..., 0])].max() <= 55
