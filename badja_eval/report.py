@@ -113,7 +113,7 @@ def plot_bars(path: Path, rows: list[dict], metrics: Sequence[str], title: str,
     headers = headers or {}
     seqs = list(dict.fromkeys(r["sequence"] for r in rows))
     meths = list(dict.fromkeys((r["tracker"], r["backend"]) for r in rows))
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6, 1.2 * len(seqs) * max(1, len(meths)) ** 0.5 + 3),
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6, 1.2 * len(seqs) * max(1, len(meths)) ** 0.5 + 3) + 2,
                                                     2.8 * len(metrics)), squeeze=False)
     width = 0.8 / max(1, len(meths))
     for ax, k in zip(axes[:, 0], metrics):
@@ -132,7 +132,7 @@ def plot_bars(path: Path, rows: list[dict], metrics: Sequence[str], title: str,
     import textwrap
 
     axes[0, 0].set_title("\n".join(textwrap.wrap(title, 100)), fontsize=8)
-    axes[0, 0].legend(fontsize=7, ncol=min(4, len(meths)))
+    axes[0, 0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
