@@ -78,6 +78,12 @@ class Prediction:
     cached: bool = False
 
 
+def _plain(cfg) -> Any:
+    import dataclasses
+
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+
+
 def slug(text: str) -> str:
     """A file-name-safe form; long or path-like names get a short hash so they never collide."""
     s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
@@ -170,6 +176,9 @@ class Runner:
             h.update(json.dumps(self.backend_kwargs, sort_keys=True, default=str).encode())
         if self.tracker_overrides.get(method.tracker):
             h.update(json.dumps(self.tracker_overrides[method.tracker], sort_keys=True, default=str).encode())
+        cfg = self.tracker_config(method)
+        if cfg is not None:  # the resolved settings, so a changed preset definition invalidates the entry
+            h.update(json.dumps(_plain(cfg), sort_keys=True, default=str).encode())
         h.update(np.ascontiguousarray(task.queries, dtype=np.float64).tobytes())
         return h.hexdigest()[:20]
 

@@ -102,6 +102,17 @@ def test_settings_are_part_of_the_cache_key(tmp_path):
     assert cfg.iterations == 5 and cfg.cnn_width == 16  # the fast preset plus the override
 
 
+def test_a_changed_preset_definition_invalidates_the_cache(tmp_path, monkeypatch):
+    """The key holds the resolved config, not just the preset name."""
+    import tracker.config as tc
+
+    t, m = _tasks(1)[0], Method("dino", "dsift")
+    before = _runner(tmp_path).fingerprint(t, m)
+    real = tc.preset
+    monkeypatch.setattr(tc, "preset", lambda name, **kw: real(name, **kw).replace(iterations=7))
+    assert _runner(tmp_path).fingerprint(t, m) != before
+
+
 def test_max_new_stops_early(tmp_path):
     r = _runner(tmp_path, max_new=1)
     assert len(r.run(_tasks(), [Method("fake")])) == 1
