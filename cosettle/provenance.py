@@ -66,3 +66,13 @@ def setup_logging(verbose: bool = False, log_file: str | Path | None = None) -> 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers,
                         force=True)
+
+
+def close_file_logging() -> None:
+    """Detach and close the root logger's file handlers (CLIs called in-process, e.g. from tests,
+    must not leave a handler pointing at a deleted folder)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()

@@ -20,4 +20,5 @@ echo "== installing the project with test extras"
 
 echo "== running the test suite"
 export COSETTLE_OFFLINE=1  # tests never touch a model hub
+export OMP_WAIT_POLICY=PASSIVE  # busy-waiting OpenMP threads crawl on a shared 2-core machine
 exec "$PY" -m pytest -q "$@"

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from cosettle.cli import add_backend_args, add_video_args, backend_from_args, print_backends  # noqa: E402
 from cosettle.config import dump_yaml, load_yaml_dict  # noqa: E402
 from cosettle.errors import UserError, cli_entry  # noqa: E402
-from cosettle.provenance import setup_logging, write_run_info  # noqa: E402
+from cosettle.provenance import close_file_logging, setup_logging, write_run_info  # noqa: E402
 
 log = logging.getLogger("track")
 
@@ -139,7 +139,7 @@ def main(argv=None):
     try:
         return run(args, demo, out, tmp_dir)
     finally:
-        logging.shutdown()
+        close_file_logging()
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 

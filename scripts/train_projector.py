@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cosettle.config import add_config_args, config_from_args  # noqa: E402
 from cosettle.errors import cli_entry  # noqa: E402
-from cosettle.provenance import setup_logging  # noqa: E402
+from cosettle.provenance import close_file_logging, setup_logging  # noqa: E402
 from cosettle.train import TrainConfig, train  # noqa: E402
 
 
@@ -31,7 +31,10 @@ def main(argv=None):
     cfg = config_from_args(TrainConfig, args).validate()
     rank = int(os.environ.get("RANK", "0"))
     setup_logging(args.verbose, Path(cfg.out) / "train.log" if rank == 0 else None)
-    hist = train(cfg)
+    try:
+        hist = train(cfg)
+    finally:
+        close_file_logging()
     if rank == 0 and hist:
         print(f"done: {hist[-1]['step']} steps, final loss {hist[-1]['loss']:.4f}, "
               f"projector {Path(cfg.out) / 'projector.safetensors'}")
