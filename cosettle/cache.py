@@ -10,7 +10,6 @@ file renamed on success; a killed run leaves no half-written entry.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,34 +20,19 @@ import torch
 
 from .backends.base import Features, FeatureBackend, video_hw
 from .geometry import Geometry
+from .hashing import json_digest, video_fingerprint  # noqa: F401 (re-exported)
 from .io.atomic import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
 
+def cache_home() -> Path:
+    """Root of every cosettle cache: ``$COSETTLE_CACHE`` or ``~/.cache/cosettle``."""
+    return Path(os.environ.get("COSETTLE_CACHE", Path.home() / ".cache" / "cosettle"))
+
+
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("COSETTLE_CACHE", Path.home() / ".cache" / "cosettle")) / "features"
-
-
-def video_fingerprint(video) -> str:
-    """SHA-1 of the decoded frames (uint8 bytes, shape included), streamed frame by frame."""
-    from .backends.base import frames_layout
-
-    h = hashlib.sha1()
-    n, hh, ww = video_hw(video)
-    h.update(f"{n}x{hh}x{ww}".encode())
-    layout = frames_layout(video)
-    for i in range(n):
-        frame = video[i]
-        if isinstance(frame, torch.Tensor):
-            frame = frame.detach().cpu().numpy()
-        frame = np.asarray(frame)
-        if layout == "tchw":
-            frame = np.moveaxis(frame, 0, -1)
-        if frame.dtype != np.uint8:
-            frame = np.clip(np.round(frame.astype(np.float64) * 255), 0, 255).astype(np.uint8)
-        h.update(np.ascontiguousarray(frame).tobytes())
-    return h.hexdigest()
+    return cache_home() / "features"
 
 
 class FeatureCache:
@@ -61,8 +45,7 @@ class FeatureCache:
         geometry = geometry or backend.geometry(h, w)
         fields = {"backend": backend.cache_fields(), "geometry": geometry.to_dict(),
                   "video": fingerprint or video_fingerprint(video), "frames": n, "dtype": "float16"}
-        blob = json.dumps(fields, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:32], fields
+        return json_digest(fields, 32), fields
 
     def paths(self, key: str) -> tuple[Path, Path]:
         return self.root / f"{key}.npy", self.root / f"{key}.json"

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from cosettle.cache import FeatureCache  # noqa: E402
 from cosettle.cli import (add_backend_args, add_video_args, backend_from_args, print_backends,  # noqa: E402
                           video_from_args)
-from cosettle.errors import UserError, cli_entry  # noqa: E402
+from cosettle.errors import cli_entry  # noqa: E402
 from cosettle.io.atomic import atomic_path, write_json  # noqa: E402
 from cosettle.provenance import setup_logging, write_run_info  # noqa: E402
 

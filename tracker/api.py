@@ -14,10 +14,7 @@ re-running the same command is instant and an interrupted run resumes.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -27,6 +24,8 @@ import torch
 from cosettle.backends.base import FeatureBackend, frames_to_tensor, video_hw
 from cosettle.errors import UserError
 from cosettle.io.atomic import atomic_path
+from cosettle.cache import cache_home
+from cosettle.hashing import array_digest, json_digest, video_fingerprint
 from cosettle.io.tracks import TrackResult
 
 from .config import TrackerConfig, config_dict, preset
@@ -39,26 +38,12 @@ _INFERENCE_ONLY = {"occlusion", "anchor_cos", "visible_cos", "fb_thresh_cells", 
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("COSETTLE_CACHE", Path.home() / ".cache" / "cosettle")) / "tracker"
-
-
-def video_digest(video) -> str:
-    """sha256 over the frames (streamed one frame at a time)."""
-    h = hashlib.sha256()
-    n, hh, ww = video_hw(video)
-    h.update(f"{n}x{hh}x{ww}".encode())
-    for i in range(n):
-        h.update(np.ascontiguousarray(np.asarray(video[i], dtype=np.uint8)).tobytes())
-    return h.hexdigest()
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return cache_home() / "tracker"
 
 
 def training_key(cfg: TrackerConfig) -> str:
     d = {k: v for k, v in config_dict(cfg).items() if k not in _INFERENCE_ONLY}
-    return _digest(d)
+    return json_digest(d)
 
 
 class Tracker:
@@ -88,10 +73,9 @@ class Tracker:
             return Path(self.cfg.work_dir)
         pre = self.cfg.preprocess
         pre = config_dict_any(pre)
-        key = _digest({"video": video_digest(video), "backend": self.backend.cache_key(),
+        key = json_digest({"video": video_fingerprint(video), "backend": self.backend.cache_key(),
                        "resolution": self.backend.resolution, "preprocess": pre,
-                       "masks": None if masks is None else hashlib.sha256(
-                           np.ascontiguousarray(np.asarray(masks) > 0).tobytes()).hexdigest()})
+                       "masks": None if masks is None else array_digest(np.asarray(masks) > 0, 64)})
         return cache_root() / key
 
     def fit(self, video, masks: np.ndarray | None = None) -> "Tracker":

@@ -12,7 +12,6 @@ left missing files for the next stage).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 
 from cosettle.errors import UserError
 from cosettle.geometry import Geometry
+from cosettle.hashing import array_digest, json_digest
 
 from . import best_buddies as bbm
 from .flow import consecutive_flows, make_flow_estimator
@@ -86,17 +86,6 @@ class Preprocessed:
 
 
 # -- stage cache ---------------------------------------------------------------------------------------
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def content_hash(arr: np.ndarray) -> str:
-    h = hashlib.sha256()
-    h.update(str((arr.shape, str(arr.dtype))).encode())
-    h.update(np.ascontiguousarray(arr).data)
-    return h.hexdigest()[:16]
-
-
 class StageCache:
     """Folders ``<stage>-<key>/`` with a ``meta.json`` (written last) describing their files."""
 
@@ -137,7 +126,7 @@ class StageCache:
 
     def run(self, name: str, fields: dict, compute: Callable[[Path], dict], load: Callable[[Path, dict], Any]):
         """-> (result, info). ``compute(folder)`` writes files and returns JSON-able meta."""
-        key = _hash({"stage": name, **fields})
+        key = json_digest({"stage": name, **fields})
         final = self.path(name, key)
         tic = time.time()
         meta = self.check(final)
@@ -240,7 +229,7 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
         masks = check_masks(masks, T, H0, W0)
     geom = backend.geometry(H0, W0)
     cache = StageCache(Path(work_dir))
-    vid_key = content_hash(frames0)
+    vid_key = array_digest(frames0)
     stats: dict = {"video": {"frames": T, "height": H0, "width": W0, "content": vid_key},
                    "geometry": geom.to_dict()}
     log.info("preprocessing %d frames %dx%d -> work %dx%d (%s), cache %s", T, W0, H0, geom.input_w,
@@ -278,7 +267,7 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
 
     # 3. foreground masks: the user's, else PCA saliency of the backend features
     if masks is not None:
-        mask_fields = {"user": content_hash(masks), "size": [geom.input_h, geom.input_w], "v": 1}
+        mask_fields = {"user": array_digest(masks), "size": [geom.input_h, geom.input_w], "v": 1}
     else:
         mask_fields = {"features": stats["features"]["key"], "threshold": cfg.fg_threshold, "seed": cfg.seed,
                        "v": 1}
@@ -352,7 +341,7 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
     pairs = bbm.select_pairs(T, cfg.bb_max_pairs, cfg.bb_window, cfg.seed)
     bb_fields = {"features": stats["features"]["key"],
                  "traj": stats.get("trajectories_nodirect", {}).get("key"), "box": cfg.bb_box,
-                 "iou": cfg.bb_iou, "topk": cfg.bb_topk, "pairs": _hash(pairs), "v": 1}
+                 "iou": cfg.bb_iou, "topk": cfg.bb_topk, "pairs": json_digest(pairs), "v": 1}
 
     def c_bb(d):
         bb, st = bbm.compute_best_buddies(features, geom, pairs, traj_nodirect, cfg.bb_box, cfg.bb_iou,

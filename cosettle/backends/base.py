@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import hashlib
-import json
 import logging
 from typing import Any, Iterator, NamedTuple
 
@@ -204,8 +202,9 @@ class FeatureBackend(abc.ABC):
     __call__ = extract
 
     def cache_key(self) -> str:
-        blob = json.dumps(self.cache_fields(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+        from ..hashing import json_digest
+
+        return json_digest(self.cache_fields(), 24)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, C={self.feat_dim}, "

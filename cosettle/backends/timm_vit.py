@@ -15,7 +15,6 @@ import logging
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import UserError
 from .base import IMAGENET_MEAN, IMAGENET_STD, FeatureBackend
