@@ -12,7 +12,8 @@ delta_seg = dist < 0.2 sqrt(mask area at t), delta_3px = dist < 3 px.
 
 ``--size 481x853`` resizes the clip first (an odd size; predictions are scaled back to 854x480 by the
 pure ratio for scoring). ``--masks davis`` gives the tracker the DAVIS foreground masks (as the
-reference's sample data does for this clip); ``--masks saliency`` lets it compute its own.
+reference's sample data does for this clip); ``--masks saliency`` / ``--masks motion`` make it
+compute its own: PCA saliency of the features, or motion masks (flow residual to the dominant motion).
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ def main(argv=None):
     ap.add_argument("--iterations", type=int, default=None)
     ap.add_argument("--resolution", default=None, help="override the preset's internal short side")
     ap.add_argument("--size", default="854x480", help="resize the clip to WxH first (e.g. 853x481)")
-    ap.add_argument("--masks", default="davis", choices=("davis", "saliency"))
+    ap.add_argument("--masks", default="davis", choices=("davis", "saliency", "motion"))
     ap.add_argument("--points", type=int, default=100, help="points for the occlusion timing (0: skip)")
     ap.add_argument("--work-dir", default=None, help="reuse a work folder (default: a fresh temp folder)")
     ap.add_argument("--no-baselines", action="store_true")
@@ -147,6 +148,8 @@ def main(argv=None):
     else:
         over["work_dir"] = args.work_dir
     cfg = preset(args.preset, **over)
+    if args.masks != "davis":
+        cfg.preprocess.mask_source = args.masks
     tracker = Tracker(backend, cfg, progress=False)
     tracker.fit(frames, masks=masks_in if args.masks == "davis" else None)
     geom = tracker.geometry
@@ -197,6 +200,7 @@ def main(argv=None):
         "stages_s": stages, "fit_total_s": round(fit_s, 1),
         "load_average_1_5_15": [round(v, 1) for v in os.getloadavg()],
         "peak_rss_mb_after_dino": round(rss_dino, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
+        "masks_fg_fraction": (prep_stats.get("masks") or {}).get("fg_fraction"),
         "flow_calls": prep_stats.get("flow_calls_total"),
         "flow_calls_reference_O_T2": prep_stats.get("flow_calls_reference", T * (T - 1) + 4 * (T - 1)),
         "occlusion_100_points": occ, "badja": results,

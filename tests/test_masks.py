@@ -1,12 +1,12 @@
-"""Foreground masks: user-mask checks, PCA saliency with a deterministic sign, PNG round trip."""
+"""Foreground masks: user-mask checks, PCA saliency with a deterministic sign, motion masks, PNG round trip."""
 import numpy as np
 import pytest
 import torch
 
 from cosettle.errors import UserError
 from cosettle.geometry import Geometry
-from tracker.masks import (check_masks, load_mask_folder, resize_masks, saliency_masks, save_masks_png,
-                           trajectory_foreground)
+from tracker.masks import (check_masks, load_mask_folder, motion_masks, resize_masks, saliency_masks,
+                           save_masks_png, trajectory_foreground)
 
 
 def object_features(T=3, h=6, w=8, C=16, seed=0, scale=1.0):
@@ -76,3 +76,41 @@ def test_resize_and_trajectory_foreground():
                      [[nan, nan], [1, 1]],      # starts at frame 1 on (1,1): fg
                      [[3, 3], [3, 3]]], np.float32)  # bg
     assert trajectory_foreground(traj, m).tolist() == [True, True, False]
+
+
+def moving_square_clip(T=5, h=56, w=72, shift=(2, 1), move=(-3, 2), side=16, seed=0):
+    """Textured background translating by ``shift`` px/frame + a textured square moving by ``move``."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    bg = cv2.GaussianBlur((rng.random((h + 40, w + 40, 3)) * 255).astype(np.uint8), (0, 0), 1.5)
+    sq = cv2.GaussianBlur((rng.random((side, side, 3)) * 255).astype(np.uint8), (0, 0), 1.0)
+    frames, truth = [], np.zeros((T, h, w), bool)
+    for t in range(T):
+        x0, y0 = 20 - shift[0] * t, 20 - shift[1] * t  # the camera pans: content moves by +shift
+        f = bg[y0:y0 + h, x0:x0 + w].copy()
+        sx, sy = 36 + move[0] * t, 14 + move[1] * t
+        f[sy:sy + side, sx:sx + side] = sq
+        truth[t, sy:sy + side, sx:sx + side] = True
+        frames.append(f)
+    return np.stack(frames), truth
+
+
+def test_motion_masks_find_the_moving_square_and_are_deterministic():
+    from tracker.flow import consecutive_flows, make_flow_estimator
+
+    frames, truth = moving_square_clip()
+    fwd, bwd = consecutive_flows(frames, make_flow_estimator("dis", "medium", None, "cpu", 0), progress=False)
+    m, info = motion_masks(fwd, bwd)
+    assert m.shape == truth.shape and m.dtype == bool
+    cover = (m & truth).sum((1, 2)) / truth.sum((1, 2))
+    false_pos = (m & ~truth).sum((1, 2)) / (~truth).sum((1, 2))
+    # every frame, the last one (backward flow only) included; DIS is noisy on a 72x56 clip
+    assert cover.min() >= 0.5 and cover.mean() >= 0.85, cover
+    assert false_pos.max() <= 0.08, false_pos
+    assert info["fg_fraction"] == pytest.approx(m.mean()) and info["model_failures"] == 0
+    again, _ = motion_masks(fwd.copy(), bwd.copy())
+    np.testing.assert_array_equal(again, m)
+    # no independent motion: nothing is foreground
+    still, _ = motion_masks(np.full_like(fwd, 1.5), np.full_like(bwd, -1.5))
+    assert not still.any()

@@ -126,6 +126,27 @@ def test_user_masks_and_bad_masks(tmp_path, backend):
         preprocess_video(video[:1], backend, cfg(), tmp_path, progress=False)
 
 
+def test_mask_source_choice_is_in_the_masks_key(tmp_path, backend):
+    video = clip()
+    sal = preprocess_video(video, backend, cfg(mask_source="saliency"), tmp_path, progress=False)
+    assert sal.stats["masks"]["source"] == "pca-saliency"
+    mot = preprocess_video(video, backend, cfg(), tmp_path, progress=False)  # auto, no masks, not DINO: motion
+    st = mot.stats
+    assert st["masks"]["source"] == "motion" and not st["masks"]["cached"]
+    assert not pp.is_dino_backend(backend)
+    assert st["masks"]["key"] != sal.stats["masks"]["key"]
+    assert st["flows"]["cached"] and st["trajectories"]["cached"]  # only the masks change
+    assert mot.masks.shape == sal.masks.shape and 0 <= st["masks"]["fg_fraction"] <= 1
+    # the whole clip translates: no independent motion, no foreground
+    assert st["masks"]["fg_fraction"] < 0.05
+    assert preprocess_video(video, backend, cfg(mask_source="motion"), tmp_path, progress=False).stats[
+        "masks"]["cached"]
+    with pytest.raises(UserError, match="unknown mask_source 'flow'"):
+        preprocess_video(video, backend, cfg(mask_source="flow"), tmp_path, progress=False)
+    with pytest.raises(UserError, match="no masks were given"):
+        preprocess_video(video, backend, cfg(mask_source="user"), tmp_path, progress=False)
+
+
 def test_odd_video_size_resizes_to_the_backend_grid(tmp_path, backend):
     video = clip(T=3, h=43, w=59)  # not a valid dsift input: snapped down to 40x56
     masks = np.zeros(video.shape[:3], bool)
