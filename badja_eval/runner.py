@@ -154,11 +154,12 @@ class Runner:
                             "use fields of the tracker's config dataclass") from None
 
     def make_tracker(self, method: Method):
-        build = self._build_tracker
-        if build is None:
-            from tracker import build_tracker as build
         backend = self.backend(method.backend) if method.backend else None
-        return build(method.tracker, backend, self.tracker_config(method))
+        if self._build_tracker is not None:  # injected (tests)
+            return self._build_tracker(method.tracker, backend, self.tracker_config(method))
+        from tracker import build_tracker
+
+        return build_tracker(method.tracker, backend, self.tracker_config(method), progress=self.progress)
 
     # -------------------------------------------------------------------------------- cache
     def cache_path(self, task: Task, method: Method) -> Path:

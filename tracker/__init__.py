@@ -8,9 +8,10 @@ from .base import PointTracker
 TRACKERS = ("dino", "flow", "features", "static")
 
 
-def build_tracker(name: str, backend=None, config=None, **kwargs) -> PointTracker:
+def build_tracker(name: str, backend=None, config=None, progress: bool = True, **kwargs) -> PointTracker:
     """Create a tracker by name: ``dino`` (needs a backend), ``features`` (needs a backend),
-    ``flow`` or ``static``. ``config``: the tracker's config dataclass (or None for defaults)."""
+    ``flow`` or ``static``. ``config``: the tracker's config dataclass (or None for defaults);
+    ``progress``: show tqdm bars."""
     from cosettle.errors import UserError
 
     if name == "static":
@@ -20,19 +21,19 @@ def build_tracker(name: str, backend=None, config=None, **kwargs) -> PointTracke
     if name == "flow":
         from .baselines import FlowTracker
 
-        return FlowTracker(config=config, **kwargs)
+        return FlowTracker(config=config, progress=progress, **kwargs)
     if name == "features":
         from .baselines import FeatureTracker
 
         if backend is None:
             raise UserError("the 'features' tracker needs a backend", "pass --backend NAME")
-        return FeatureTracker(backend, config=config, **kwargs)
+        return FeatureTracker(backend, config=config, progress=progress, **kwargs)
     if name == "dino":
         from .api import Tracker
 
         if backend is None:
             raise UserError("the 'dino' tracker needs a backend", "pass --backend NAME")
-        return Tracker(backend, config, **kwargs)
+        return Tracker(backend, config, progress=progress, **kwargs)
     raise UserError(f"unknown tracker {name!r}", f"choose one of {', '.join(TRACKERS)}")
 
 

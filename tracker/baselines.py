@@ -90,8 +90,9 @@ class FlowTracker(_Fitted):
 
     name = "flow"
 
-    def __init__(self, config: FlowTrackerConfig | None = None, flows=None, **kwargs):
+    def __init__(self, config: FlowTrackerConfig | None = None, flows=None, progress: bool = True, **kwargs):
         self.config = config or FlowTrackerConfig(**kwargs)
+        self.progress = progress
         self._flows = flows  # optional precomputed (fwd, bwd), e.g. from the preprocessing cache
 
     def fit(self, video, masks=None):
@@ -105,7 +106,7 @@ class FlowTracker(_Fitted):
             c = self.config
             est = make_flow_estimator(c.flow, c.dis_preset, c.raft_weights, c.device, c.dis_finest_scale)
             frames = _as_frames(video)
-            fwd, bwd = consecutive_flows(frames, est, progress=True)
+            fwd, bwd = consecutive_flows(frames, est, progress=self.progress)
             log.info("flow tracker: %d flow calls", est.calls)
         self.fwd, self.bwd = fwd, bwd
         return self
@@ -161,14 +162,16 @@ class FeatureTracker(_Fitted):
 
     name = "features"
 
-    def __init__(self, backend, config: FeatureTrackerConfig | None = None, features=None, **kwargs):
+    def __init__(self, backend, config: FeatureTrackerConfig | None = None, features=None,
+                 progress: bool = True, **kwargs):
         self.backend = backend
         self.config = config or FeatureTrackerConfig(**kwargs)
+        self.progress = progress
         self._features = features  # optional precomputed cosettle Features(features, geometry)
 
     def fit(self, video, masks=None):
         self._T, self._H, self._W = video_hw(video)
-        feats = self._features or self.backend.extract(video, progress=True)
+        feats = self._features or self.backend.extract(video, progress=self.progress)
         f = feats.features.float()
         if f.shape[0] != self._T:
             raise UserError(f"features have {f.shape[0]} frames, the video {self._T}")
