@@ -122,3 +122,28 @@ def test_odd_size_vit_backend(tmp_path):
     assert res.tracks.shape == (3, 4, 2) and np.isfinite(res.tracks).all()
     assert (res.tracks[..., 0] >= -0.5).all() and (res.tracks[..., 0] <= 82.5).all()
     assert (res.tracks[..., 1] >= -0.5).all() and (res.tracks[..., 1] <= 60.5).all()
+
+
+def test_user_supplied_backend(clip, tmp_path):
+    """Any FeatureBackend subclass plugs in: here patches of raw colour + gradients (patch 8, stride 4)."""
+    from cosettle import FeatureBackend
+
+    class PatchColour(FeatureBackend):
+        name, feat_dim, patch_size, stride = "patch_colour", 3 * 64 + 2 * 16, 8, 4
+        mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+        def forward_batch(self, x):
+            g = x.mean(1, keepdim=True)
+            gx = torch.nn.functional.pad(g[..., 1:] - g[..., :-1], (0, 1))
+            gy = torch.nn.functional.pad(g[..., 1:, :] - g[..., :-1, :], (0, 0, 0, 1))
+            col = torch.nn.functional.unfold(x, 8, stride=4)
+            grad = torch.nn.functional.unfold(torch.cat([gx, gy], 1), 4, stride=4)
+            h, w = 1 + (x.shape[-2] - 8) // 4, 1 + (x.shape[-1] - 8) // 4
+            grad = grad.view(x.shape[0], -1, x.shape[-2] // 4, x.shape[-1] // 4)[..., :h, :w]
+            return torch.cat([col.view(x.shape[0], -1, h, w), grad], 1)
+
+    res = Tracker(PatchColour(), _cfg(tmp_path), progress=False).fit(clip).track(Q)
+    gt = gt_track(Q, T, DX, DY)
+    inside = (gt[..., 0] > 4) & (gt[..., 0] < 91) & (gt[..., 1] > 4) & (gt[..., 1] < 59)
+    err = np.linalg.norm(res.tracks - gt, axis=-1)[inside]
+    assert np.median(err) < 3.0, err
