@@ -33,6 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from badja_eval.badja import load_sequence  # noqa: E402
+from badja_eval.metrics import badja_metrics  # noqa: E402
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -42,49 +45,15 @@ def peak_rss_mb() -> float:
 
 def load_clip(shared: Path):
     """frames (T,480,854,3), masks (T,480,854), joints (20,T,2) x,y at 854x480, visible (20,T), queries."""
-    try:
-        from badja_eval.badja import load_sequence
-
-        seq = load_sequence(shared, "horsejump-high")
-        return seq.load_frames(), seq.load_masks(), seq.joints, seq.visible, seq.query_points()
-    except ImportError:  # pragma: no cover - evaluator not installed: read the flat layout directly
-        return _load_local(shared)
-
-
-def _load_local(shared: Path):
-    import re
-
-    import imageio.v3 as iio
-
-    joints_idx = [8, 9, 10, 12, 13, 14, 15, 18, 19, 20, 22, 23, 24, 25, 28, 31, 32, 33, 35, 36]
-    ann = json.loads((shared / "badja" / "joint_annotations" / "horsejump-high.json").read_text())
-    by = {int(re.search(r"(\d+)\.\w+$", a["image_path"]).group(1)): a for a in ann}
-    first, last = min(by), max(by)
-    d = shared / "davis480" / "horsejump-high"
-    frames = np.stack([iio.imread(d / "JPEGImages" / f"{i:05d}.jpg") for i in range(first, last + 1)])
-    masks = np.stack([np.asarray(iio.imread(d / "Annotations" / f"{i:05d}.png")) for i in range(first, last + 1)])
-    masks = (masks.max(-1) if masks.ndim == 4 else masks) > 0
-    T = len(frames)
-    joints = np.zeros((20, T, 2))
-    vis = np.zeros((20, T), bool)
-    for f, a in by.items():
-        rc = np.asarray(a["joints"], float)[joints_idx]
-        joints[:, f - first] = np.stack([rc[:, 1] * 854 / 1920, rc[:, 0] * 480 / 1080], 1)
-        vis[:, f - first] = np.asarray(a["visibility"], bool)[joints_idx]
-    q = np.concatenate([np.zeros((20, 1)), joints[:, 0]], 1).astype(np.float32)
-    return frames, masks, joints, vis, q
+    seq = load_sequence(shared, "horsejump-high")
+    return seq.load_frames(), seq.load_masks(), seq.joints, seq.visible, seq.query_points()
 
 
 def badja_score(pred, joints, vis, masks) -> dict:
-    """pred/joints (20,T,2) at 854x480. Frames t >= 1 where visible."""
-    areas = masks.reshape(len(masks), -1).sum(1).astype(float)
-    d = np.linalg.norm(pred - joints, axis=-1)
-    ev = vis.copy()
-    ev[:, 0] = False
-    thr = 0.2 * np.sqrt(areas)[None, :]
-    n = int(ev.sum())
-    return {"delta_seg": round(100.0 * float((d < thr)[ev].sum()) / max(n, 1), 2),
-            "delta_3px": round(100.0 * float((d < 3)[ev].sum()) / max(n, 1), 2), "count": n}
+    """pred/joints (20,T,2) at 854x480; the evaluator's metric (frames t >= 1 where visible)."""
+    areas = masks.reshape(len(masks), -1).sum(1)
+    m = badja_metrics(pred, joints, vis, areas)
+    return {"delta_seg": round(m["delta_seg"], 2), "delta_3px": round(m["delta_3px"], 2), "count": m["count"]}
 
 
 def main(argv=None):

@@ -104,14 +104,15 @@ def test_bad_queries_and_order_of_calls():
         FlowTracker(flows=(np.zeros((1, 8, 8, 2)), np.zeros((1, 8, 8, 2)))).fit(clip)
 
 
-def test_badja_quick_check_scorer_zero_motion(shared_dir):
-    """The spec's calibration: zero motion on horsejump-high = delta_seg 7.28 / delta_3px 0 over 151."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from check_flow_badja import load_gt, score
+def test_badja_quick_check_scorer_zero_motion(shared_dir, capsys):
+    """The spec's calibration through the quick-check script (which scores with badja_eval):
+    the static tracker on horsejump-high = delta_seg 7.28 / delta_3px 0 over 151 entries."""
+    import json
 
-    data = shared_dir / "data"
-    frames, gt, vis = load_gt(data)
-    assert frames.min() == 0 and frames.max() == 49
-    zero = np.repeat(gt[frames == 0][0][:, None], 50, axis=1)
-    seg, px3, n = score(zero, frames, gt, vis, data / "davis480" / "horsejump-high" / "Annotations", 0)
-    assert n == 151 and round(seg, 2) == 7.28 and px3 == 0.0
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from check_flow_badja import main
+
+    assert main(["--tracker", "static", "--shared", str(shared_dir / "data")]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["entries"] == 151 and out["frames"] == 50
+    assert round(out["delta_seg"], 2) == 7.28 and out["delta_3px"] == 0.0
