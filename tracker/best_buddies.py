@@ -51,19 +51,26 @@ def mutual_nn(fa: torch.Tensor, fb: torch.Tensor, return_transposed: bool = Fals
     """Mutual nearest neighbours between (M, C) and (K, C) feature sets (cosine).
 
     Returns (ia (B,), ib (B,), cos (B,), affinity (M, K)[, affinity.T contiguous (K, M)]).
-    Ties: the first maximum. Argmax runs on contiguous rows (numpy): a column argmax over a
-    row-major matrix was the slowest step on CPU, so the transposed copy is made once and reused.
+    Ties: the first maximum. On CPU the argmax runs on contiguous rows (numpy): a column argmax over
+    a row-major matrix was the slowest step, so the transposed copy is made once and reused. Works on
+    any device (the trainer's refined best buddies call it on the training device).
     """
     a = F.normalize(fa.float(), dim=1)
     b = F.normalize(fb.float(), dim=1)
     aff = torch.mm(a, b.T)
     aff_t = aff.T.contiguous()
-    row = torch.from_numpy(aff.numpy().argmax(1))  # best m for every n
-    col = torch.from_numpy(aff_t.numpy().argmax(1))  # best n for every m
-    ia = torch.nonzero(col[row] == torch.arange(len(a)), as_tuple=False)[:, 0]
+    row = _argmax_rows(aff)  # best m for every n
+    col = _argmax_rows(aff_t)  # best n for every m
+    ia = torch.nonzero(col[row] == torch.arange(len(a), device=aff.device), as_tuple=False)[:, 0]
     ib = row[ia]
     out = (ia, ib, aff[ia, ib], aff)
     return out + (aff_t,) if return_transposed else out
+
+
+def _argmax_rows(m: torch.Tensor) -> torch.Tensor:
+    if m.device.type == "cpu":
+        return torch.from_numpy(m.detach().numpy().argmax(1))
+    return m.argmax(1)
 
 
 def suppression_stencil(step: float, box: float = 30.0, iou: float = 0.2) -> torch.Tensor:

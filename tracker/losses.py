@@ -83,14 +83,9 @@ def mutual_nn(map_s: torch.Tensor, map_t: torch.Tensor):
 
     Returns (idx_s (K,), idx_t (K,), affinity (K,)) with flat cell indices.
     """
+    from .best_buddies import mutual_nn as mutual_nn_sets
+
     with torch.no_grad():
-        a = F.normalize(map_s.reshape(map_s.shape[0], -1), dim=0, eps=1e-8)
-        b = F.normalize(map_t.reshape(map_t.shape[0], -1), dim=0, eps=1e-8)
-        aff = a.t() @ b  # (n_s, n_t)
-        nn_t = aff.argmax(dim=1)
-        nn_s = aff.argmax(dim=0)
-        idx_s = torch.arange(aff.shape[0], device=aff.device)
-        mutual = nn_s[nn_t] == idx_s
-        idx_s = idx_s[mutual]
-        idx_t = nn_t[mutual]
-        return idx_s, idx_t, aff[idx_s, idx_t]
+        idx_s, idx_t, aff, _ = mutual_nn_sets(map_s.reshape(map_s.shape[0], -1).t(),
+                                              map_t.reshape(map_t.shape[0], -1).t())
+        return idx_s, idx_t, aff
