@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -49,12 +48,10 @@ class LoopedFrames:
         return iio.imread(self.files[i % len(self.files)])
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def worker(mode: str, stride: int, frames: int, layer: int | None) -> dict:
     import torch
+
+    from cosettle.provenance import peak_rss_mb
 
     torch.manual_seed(0)
     video = LoopedFrames(DAVIS, frames)

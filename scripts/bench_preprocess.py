@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
 import shutil
 import sys
 import time
@@ -21,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cosettle.config import add_config_args, config_from_args  # noqa: E402
 from cosettle.errors import cli_entry  # noqa: E402
+from cosettle.provenance import peak_rss_mb  # noqa: E402
 
 DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis480" / "horsejump-high" / "JPEGImages"
 
@@ -61,7 +61,7 @@ def main(argv=None):
                    for k in ("frames", "features", "masks", "flows", "trajectories", "trajectories_nodirect",
                              "best_buddies") if k in st},
         "total_seconds": round(total, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "load_average_1min": round(__import__("os").getloadavg()[0], 1),
         "flow_calls": st["flow_calls_total"], "flow_calls_reference": st["flow_calls_reference"],
         "trajectories": int(len(pre.trajectories)), "fg_trajectories": int(pre.traj_fg.sum()),

@@ -23,7 +23,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # busy-waiting OpenMP threa
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import resource  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -35,12 +34,9 @@ import numpy as np  # noqa: E402
 
 from badja_eval.badja import load_sequence  # noqa: E402
 from badja_eval.metrics import badja_metrics  # noqa: E402
+from cosettle.provenance import peak_rss_mb  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def load_clip(shared: Path):

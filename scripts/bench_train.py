@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cosettle.errors import cli_entry  # noqa: E402
+from cosettle.provenance import peak_rss_mb  # noqa: E402
 
 
 def _worker(args) -> dict:
@@ -51,7 +51,7 @@ def _worker(args) -> dict:
         return {"precision": args.precision, "autocast_dtype": str(tr.ac_dtype),
                 "samples_per_s": round(args.batch_size * args.iters / dt, 3),
                 "step_s": round(dt / args.iters, 3), "loss": round(stats["loss"], 4),
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
                 "projector_params": tr.projector.num_parameters()}
 
 

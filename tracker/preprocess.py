@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from cosettle.errors import UserError
 from cosettle.geometry import Geometry
 from cosettle.hashing import array_digest, json_digest
+from cosettle.provenance import peak_rss_mb
 
 from . import best_buddies as bbm
 from .flow import consecutive_flows, make_flow_estimator
@@ -143,7 +144,7 @@ class StageCache:
                 result = load(final, meta)
                 log.info("stage %-22s cached (%s)", name, final.name)
                 return result, {**meta.get("stats", {}), "cached": True, "seconds": time.time() - tic,
-                                "key": key, "peak_rss_mb": _peak_rss_mb()}
+                                "key": key, "peak_rss_mb": peak_rss_mb()}
             except Exception as err:  # corrupt cache: say so and recompute
                 log.warning("stage %s: cached files in %s unreadable (%s); recomputing", name, final, err)
                 shutil.rmtree(final, ignore_errors=True)
@@ -173,14 +174,7 @@ class StageCache:
         result = load(final, self.check(final))
         secs = time.time() - tic
         log.info("stage %-22s computed in %.1fs (%s)", name, secs, final.name)
-        return result, {**stats, "cached": False, "seconds": secs, "key": key, "peak_rss_mb": _peak_rss_mb()}
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MB; Linux reports KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return result, {**stats, "cached": False, "seconds": secs, "key": key, "peak_rss_mb": peak_rss_mb()}
 
 
 def _save_npy(path: Path, arr: np.ndarray):
