@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from cosettle.config import to_dict
 from cosettle.errors import UserError
 
 PRESETS = ("fast", "paper")
@@ -149,13 +149,7 @@ def merge_dict(cfg: TrackerConfig, data: dict[str, Any]) -> TrackerConfig:
 
 def config_dict(cfg: TrackerConfig) -> dict[str, Any]:
     """Plain-data form (for YAML, hashing)."""
-    d = dataclasses.asdict(cfg)
-    for k, v in list(d.items()):
-        if isinstance(v, Path):
-            d[k] = str(v)
-        elif isinstance(v, tuple):
-            d[k] = list(v)
-    return d
+    return to_dict(cfg)
 
 
 def scaled_px(cfg_px: float, input_h: int) -> float:
