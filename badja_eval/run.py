@@ -6,6 +6,7 @@
         --backends dsift,dsift+cosettle:proj.safetensors --preset fast --out runs/eval/badja
     python badja_eval/run.py --benchmark tapvid --pickle tapvid_davis.pkl --query-mode strided
     python badja_eval/run.py --benchmark synthetic --difficulty easy,medium,hard
+    python badja_eval/run.py --benchmark davis-masks --split tune --trackers static,flow   # 16 DAVIS clips
 
 Results are cached per (sequence, tracker, backend) under ``<out>/cache``: re-running the same command
 after an interruption resumes. ``--workers N`` splits the sequences over N processes; ``--shard i/n``
@@ -32,9 +33,9 @@ log = logging.getLogger("badja_eval")
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"  # the project's shared data, seen from a checkout
-BENCHMARKS = ("badja", "tapvid", "synthetic")
+BENCHMARKS = ("badja", "tapvid", "synthetic", "davis-masks")
 QUERY_MODES = {"badja": ("clip0", "first-visible"), "tapvid": ("first", "strided"),
-               "synthetic": ("first", "strided")}
+               "synthetic": ("first", "strided"), "davis-masks": ("frame0",)}
 HEADERS = {"delta_seg": "δseg", "delta_3px": "δ3px", "average_jaccard": "AJ",
            "average_pts_within_thresh": "δavg", "occlusion_accuracy": "OA"}
 for _k in ("delta_seg", "delta_3px", "average_jaccard", "average_pts_within_thresh", "occlusion_accuracy"):
@@ -42,6 +43,8 @@ for _k in ("delta_seg", "delta_3px", "average_jaccard", "average_pts_within_thre
 METRICS = {"badja": ("delta_seg", "delta_3px"),
            "tapvid": ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")}
 METRICS["synthetic"] = METRICS["tapvid"]
+METRICS["davis-masks"] = ("in_mask", "in_mask_all", "visible", "jump")  # badja_eval/davis_masks.py
+HEADERS.update(in_mask="in-mask", in_mask_all="in-mask(all)", visible="visible", jump="jump↓")
 
 
 @dataclass
@@ -70,6 +73,9 @@ class EvalConfig:
     workers: int = 1
     shard: str | None = None
     max_new: int | None = None
+    num_points: int = 20
+    max_frames: int | None = None
+    split: str = "all"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -127,7 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-videos", type=int, default=3, help="synthetic videos per level")
     p.add_argument("--num-frames", type=int, default=24, help="synthetic frames per video")
     p.add_argument("--seed", type=int, default=0, help="synthetic generator seed")
-    p.add_argument("--no-masks", dest="masks", action="store_false", help="do not pass BADJA masks to fit()")
+    p.add_argument("--num-points", type=int, default=20, help="davis-masks: query points per clip")
+    p.add_argument("--max-frames", type=int, help="davis-masks: cut every clip to its first N frames")
+    p.add_argument("--split", choices=("all", "tune", "heldout"), default="all",
+                   help="davis-masks: clips to tune defaults on, the held-out ones, or all (+ a mean per split)")
+    p.add_argument("--no-masks", dest="masks", action="store_false", help="do not pass BADJA/DAVIS masks to fit()")
     p.add_argument("--device", help="torch device for backends/trackers (default: theirs)")
     p.add_argument("--workers", type=int, default=1, help="split sequences over N processes")
     p.add_argument("--shard", help="run only slice i/n of the sequences and exit (no report)")
@@ -155,8 +165,8 @@ def resolve(args: argparse.Namespace) -> EvalConfig:
         raise UserError("--num-videos must be >= 1 and --num-frames >= 2")
     if cfg.out is None:
         cfg.out = str(Path("runs") / "eval" / cfg.benchmark)
-    cfg.masks = cfg.masks and cfg.benchmark == "badja"  # only BADJA has masks to pass to fit()
-    if cfg.benchmark == "badja":
+    cfg.masks = cfg.masks and cfg.benchmark in ("badja", "davis-masks")  # the benchmarks with masks for fit()
+    if cfg.benchmark in ("badja", "davis-masks"):
         if cfg.data_root is None:
             if not DEFAULT_DATA_ROOT.is_dir():
                 raise UserError(f"no --data-root given and the default {DEFAULT_DATA_ROOT} does not exist",
@@ -272,6 +282,10 @@ def main(argv=None):
     methods = make_methods(cfg.trackers, cfg.backends)
     if cfg.benchmark == "badja":
         tasks, scorers, groups = badja_tasks(cfg)
+    elif cfg.benchmark == "davis-masks":
+        from badja_eval import davis_masks
+
+        tasks, scorers, groups = davis_masks.build_tasks(cfg, progress=not args.quiet)
     else:
         pickles = synthetic_pickles(cfg) if cfg.benchmark == "synthetic" else [Path(cfg.pickle)]
         tasks, scorers, groups = tapvid_tasks(cfg, pickles)
@@ -302,6 +316,8 @@ def main(argv=None):
     seq_order = list(dict.fromkeys(groups[t.key] for t in tasks))
     metrics = METRICS[cfg.benchmark]
     rows = build_rows(scores, seq_order, methods, metrics)
+    if cfg.benchmark == "davis-masks":  # + mean[tune] / mean[heldout] rows
+        rows += davis_masks.split_mean_rows(scores, seq_order, methods, metrics)
     proto = protocol(cfg, len(tasks))
     print(proto)
     print(format_table(rows, metrics, HEADERS))
@@ -315,6 +331,10 @@ def main(argv=None):
 
 def protocol(cfg: EvalConfig, n_videos: int) -> str:
     """One line that states how the numbers were made (publish it next to them)."""
+    if cfg.benchmark == "davis-masks":
+        from badja_eval.davis_masks import protocol as masks_protocol
+
+        return masks_protocol(cfg, n_videos)
     if cfg.benchmark == "badja":
         q = ("all 20 joints queried at clip frame 0" if cfg.query_mode == "clip0"
              else "each joint queried at its first visible frame")
