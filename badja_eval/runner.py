@@ -22,7 +22,8 @@ from cosettle.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
-BACKEND_TRACKERS = ("dino", "features")  # trackers that run on a FeatureBackend
+BACKEND_TRACKERS = ("dino", "dino-flow", "features")  # trackers that run on a FeatureBackend
+DINO_TRACKERS = ("dino", "dino-flow")  # configured by the DINO-Tracker preset
 CACHE_VERSION = 1
 
 
@@ -134,7 +135,7 @@ class Runner:
         with the user's field overrides (``--tracker-args dino.iterations=200``)."""
         over = dict(self.tracker_overrides.get(method.tracker, {}))
         try:
-            if method.tracker == "dino":
+            if method.tracker in DINO_TRACKERS:
                 from tracker.config import preset
 
                 if self.device:
@@ -171,7 +172,7 @@ class Runner:
         h.update(json.dumps({"v": CACHE_VERSION, "key": task.key, "shape": list(task.shape),
                              "content": task.content,
                              "tracker": method.tracker, "backend": method.backend,
-                             "preset": self.preset if method.tracker == "dino" else None,
+                             "preset": self.preset if method.tracker in DINO_TRACKERS else None,
                              "masks": self.use_masks}, sort_keys=True).encode())
         if method.backend and self.backend_kwargs:
             h.update(json.dumps(self.backend_kwargs, sort_keys=True, default=str).encode())

@@ -5,7 +5,7 @@ from cosettle.io.tracks import TrackResult
 
 from .base import PointTracker
 
-TRACKERS = ("dino", "flow", "features", "static")
+TRACKERS = ("dino-flow", "dino", "flow", "features", "static")
 
 
 def build_tracker(name: str, backend=None, config=None, progress: bool = True, **kwargs) -> PointTracker:
@@ -28,12 +28,14 @@ def build_tracker(name: str, backend=None, config=None, progress: bool = True, *
         if backend is None:
             raise UserError("the 'features' tracker needs a backend", "pass --backend NAME")
         return FeatureTracker(backend, config=config, progress=progress, **kwargs)
-    if name == "dino":
+    if name in ("dino", "dino-flow"):
         from .api import Tracker
+        from .flow_guided import FlowGuidedTracker
 
         if backend is None:
-            raise UserError("the 'dino' tracker needs a backend", "pass --backend NAME")
-        return Tracker(backend, config, progress=progress, **kwargs)
+            raise UserError(f"the {name!r} tracker needs a backend", "pass --backend NAME")
+        cls = Tracker if name == "dino" else FlowGuidedTracker
+        return cls(backend, config, progress=progress, **kwargs)
     raise UserError(f"unknown tracker {name!r}", f"choose one of {', '.join(TRACKERS)}")
 
 

@@ -28,13 +28,14 @@ from cosettle.cache import cache_home
 from cosettle.hashing import array_digest, json_digest, video_fingerprint
 from cosettle.io.tracks import TrackResult
 
-from .config import TrackerConfig, config_dict, preset
+from .config import TrackerConfig, config_dict, preprocess_at, preset
 
 log = logging.getLogger(__name__)
 
 # fields that do not change the trained model (excluded from the training cache key)
 _INFERENCE_ONLY = {"occlusion", "anchor_cos", "visible_cos", "fb_thresh_cells", "infer_chunk_maps",
-                   "work_dir", "preprocess", "device", "log_every", "checkpoint_every"}
+                   "work_dir", "preprocess", "device", "log_every", "checkpoint_every",
+                   "fusion_snap_cells", "fusion_fb_px", "fusion_dis_preset"}
 
 
 def cache_root() -> Path:
@@ -71,10 +72,9 @@ class Tracker:
     def _work_dir(self, video, masks) -> Path:
         if self.cfg.work_dir:
             return Path(self.cfg.work_dir)
-        pre = self.cfg.preprocess
-        pre = config_dict_any(pre)
-        key = json_digest({"video": video_fingerprint(video), "backend": self.backend.cache_key(),
-                       "resolution": self.backend.resolution, "preprocess": pre,
+        pre = config_dict_any(self.prep_cfg)
+        key = json_digest({"video": video_fingerprint(video), "backend": self.work_backend.cache_key(),
+                       "resolution": self.work_backend.resolution, "preprocess": pre,
                        "masks": None if masks is None else array_digest(np.asarray(masks) > 0, 64)})
         return cache_root() / key
 
@@ -92,15 +92,18 @@ class Tracker:
         res = cfg.resolution
         if isinstance(res, int) and min(h, w) <= res:
             res = None  # a short-side setting never upsamples a small video
-        if cfg.resolution is not None and self.backend.resolution != res:
-            log.info("setting backend %s resolution to %s (config)", self.backend.name, res)
-            self.backend.resolution = res
+        if cfg.resolution is not None:
+            # a copy at the work resolution: the caller's backend object is left as it was
+            self.work_backend = with_resolution(self.backend, res)
+        else:
+            self.work_backend = self.backend
         self.geometry_image_hw = (h, w)
+        self.prep_cfg = preprocess_at(cfg, self.work_backend.geometry(h, w).input_h)
         t0 = time.perf_counter()
         self.work_dir = self._work_dir(video, masks)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         log.info("work folder %s", self.work_dir)
-        self.prep = preprocess_video(video, self.backend, cfg.preprocess, self.work_dir, masks=masks,
+        self.prep = preprocess_video(video, self.work_backend, self.prep_cfg, self.work_dir, masks=masks,
                                      progress=self.progress)
         self.timings["preprocess"] = time.perf_counter() - t0
         geom = self.prep.geometry
@@ -110,6 +113,7 @@ class Tracker:
         self.model = trainer.run(progress=self.progress)
         self.timings["train"] = time.perf_counter() - t0
         self.train_history = trainer.history
+        self.train_coverage = trainer.coverage.summary() if trainer.coverage.iterations else None
         t0 = time.perf_counter()
         last = latest_checkpoint(ckpt_dir)
         cache = ckpt_dir / "refined.pt"
@@ -154,6 +158,26 @@ class Tracker:
         for i, (tq, x, y) in enumerate(q):
             tracks_img[i, int(round(tq))] = (x, y)
         return TrackResult(tracks_img, vis, conf, q.astype(np.float32), names)
+
+
+def with_resolution(backend: FeatureBackend, resolution) -> FeatureBackend:
+    """``backend`` itself when it already works at ``resolution``, else a shallow copy that does.
+
+    Wrapping backends (``ProjectedBackend``) take their geometry from ``.base``, so the copy goes down.
+    The model weights are shared, never copied.
+    """
+    import copy
+
+    base = getattr(backend, "base", None)
+    base_ok = not isinstance(base, FeatureBackend) or base.resolution == resolution
+    if backend.resolution == resolution and base_ok:
+        return backend
+    out = copy.copy(backend)
+    out.resolution = resolution
+    if isinstance(base, FeatureBackend):
+        out.base = with_resolution(base, resolution)
+    log.info("backend %s at resolution %s (config)", backend.name, resolution)
+    return out
 
 
 def config_dict_any(obj):

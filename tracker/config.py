@@ -4,9 +4,9 @@
   and switch-on iterations as published, Adam lr 0.01 with 0.999^(i//40) decay on DeltaDINO, CNN
   width 64, the backend at its native (snapped) resolution (476x854 for a /14 stride-7 ViT on DAVIS).
 * ``fast``: CPU-feasible. Internal resolution short side 240 (the backend's ``resolution``), CNN width
-  16, batch 256, 400 iterations with the late losses (cycle, refined best buddies) switched on at 200.
-  Chosen from measurements on 2 CPU cores (docs/tracker.md): ~0.5 s per iteration at 240x427 with
-  dsift, so training takes ~3-4 minutes and the whole run fits the 10-minute budget.
+  16, last conv kernel 3, batch 256, 300 iterations with the late losses (cycle, refined best buddies)
+  switched on at 150. Chosen from measurements on 2 CPU cores (README, "Presets"): ~0.8 s per
+  iteration at 240x424 with dsift, so training takes ~4 minutes and the whole run fits 10 minutes.
 
 Thresholds that the reference gives in pixels at 476x854 (cycle threshold 4 px, soft-argmax radius
 35 px) are expressed here in **feature cells** (35 px / stride 7 = 5 cells) or scaled by the work
@@ -83,6 +83,11 @@ class TrackerConfig:
     visible_cos: float = 0.6
     fb_thresh_cells: float = 1.0    # fb rule: back-tracking error above this (in cells) = occluded
     infer_chunk_maps: int = 2048    # cost volumes per head call at inference (memory bound)
+    # --- flow-guided inference (tracker ``dino-flow`` only; not in the paper, see tracker/flow_guided.py)
+    fusion_snap_cells: float = 3.0  # flow may stray this many feature cells from DINO before re-detection
+    fusion_fb_px: float = 1.5       # forward-backward error (original px) above which flow is not trusted
+    fusion_dis_preset: str = "medium"  # DIS preset of the full-resolution flow
+    scale_preprocess_px: bool = True  # preprocessing px thresholds are at 476 px height: scale them
     # --- files --------------------------------------------------------------------------------
     work_dir: Any = None            # None: ~/.cache/cosettle/tracker/<content+settings hash>
     preprocess: Any = field(default=None)  # PreprocessConfig (or its dict form)
@@ -155,3 +160,18 @@ def config_dict(cfg: TrackerConfig) -> dict[str, Any]:
 def scaled_px(cfg_px: float, input_h: int) -> float:
     """A pixel threshold given at the reference height (476) -> pixels at the work resolution."""
     return cfg_px * input_h / REF_HEIGHT
+
+
+# preprocessing thresholds that the reference gives in pixels at its 476-px model height
+PREPROCESS_PX_FIELDS = ("fb_threshold", "direct_threshold", "bb_box")
+
+
+def preprocess_at(cfg: TrackerConfig, input_h: int):
+    """The preprocessing config with its pixel thresholds scaled to a work height ``input_h`` (when
+    ``cfg.scale_preprocess_px``), so a 240-px work size uses the same thresholds *relative to the
+    image* as the reference at 476 px. At 476 px (the ``paper`` preset on 480p) nothing changes."""
+    pre = cfg.preprocess
+    if not cfg.scale_preprocess_px or not dataclasses.is_dataclass(pre) or input_h == REF_HEIGHT:
+        return pre
+    return dataclasses.replace(pre, **{k: scaled_px(getattr(pre, k), input_h) for k in PREPROCESS_PX_FIELDS
+                                      if hasattr(pre, k)})
