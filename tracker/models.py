@@ -6,9 +6,12 @@ definition (the ``antialiased_cnns`` package is CC BY-NC-SA).
 Alignment to the backend grid is derived, never assumed: each BlurPool maps its output index k to the
 input position 2k + 0.5 (filter taps at 2k-1..2k+2, pixel-centre convention), so after three of them
 CNN index u sits at input pixel 8u + 3.5, i.e. u = (x - 3.5) / 8. Cell centres x come from
-``geometry.grid_to_input``. The reference uses u = (p - 0.5)/8 with p = 7 + 7k (its own offset
-convention); ours is the same construction under our pixel-centre convention and works for any
-patch/stride/offset.
+``geometry.grid_to_input``. **Difference from the reference:** it samples the CNN output at
+u = (p - 0.5)/8 with p = 7 + 7k, i.e. at input position 8u + 0.5 = p; under our pixel-centre convention
+that cell's centre is x = 6.5 + 7k, and the reference's sample lies 3.5 px (the three BlurPools' 0.5 +
+1 + 2 px offset) away from it. Ours samples where the CNN output actually sits (u = (x - 3.5)/8), which
+is the geometrically aligned grid and works for any patch/stride/offset; the 3.5 px shift is not
+reproduced.
 """
 from __future__ import annotations
 

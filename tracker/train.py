@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,41 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+@dataclass
+class Coverage:
+    """How much supervision the iterations of this process actually received.
+
+    A DINO best-buddy pair drawn by the trainer counts as *missing* when no best buddies were computed
+    for it (it then contributes nothing), *empty* when they were computed and there are none, *used*
+    otherwise. ``active`` counts the iterations in which each loss term was non-zero.
+    """
+    iterations: int = 0
+    dbb_pairs_drawn: int = 0
+    dbb_pairs_used: int = 0
+    dbb_pairs_missing: int = 0
+    dbb_pairs_empty: int = 0
+    dbb_points: int = 0
+    active: dict = field(default_factory=dict)
+
+    def count_iteration(self, parts: dict) -> None:
+        self.iterations += 1
+        for k, v in parts.items():
+            if bool(v.detach() != 0):
+                self.active[k] = self.active.get(k, 0) + 1
+
+    def summary(self) -> dict:
+        it = max(1, self.iterations)
+        drawn = max(1, self.dbb_pairs_drawn)
+        return {"iterations": self.iterations,
+                "dbb_pairs_per_iteration": round(self.dbb_pairs_drawn / it, 3),
+                "dbb_pairs_used_per_iteration": round(self.dbb_pairs_used / it, 3),
+                "dbb_used_share": round(self.dbb_pairs_used / drawn, 4),
+                "dbb_missing_share": round(self.dbb_pairs_missing / drawn, 4),
+                "dbb_empty_share": round(self.dbb_pairs_empty / drawn, 4),
+                "dbb_points_per_iteration": round(self.dbb_points / it, 1),
+                "active_share": {k: round(v / it, 4) for k, v in sorted(self.active.items())}}
+
+
 class Trainer:
     def __init__(self, prep, cfg: TrackerConfig, ckpt_dir: Path | None = None):
         self.prep = prep
@@ -87,6 +123,7 @@ class Trainer:
         self.cyc_thresh = scaled_px(cfg.cyc_thresh_px, self.geom.input_h)
         self.start = 0
         self.history: list[dict] = []
+        self.coverage = Coverage()
 
     # -- checkpoints -------------------------------------------------------------------------
     def resume(self) -> int:
@@ -146,14 +183,22 @@ class Trainer:
         c = self.cfg
         bbs = self.prep.best_buddies or {}
         total = refined.new_zeros(())
+        cov = self.coverage
         for s, t in self._pairs(len(frames), c.cl_pairs, distinct=True):
+            cov.dbb_pairs_drawn += 1
             bb = bbs.get((int(frames[s]), int(frames[t])))
-            if bb is None or len(bb["src"]) == 0:
+            if bb is None:
+                cov.dbb_pairs_missing += 1  # no best buddies computed for this pair: no supervision
+                continue
+            if len(bb["src"]) == 0:
+                cov.dbb_pairs_empty += 1    # computed, but the pair has no best buddy (legitimately)
                 continue
             src = np.asarray(bb["src"], np.float32)
             sel = self._split_fg(int(frames[s]), src, c.cl_points, c.cl_fg_ratio)
             if len(sel) == 0:
                 continue
+            cov.dbb_pairs_used += 1
+            cov.dbb_points += len(sel)
             ps = torch.from_numpy(src[sel]).to(self.device)
             pt = torch.from_numpy(np.asarray(bb["dst"], np.float32)[sel]).to(self.device)
             r = torch.as_tensor(np.asarray(bb["r"], np.float32)[sel], device=self.device)
@@ -239,6 +284,7 @@ class Trainer:
             parts["cyc"] = c.lambda_cyc * self._cycle_loss(b.frames, refined, refined_n)
         if it >= c.rbb_after and c.lambda_rbb:
             parts["rbb"] = c.lambda_rbb * self._rbb_loss(b.frames, refined)
+        self.coverage.count_iteration(parts)
         loss = sum(parts.values())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -273,6 +319,8 @@ class Trainer:
         bar.close()
         log.info("training: %d iterations in %.1f s", max(0, c.iterations - start),
                  time.perf_counter() - t0)
+        if self.coverage.iterations:
+            log.info("supervision coverage: %s", self.coverage.summary())
         self.model.eval()
         return self.model
 
