@@ -35,12 +35,13 @@ def test_shapes_and_second_run_loads(tmp_path, backend):
     assert pre.frames.shape == (T, g.input_h, g.input_w, 3) and pre.frames.dtype == np.uint8
     assert tuple(pre.features.shape) == (T, backend.feat_dim, g.grid_h, g.grid_w)
     assert pre.features.dtype.is_floating_point
-    assert pre.trajectories.ndim == 3 and pre.trajectories.shape[1:] == (T, 2) and len(pre.trajectories)
+    dense = pre.trajectories.dense()
+    assert dense.ndim == 3 and dense.shape[1:] == (T, 2) and len(pre.trajectories)
     assert pre.traj_fg.shape == (len(pre.trajectories),)
     assert pre.masks.shape == (T, g.input_h, g.input_w) and pre.masks.dtype == bool
     assert len(pre.best_buddies) == 6 and all(s != t for s, t in pre.best_buddies)  # 3 pairs x 2 orders
     # interior trajectories from frame 0 move 2 px left per frame (the clip's motion)
-    t0 = pre.trajectories[np.isfinite(pre.trajectories[:, 0, 0])]
+    t0 = dense[np.isfinite(dense[:, 0, 0])]
     alive = np.isfinite(t0[:, 1, 0]) & (t0[:, 0, 0] > 10) & (t0[:, 0, 0] < 40)
     assert np.median(t0[alive, 1, 0] - t0[alive, 0, 0]) == pytest.approx(-2.0, abs=0.3)
     # counted flow calls: 2*(T-1) consecutive + direct (s=0: k=2,3; s=1: k=2) * 2 = 6 + 6
@@ -50,7 +51,7 @@ def test_shapes_and_second_run_loads(tmp_path, backend):
     # second run: everything loads, same results
     again = preprocess_video(video, backend, cfg(), tmp_path, progress=False)
     assert all(again.stats[s]["cached"] for s in STAGES)
-    np.testing.assert_array_equal(again.trajectories, pre.trajectories)
+    np.testing.assert_array_equal(again.trajectories.dense(), dense)
     np.testing.assert_array_equal(again.masks, pre.masks)
     assert again.stats["flow_calls_total"] == 12  # recorded at compute time
     # changed settings: only the stages downstream of the change recompute
@@ -91,7 +92,7 @@ def test_leftovers_of_a_sigkill_and_corrupt_files_are_handled(tmp_path, backend)
     stale.mkdir()
     (stale / "trajectories.npy").write_bytes(b"partial")
     traj_dir = next(tmp_path.glob("trajectories-*"))
-    with open(traj_dir / "trajectories.npy", "r+b") as fh:  # truncate: size check must fail
+    with open(traj_dir / "points.npy", "r+b") as fh:  # truncate: size check must fail
         fh.truncate(100)
     StageCache(tmp_path)
     assert not stale.exists()
@@ -157,5 +158,5 @@ def test_odd_video_size_resizes_to_the_backend_grid(tmp_path, backend):
     assert pre.frames.shape == (3, 40, 56, 3) and pre.masks.shape == (3, 40, 56)
     # row 20 of 43 maps to input row (20.5 * 40/43) - 0.5 = 18.57: the mask edge moves with it
     assert not pre.masks[:, :18].any() and pre.masks[:, 19:].all()
-    finite = pre.trajectories[np.isfinite(pre.trajectories)]
-    assert finite.min() >= 0 and pre.trajectories[..., 0][np.isfinite(pre.trajectories[..., 0])].max() <= 55
+    finite = pre.trajectories.points
+    assert np.isfinite(finite).all() and finite.min() >= 0 and finite[:, 0].max() <= 55

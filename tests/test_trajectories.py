@@ -5,6 +5,11 @@ from tracker.flow import DISFlow, consecutive_flows
 from tracker.trajectories import chain_trajectories, trajectory_starts
 
 
+def chain_dense(*a, **k):
+    store, st = chain_trajectories(*a, **k)
+    return store.dense(), st
+
+
 def const_flows(T, h, w, dx, dy):
     fwd = np.zeros((T - 1, h, w, 2), np.float32)
     fwd[..., 0], fwd[..., 1] = dx, dy
@@ -35,7 +40,7 @@ class ShiftEstimator:
 def test_integer_shift_trajectories_follow_and_end_at_the_border():
     T, h, w = 5, 6, 10
     fwd, bwd = const_flows(T, h, w, 2.0, 0.0)
-    traj, st = chain_trajectories(fwd, bwd, use_direct=False, fb_threshold=1.5)
+    traj, st = chain_dense(fwd, bwd, use_direct=False, fb_threshold=1.5)
     start = trajectory_starts(traj)
     first = traj[start == 0]
     assert len(first) == h * (w - 2)  # x = 8, 9 leave the image at once (length 1 < min_len 2)
@@ -63,7 +68,7 @@ def test_fractional_shift_with_real_dis_flow():
                                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT) for k in range(4)])
     est = DISFlow("medium", finest_scale=0)
     fwd, bwd = consecutive_flows(frames, est)
-    traj, st = chain_trajectories(fwd, bwd, frames, est, direct_window=3, stride=4)
+    traj, st = chain_dense(fwd, bwd, frames, est, direct_window=3, stride=4)
     first = traj[trajectory_starts(traj) == 0]
     x0 = first[:, 0]
     inner = (x0[:, 0] > 12) & (x0[:, 0] < 60) & (x0[:, 1] > 12) & (x0[:, 1] < 44)
@@ -83,7 +88,7 @@ def test_disappearing_region_ends_its_trajectories():
     T, h, w = 4, 8, 8
     fwd, bwd = const_flows(T, h, w, 0.0, 0.0)
     fwd[1, 2:5, 2:5] = (3.0, 0.0)  # frame 1 -> 2: this block "moves" but nothing maps back: gone
-    traj, _ = chain_trajectories(fwd, bwd, use_direct=False)
+    traj, _ = chain_dense(fwd, bwd, use_direct=False)
     start = trajectory_starts(traj)
     first = traj[start == 0]
     gone = (first[:, 0, 0] >= 2) & (first[:, 0, 0] <= 4) & (first[:, 0, 1] >= 2) & (first[:, 0, 1] <= 4)
@@ -98,14 +103,14 @@ def test_direct_filter_drops_drifting_points_within_the_window_only():
     frames = np.arange(T)  # the stub estimator reads frame indices
     region = (slice(0, 3), slice(0, 40))  # rows 0..2: the direct flow disagrees by 4 px
     est = ShiftEstimator(h, w, 1.0, region, 4.0)
-    traj, st = chain_trajectories(fwd, bwd, frames, est, direct_window=3, direct_threshold=2.5, stride=1)
+    traj, st = chain_dense(fwd, bwd, frames, est, direct_window=3, direct_threshold=2.5, stride=1)
     first = traj[trajectory_starts(traj) == 0]
     drift = (first[:, 0, 1] <= 2) & (first[:, 0, 0] < 30)  # x >= 34 - k: direct target outside -> unreliable
     # rows 0..2: killed at k = 2 (the first direct check), so valid at frames 0, 1 only
     assert np.isfinite(first[drift, 1]).all() and np.isnan(first[drift, 2:]).all()
     assert np.isfinite(first[(first[:, 0, 1] > 2) & (first[:, 0, 0] < 30), 5]).all()
     # without the filter they survive
-    traj2, st2 = chain_trajectories(fwd, bwd, use_direct=False)
+    traj2, st2 = chain_dense(fwd, bwd, use_direct=False)
     first2 = traj2[trajectory_starts(traj2) == 0]
     assert np.isfinite(first2[(first2[:, 0, 1] <= 2) & (first2[:, 0, 0] < 30)]).all()
     assert st2.flow_calls == 0

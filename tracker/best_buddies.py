@@ -14,8 +14,9 @@ cosine nearest neighbour of n in frame t and n is that of m in frame s. Then
 Differences from the reference, on purpose:
 * pairs: the reference computes all T(T-1) ordered pairs (2450 cosine matrices for T = 50). A pair's
   mutual NNs are symmetric, so we compute each unordered pair once and store both directions; for CPU
-  runs ``select_pairs`` limits the pairs to ``|s - t| <= window`` and/or a seeded random subset of
-  ``max_pairs`` unordered pairs. The tracker's BB loss samples from the pairs present.
+  runs ``select_pairs`` limits the precomputed pairs to ``|s - t| <= window`` and/or a seeded random
+  subset of ``max_pairs`` unordered pairs. :class:`BestBuddyProvider` instead computes any pair the
+  trainer draws on demand (same rule, an LRU cache; the reference precomputes all pairs, O(T^2)).
 * NMS: only the two best survivors are needed, and greedy NMS always keeps the best box and then the
   best box not suppressed by it, so a2 = max affinity among the top-k candidates with IoU(best) <= iou.
   Same result as torchvision's batched_nms, vectorised, without torchvision or sorting.
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -121,79 +124,202 @@ def ambiguity_ratio(aff_rows: torch.Tensor, grid_hw: tuple[int, int], step: floa
 
 
 class NearestTrajectory:
-    """For each frame, the index of the trajectory nearest to every feature cell (spec 2.4 c)."""
+    """For each frame, the index of the trajectory nearest to every feature cell (spec 2.4 c).
 
-    def __init__(self, traj: np.ndarray | None, cells_xy: np.ndarray):
-        self.traj = traj
-        self.valid = None if traj is None else np.isfinite(traj[:, :, 0])
+    ``traj``: a :class:`~tracker.trajectory_store.TrajectoryStore`, a dense (N, T, 2) array, or None
+    (no trajectories: nothing is connected). Per-frame answers are kept in an LRU cache of
+    ``max_frames`` frames, so memory does not grow with the clip length.
+    """
+
+    def __init__(self, traj, cells_xy: np.ndarray, max_frames: int = 256):
+        from .trajectory_store import as_store
+
+        self.store = None if traj is None else as_store(traj)
         self.cells = cells_xy.reshape(-1, 2)
-        self._cache: dict[int, np.ndarray] = {}
+        self.max_frames = int(max_frames)
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
 
     def at(self, frame: int) -> np.ndarray:
         """(K,) trajectory index per cell, -1 where no trajectory exists at ``frame``."""
-        if frame not in self._cache:
-            from scipy.spatial import cKDTree
+        if frame in self._cache:
+            self._cache.move_to_end(frame)
+            return self._cache[frame]
+        from scipy.spatial import cKDTree
 
-            if self.traj is None:
-                self._cache[frame] = np.full(len(self.cells), -1, np.int64)
-            else:
-                ids = np.nonzero(self.valid[:, frame])[0]
-                if len(ids) == 0:
-                    self._cache[frame] = np.full(len(self.cells), -1, np.int64)
-                else:
-                    # unbalanced, non-compact trees build ~2x faster; one query batch per tree
-                    tree = cKDTree(self.traj[ids, frame].astype(np.float64), balanced_tree=False,
-                                   compact_nodes=False)
-                    _, nn = tree.query(self.cells, k=1)
-                    self._cache[frame] = ids[nn]
-        return self._cache[frame]
+        ids, xy = (np.zeros(0, np.int64), None) if self.store is None else self.store.at_frame(frame)
+        if len(ids) == 0:
+            nn = np.full(len(self.cells), -1, np.int64)
+        else:
+            # unbalanced, non-compact trees build ~2x faster; one query batch per tree
+            tree = cKDTree(xy.astype(np.float64), balanced_tree=False, compact_nodes=False)
+            _, k = tree.query(self.cells, k=1)
+            nn = ids[k]
+        self._cache[frame] = nn
+        if len(self._cache) > self.max_frames:
+            self._cache.popitem(last=False)
+        return nn
 
     def connected(self, cells: np.ndarray, frame_from: int, frame_to: int) -> np.ndarray:
         """(B,) bool: the trajectory nearest to each cell at ``frame_from`` is present at ``frame_to``."""
         nn = self.at(frame_from)[cells]
         out = np.zeros(len(cells), bool)
         ok = nn >= 0
-        out[ok] = self.valid[nn[ok], frame_to]
+        out[ok] = self.store.valid_at(nn[ok], frame_to)
         return out
 
 
-def compute_best_buddies(features: torch.Tensor, geometry: Geometry, pairs, trajectories: np.ndarray | None = None,
+@dataclass
+class BBParams:
+    """The best-buddy rule's settings (same meaning as the arguments of :func:`compute_best_buddies`)."""
+
+    box: float = 30.0
+    iou: float = 0.2
+    topk: int = 400
+    flow_filter: bool = True
+
+
+def pair_best_buddies(fs: torch.Tensor, ft: torch.Tensor, s: int, t: int, geometry: Geometry,
+                      cells: torch.Tensor, near: "NearestTrajectory | None", p: BBParams) -> tuple[dict, int]:
+    """Best buddies of frames s, t from their (C, h, w) features -> (entry for (s, t), mutual NNs before
+    the flow filter). The one rule used by the precomputed stage and by :class:`BestBuddyProvider`."""
+    C, h, w = fs.shape
+    ia, ib, cos, aff, aff_t = mutual_nn(fs.reshape(C, -1).T, ft.reshape(C, -1).T, return_transposed=True)
+    n_raw = len(ia)
+    if p.flow_filter and near is not None and near.store is not None:
+        keep = ~near.connected(ia.numpy(), s, t) & ~near.connected(ib.numpy(), t, s)
+        keep = torch.from_numpy(keep)
+        ia, ib, cos = ia[keep], ib[keep], cos[keep]
+    r_st = ambiguity_ratio(aff[ia], (h, w), geometry.stride, p.box, p.iou, p.topk)
+    r_ts = ambiguity_ratio(aff_t[ib], (h, w), geometry.stride, p.box, p.iou, p.topk)  # t -> s direction
+    r = torch.maximum(r_st, r_ts)  # symmetrised: r(s,t,i) = r(t,s,i) = max of both directions
+    entry = {"src": cells[ia].numpy(), "dst": cells[ib].numpy(), "cos": cos.numpy().astype(np.float32),
+             "r": r.numpy().astype(np.float32)}
+    return entry, n_raw
+
+
+def swap_entry(e: dict) -> dict:
+    """The (t, s) entry of an (s, t) entry."""
+    return {"src": e["dst"].copy(), "dst": e["src"].copy(), "cos": e["cos"].copy(), "r": e["r"].copy()}
+
+
+def compute_best_buddies(features: torch.Tensor, geometry: Geometry, pairs, trajectories=None,
                          box: float = 30.0, iou: float = 0.2, topk: int = 400, flow_filter: bool = True,
                          progress: bool = False) -> tuple[dict, dict]:
     """Best buddies for the unordered ``pairs``; returns ({(s, t): entry} with both orders, stats).
 
     entry = {"src": (B, 2) float32 input px in frame s, "dst": (B, 2) in frame t, "cos": (B,), "r": (B,)}.
+    ``features`` (T, C, h, w): a tensor or a lazy per-frame reader; ``trajectories``: a store, a dense
+    array or None.
     """
     from tqdm.auto import tqdm
 
     tic = time.time()
-    T, C, h, w = features.shape
     cells = torch.as_tensor(geometry.cell_centers("input").reshape(-1, 2), dtype=torch.float32)
     near = NearestTrajectory(trajectories if flow_filter else None, cells.numpy().astype(np.float64))
+    params = BBParams(box, iou, topk, flow_filter)
     out: dict = {}
     n_raw = n_kept = 0
     for s, t in tqdm(pairs, desc="best buddies", unit="pair", disable=not progress, leave=False):
-        fs = features[s].reshape(C, -1).T
-        ft = features[t].reshape(C, -1).T
-        ia, ib, cos, aff, aff_t = mutual_nn(fs, ft, return_transposed=True)
-        n_raw += len(ia)
-        if flow_filter and trajectories is not None:
-            keep = ~near.connected(ia.numpy(), s, t) & ~near.connected(ib.numpy(), t, s)
-            keep = torch.from_numpy(keep)
-            ia, ib, cos = ia[keep], ib[keep], cos[keep]
-        n_kept += len(ia)
-        r_st = ambiguity_ratio(aff[ia], (h, w), geometry.stride, box, iou, topk)
-        r_ts = ambiguity_ratio(aff_t[ib], (h, w), geometry.stride, box, iou, topk)  # t -> s direction
-        r = torch.maximum(r_st, r_ts)  # symmetrised: r(s,t,i) = r(t,s,i) = max of both directions
-        src, dst = cells[ia].numpy(), cells[ib].numpy()
-        c, rr = cos.numpy().astype(np.float32), r.numpy().astype(np.float32)
-        out[(s, t)] = {"src": src, "dst": dst, "cos": c, "r": rr}
-        out[(t, s)] = {"src": dst.copy(), "dst": src.copy(), "cos": c.copy(), "r": rr.copy()}
+        e, raw = pair_best_buddies(features[s], features[t], s, t, geometry, cells, near, params)
+        n_raw += raw
+        n_kept += len(e["cos"])
+        out[(s, t)] = e
+        out[(t, s)] = swap_entry(e)
     stats = {"pairs": len(pairs), "ordered_pairs": len(out), "mutual_nn": n_raw, "kept": n_kept,
              "seconds": time.time() - tic}
     log.info("best buddies: %d unordered pairs, %d mutual NNs, %d kept after the flow filter, %.1fs",
              len(pairs), n_raw, n_kept, stats["seconds"])
     return out, stats
+
+
+class BestBuddyProvider:
+    """Best buddies of ANY frame pair, computed on demand: ``provider.get((s, t))``, ``(s, t) in provider``.
+
+    Same rule and values as :func:`compute_best_buddies` (one shared :func:`pair_best_buddies`), from the
+    (lazily read) features and the no-direct trajectories. Computed pairs are kept in an LRU cache of
+    ``cache_pairs`` unordered pairs; ``precomputed`` (a ``{(s, t): entry}`` dict, e.g. the
+    ``best_buddies`` stage) is served first. Memory: the cache + one frame pair's affinity matrix,
+    independent of the clip length (all pairs precomputed would be O(T^2): 1,225 pairs at T = 50).
+
+    Pairs offered: every ordered pair s != t with ``|s - t| <= window`` (0 = any). ``counters`` records
+    requests, cache hits, computed pairs, pairs without any best buddy and seconds spent, for the
+    trainer's coverage log.
+    """
+
+    def __init__(self, features, geometry: Geometry, trajectories=None, box: float = 30.0, iou: float = 0.2,
+                 topk: int = 400, flow_filter: bool = True, window: int = 0, cache_pairs: int = 512,
+                 precomputed: dict | None = None):
+        self.features = features
+        self.geometry = geometry
+        self.num_frames = int(features.shape[0])
+        self.window = int(window)
+        self.params = BBParams(box, iou, topk, flow_filter)
+        self.cells = torch.as_tensor(geometry.cell_centers("input").reshape(-1, 2), dtype=torch.float32)
+        self.near = NearestTrajectory(trajectories if flow_filter else None, self.cells.numpy().astype(np.float64))
+        self.precomputed = dict(precomputed or {})
+        self.cache_pairs = max(1, int(cache_pairs))
+        self._cache: OrderedDict[tuple[int, int], dict] = OrderedDict()
+        self.counters = {"requested": 0, "precomputed_hits": 0, "cache_hits": 0, "computed": 0, "empty": 0,
+                         "seconds": 0.0}
+
+    def _valid(self, key) -> bool:
+        try:
+            s, t = (int(k) for k in key)
+        except (TypeError, ValueError):
+            return False
+        if s == t or not (0 <= s < self.num_frames and 0 <= t < self.num_frames):
+            return False
+        return self.window <= 0 or abs(s - t) <= self.window
+
+    def __contains__(self, key) -> bool:
+        return self._valid(key)
+
+    def __len__(self) -> int:
+        """Ordered pairs offered."""
+        T, w = self.num_frames, self.window
+        if w <= 0 or w >= T - 1:
+            return T * (T - 1)
+        return 2 * sum(T - d for d in range(1, w + 1))
+
+    def __bool__(self) -> bool:
+        return self.num_frames > 1
+
+    def get(self, key, default=None):
+        if not self._valid(key):
+            return default
+        s, t = (int(k) for k in key)
+        self.counters["requested"] += 1
+        if (s, t) in self.precomputed:
+            self.counters["precomputed_hits"] += 1
+            return self.precomputed[(s, t)]
+        a, b = min(s, t), max(s, t)
+        e = self._cache.get((a, b))
+        if e is not None:
+            self.counters["cache_hits"] += 1
+            self._cache.move_to_end((a, b))
+        else:
+            tic = time.perf_counter()
+            e, _ = pair_best_buddies(self.features[a], self.features[b], a, b, self.geometry, self.cells,
+                                     self.near, self.params)
+            self.counters["computed"] += 1
+            self.counters["empty"] += int(len(e["cos"]) == 0)
+            self.counters["seconds"] += time.perf_counter() - tic
+            self._cache[(a, b)] = e
+            if len(self._cache) > self.cache_pairs:
+                self._cache.popitem(last=False)
+        return e if (s, t) == (a, b) else swap_entry(e)
+
+    def __getitem__(self, key):
+        e = self.get(key)
+        if e is None:
+            raise KeyError(key)
+        return e
+
+    def coverage(self) -> dict:
+        """Counters plus the share of requests answered without computing."""
+        c = dict(self.counters)
+        c["cached_pairs"] = len(self._cache)
+        return c
 
 
 def save_best_buddies(path, bb: dict) -> None:

@@ -48,6 +48,7 @@ class TrackerConfig:
     batch_size: int = 512
     fg_traj_ratio: float = 0.5
     batch_n_frames: int = 4
+    separate_fg_bg_frames: bool = False  # FG and BG halves draw their own frames (reference: True)
     lr_delta: float = 0.01
     lr_head: float = 0.01
     scheduler_every: int = 40

@@ -137,27 +137,30 @@ def motion_masks(fwd: np.ndarray, bwd: np.ndarray, threshold: float = 3.0, min_r
     T = n + 1
     diag = float(np.hypot(h, w))
     min_px = min_residual * diag
-    score = np.zeros((T, h, w), np.float32)
-    count = np.zeros(T, np.float32)
-    fits = []
-    for flows, src in ((fwd, range(T - 1)), (bwd, range(1, T))):
-        for i, t in enumerate(src):
-            r, fit = _motion_residual(np.asarray(flows[i], np.float32), threshold, min_px, seed)
-            score[t] += r
-            count[t] += 1
-            fits.append(fit)
-    raw = score / count[:, None, None] > 1.0
     k = max(3, 2 * round(0.005 * diag) + 1)  # odd kernel ~1 % of the diagonal
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     masks = np.zeros((T, h, w), bool)
+    fits = []
+    raw_fg = 0.0
+    # frame by frame (flows may be lazy per-frame readers): memory ~ one frame's flows, not the clip's
     for t in range(T):
-        m = cv2.morphologyEx(raw[t].astype(np.uint8), cv2.MORPH_OPEN, kernel)
+        score = np.zeros((h, w), np.float32)
+        count = 0
+        for flows, i in ((fwd, t), (bwd, t - 1)):  # forward t -> t+1, backward t -> t-1
+            if 0 <= i < n:
+                r, fit = _motion_residual(np.asarray(flows[i], np.float32), threshold, min_px, seed)
+                score += r
+                count += 1
+                fits.append(fit)
+        raw = score / count > 1.0
+        raw_fg += float(raw.mean()) / T
+        m = cv2.morphologyEx(raw.astype(np.uint8), cv2.MORPH_OPEN, kernel)
         m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, kernel)
         num, lab, st, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
         keep = np.zeros(num, bool)
         keep[1:] = st[1:, cv2.CC_STAT_AREA] >= min_area * h * w
         masks[t] = keep[lab]
-    info = {"fg_fraction": float(masks.mean()), "raw_fg_fraction": float(raw.mean()), "threshold": threshold,
+    info = {"fg_fraction": float(masks.mean()), "raw_fg_fraction": raw_fg, "threshold": threshold,
             "min_residual_px": min_px, "min_area": min_area, "kernel": k,
             "model_failures": int(sum(f is None for f in fits)),
             "median_residual_px": float(np.median([f for f in fits if f is not None])) if any(
@@ -228,15 +231,19 @@ def save_masks_png(folder, masks: np.ndarray) -> Path:
     return folder
 
 
-def trajectory_foreground(traj: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """(N,) bool: the trajectory's first valid point lies on the foreground (spec section 2.5)."""
-    n = len(traj)
-    if n == 0:
+def trajectory_foreground(traj, masks: np.ndarray) -> np.ndarray:
+    """(N,) bool: the trajectory's first valid point lies on the foreground (spec section 2.5).
+
+    ``traj``: a :class:`~tracker.trajectory_store.TrajectoryStore` or a dense (N, T, 2) NaN array.
+    """
+    from .trajectory_store import as_store
+
+    store = as_store(traj)
+    if len(store) == 0:
         return np.zeros(0, bool)
-    valid = np.isfinite(traj[:, :, 0])
-    start = np.argmax(valid, axis=1)
-    xy = traj[np.arange(n), start]
+    start = store.starts.astype(np.int64)
+    xy = store.first_points()
     _, h, w = masks.shape
     xi = np.clip(np.rint(xy[:, 0]).astype(np.int64), 0, w - 1)
     yi = np.clip(np.rint(xy[:, 1]).astype(np.int64), 0, h - 1)
-    return masks[start, yi, xi] & valid.any(1)
+    return np.asarray(masks[start, yi, xi], bool)

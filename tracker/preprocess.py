@@ -31,9 +31,11 @@ from cosettle.hashing import array_digest, json_digest
 from cosettle.provenance import peak_rss_mb
 
 from . import best_buddies as bbm
-from .flow import consecutive_flows, make_flow_estimator
+from .flow import make_flow_estimator, write_consecutive_flows
+from .lazy_array import NpyArray, NpyWriter
 from .masks import check_masks, motion_masks, resize_masks, saliency_masks, save_masks_png, trajectory_foreground
 from .trajectories import chain_trajectories
+from .trajectory_store import TrajectoryStore
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,10 @@ class PreprocessConfig:
         "help": "best buddies on at most this many unordered frame pairs, seeded (0 = all T(T-1)/2)"})
     bb_window: int = field(default=0, metadata={"help": "best-buddy pairs only within this many frames (0 = any)"})
     bb_flow_filter: bool = True
+    bb_on_demand: bool = field(default=False, metadata={
+        "help": "best buddies of every frame pair the trainer draws, computed when first drawn (LRU cache, "
+                "bounded memory) instead of the precomputed bb_max_pairs subset; the stage is skipped"})
+    bb_cache_pairs: int = field(default=512, metadata={"help": "on-demand best buddies: LRU cache size, pairs"})
     seed: int = 0
     device: str = "cpu"
     feature_chunk: int | None = field(default=2, metadata={
@@ -83,13 +89,17 @@ class PreprocessConfig:
 
 @dataclass
 class Preprocessed:
+    """Frames and features are lazy per-frame readers of the cache files (``NpyArray``: index them like
+    arrays; ``np.asarray`` / ``.load()`` reads all), so the clip's arrays are never all in memory."""
+
     geometry: Geometry
-    frames: np.ndarray        # (T, input_h, input_w, 3) uint8
-    features: torch.Tensor    # (T, C, grid_h, grid_w) float32, raw backend features
-    trajectories: np.ndarray  # (N, T, 2) float32 input px, NaN where absent
+    frames: Any               # (T, input_h, input_w, 3) uint8 (NpyArray or ndarray)
+    features: Any             # (T, C, grid_h, grid_w) float32 raw backend features (NpyArray(as_torch) or tensor)
+    trajectories: Any         # TrajectoryStore (sparse; .dense() -> (N, T, 2) NaN array) or a dense array
     traj_fg: np.ndarray       # (N,) bool
     masks: np.ndarray         # (T, input_h, input_w) bool
-    best_buddies: dict        # {(s, t): {"src", "dst", "cos", "r"}}, both orders, only the computed pairs
+    best_buddies: Any         # {(s, t): {"src", "dst", "cos", "r"}} both orders (precomputed pairs), or a
+                              # BestBuddyProvider (bb_on_demand: every pair, computed when asked)
     work_dir: Path
     stats: dict = field(default_factory=dict)  # per stage: cached, seconds, key, counts (flow calls...)
 
@@ -245,12 +255,20 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
 
     # 1. frames at the work resolution
     def c_frames(d):
-        _save_npy(d / "frames.npy", resize_frames(frames0, geom.input_h, geom.input_w))
+        chunk = 8
+        with NpyWriter(d / "frames.npy", (T, geom.input_h, geom.input_w, 3), np.uint8) as wr:
+            for s in range(0, T, chunk):  # streamed: one chunk of resized frames in memory
+                wr.write(resize_frames(frames0[s:s + chunk], geom.input_h, geom.input_w, chunk))
         return {}
 
+    def l_frames(d, m):
+        f = NpyArray(d / "frames.npy")
+        if f.shape != (T, geom.input_h, geom.input_w, 3) or f.dtype != np.uint8:
+            raise ValueError(f"frames {f.shape} {f.dtype} do not match the video")
+        return f
+
     frames_fields = {"video": vid_key, "size": [geom.input_h, geom.input_w], "v": 1}
-    frames, stats["frames"] = cache.run("frames", frames_fields, c_frames,
-                                        lambda d, m: np.load(d / "frames.npy"))
+    frames, stats["frames"] = cache.run("frames", frames_fields, c_frames, l_frames)
 
     # 2. raw backend features
     feat_fields = {"video": vid_key, "backend": backend.cache_key(), "geometry": geom.to_dict(), "v": 1}
@@ -258,15 +276,13 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
     def c_feats(d):
         # streamed to disk chunk by chunk: the whole (T,C,h,w) array is never held twice in memory
         shape = (T, backend.feat_dim, geom.grid_h, geom.grid_w)
-        out = np.lib.format.open_memmap(d / "features.npy", mode="w+", dtype=np.float32, shape=shape)
-        for start, f in backend.iter_chunks(frames0, cfg.feature_chunk, progress=progress):
-            out[start:start + f.shape[0]] = f.float().numpy()
-        out.flush()
-        del out
+        with NpyWriter(d / "features.npy", shape, np.float32) as wr:
+            for start, f in backend.iter_chunks(frames0, cfg.feature_chunk, progress=progress):
+                wr.write(f.float().numpy())
         return {"shape": list(shape)}
 
     def l_feats(d, m):
-        f = torch.from_numpy(np.load(d / "features.npy"))
+        f = NpyArray(d / "features.npy", as_torch=True)  # read per frame on demand
         if tuple(f.shape) != (T, backend.feat_dim, geom.grid_h, geom.grid_w):
             raise ValueError(f"features shape {tuple(f.shape)} does not match the geometry")
         return f
@@ -278,15 +294,16 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
     flow_fields = {"frames": stats["frames"]["key"], "estimator": estimator.cache_fields(), "v": 1}
 
     def c_flows(d):
-        fwd, bwd = consecutive_flows(frames, estimator, progress=progress)
-        _save_npy(d / "fwd.npy", fwd)
-        _save_npy(d / "bwd.npy", bwd)
+        write_consecutive_flows(frames, estimator, d / "fwd.npy", d / "bwd.npy", progress=progress)
         return {"flow_calls": estimator.calls}
 
-    (fwd, bwd), stats["flows"] = cache.run(
-        "flows", flow_fields, c_flows,
-        lambda d, m: (np.load(d / "fwd.npy", mmap_mode="r"), np.load(d / "bwd.npy", mmap_mode="r")))
-    fwd, bwd = np.ascontiguousarray(fwd), np.ascontiguousarray(bwd)
+    def l_flows(d, m):
+        fwd, bwd = NpyArray(d / "fwd.npy"), NpyArray(d / "bwd.npy")  # read per frame by every consumer
+        if fwd.shape != (T - 1, geom.input_h, geom.input_w, 2) or bwd.shape != fwd.shape:
+            raise ValueError(f"flows {fwd.shape} / {bwd.shape} do not match the frames")
+        return fwd, bwd
+
+    (fwd, bwd), stats["flows"] = cache.run("flows", flow_fields, c_flows, l_flows)
 
     # 4. foreground masks: the user's, PCA saliency of the backend features, or motion (flow residual)
     source = cfg.mask_source
@@ -334,22 +351,22 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
 
     # 5. trajectories with the direct-flow filter (training supervision) ...
     traj_common = {"flows": stats["flows"]["key"], "fb": cfg.fb_threshold, "min_len": cfg.min_traj_len,
-                   "stride": cfg.traj_stride, "v": 1}
+                   "stride": cfg.traj_stride, "v": 2}  # v2: sparse store (same trajectories)
 
     def c_traj(direct: bool):
         def compute(d):
             calls0 = estimator.calls
             traj, st = chain_trajectories(fwd, bwd, frames, estimator, cfg.fb_threshold, cfg.direct_threshold,
                                           cfg.direct_window, cfg.min_traj_len, cfg.traj_stride, direct, progress)
-            _save_npy(d / "trajectories.npy", traj)
-            return {"num_trajectories": st.num_trajectories, "flow_calls": estimator.calls - calls0,
-                    "per_start": st.per_start}
+            traj.save(d)
+            return {"num_trajectories": st.num_trajectories, "num_points": int(len(traj.points)),
+                    "flow_calls": estimator.calls - calls0, "per_start": st.per_start}
         return compute
 
     def l_traj(d, m):
-        traj = np.load(d / "trajectories.npy")
-        if traj.ndim != 3 or traj.shape[1:] != (T, 2):
-            raise ValueError(f"trajectories shape {traj.shape}, expected (N, {T}, 2)")
+        traj = TrajectoryStore.load(d)
+        if traj.num_frames != T:
+            raise ValueError(f"trajectories cover {traj.num_frames} frames, expected {T}")
         return traj
 
     direct_fields = {**traj_common, "direct": cfg.direct_threshold, "window": cfg.direct_window}
@@ -363,7 +380,13 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
 
     del fwd, bwd  # the flows are on disk; release them before the memory-heavy best-buddy stage
 
-    # 6. best buddies
+    # 6. best buddies: on demand (every pair, when the trainer draws it) or a precomputed subset
+    if cfg.bb_on_demand:
+        best_buddies = bbm.BestBuddyProvider(features, geom, traj_nodirect, cfg.bb_box, cfg.bb_iou, cfg.bb_topk,
+                                             cfg.bb_flow_filter, cfg.bb_window, cfg.bb_cache_pairs)
+        stats["best_buddies"] = {"mode": "on_demand", "ordered_pairs": len(best_buddies), "cached": True,
+                                 "seconds": 0.0, "peak_rss_mb": peak_rss_mb()}
+        return _finish(geom, frames, features, trajectories, fg_masks, best_buddies, cache, stats, cfg, T)
     pairs = bbm.select_pairs(T, cfg.bb_max_pairs, cfg.bb_window, cfg.seed)
     bb_fields = {"features": stats["features"]["key"],
                  "traj": stats.get("trajectories_nodirect", {}).get("key"), "box": cfg.bb_box,
@@ -377,7 +400,10 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
 
     best_buddies, stats["best_buddies"] = cache.run("best_buddies", bb_fields, c_bb,
                                                     lambda d, m: bbm.load_best_buddies(d / "best_buddies.npz"))
+    return _finish(geom, frames, features, trajectories, fg_masks, best_buddies, cache, stats, cfg, T)
 
+
+def _finish(geom, frames, features, trajectories, fg_masks, best_buddies, cache, stats, cfg, T) -> Preprocessed:
     traj_fg = trajectory_foreground(trajectories, fg_masks)
     stats["flow_calls_total"] = sum(int(stats[s].get("flow_calls", 0)) for s in
                                     ("flows", "trajectories", "trajectories_nodirect") if s in stats)

@@ -114,7 +114,8 @@ class Trainer:
         self.scale = feature_scale(prep.features)
         self.model = build_model(prep.features.shape[1], cfg).to(self.device)
         self.sampler = TrajectorySampler(prep.trajectories, prep.traj_fg, cfg.batch_size,
-                                         cfg.fg_traj_ratio, cfg.batch_n_frames)
+                                         cfg.fg_traj_ratio, cfg.batch_n_frames,
+                                         separate_frames=cfg.separate_fg_bg_frames)
         self.opt = torch.optim.Adam([
             {"params": self.model.delta.parameters(), "lr": cfg.lr_delta},
             {"params": self.model.head.parameters(), "lr": cfg.lr_head}])
