@@ -7,7 +7,9 @@
 
 Writes into --out: tracks.npz / tracks.json / tracks.csv (original-video pixels, see
 cosettle.io.tracks), overlay.mp4, config.yaml (the resolved settings), run_info.json and track.log.
-Nothing is written there when an input is bad (one ``error:`` line, exit status 2). The DINO tracker's
+Nothing is written there when an input is bad (one ``error:`` line, exit status 2): --out is checked
+before any work, and the whole set is written into a hidden staging folder beside it and moved into
+place only when every file is complete (the overlay's frame count checked). The DINO tracker's
 preprocessing, checkpoints and refined features live in a work folder keyed by the video and the
 settings (``--work-dir``; default ~/.cache/cosettle/tracker/...): re-running resumes.
 """
@@ -19,9 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # busy-waiting OpenMP threa
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
-import shutil  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -134,19 +134,23 @@ def main(argv=None):
         print_backends()
         return 0
     demo = not args.video
-    out = Path(args.out or ("outputs/demo" if demo else "outputs/track"))
-    tmp_dir = Path(tempfile.mkdtemp(prefix="track_"))  # the log lives here until the run succeeds
-    try:
-        return run(args, demo, out, tmp_dir)
-    finally:
-        close_file_logging()
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+    from cosettle.io.atomic import OutputStage
+
+    # --out is validated before any work; every file goes to a staging folder moved into place at the end
+    with OutputStage(args.out or ("outputs/demo" if demo else "outputs/track")) as stage:
+        try:
+            return run(args, demo, stage)
+        finally:
+            close_file_logging()
 
 
-def run(args, demo: bool, out: Path, tmp_dir: Path) -> int:
-    from cosettle.io.video import read_video
+def run(args, demo: bool, stage) -> int:
+    from cosettle.io.video import check_fps, read_video
 
-    setup_logging(args.verbose, tmp_dir / "track.log")
+    out, tmp = stage.target, stage.dir  # files are written into tmp, reported under out
+    if args.fps is not None:
+        check_fps(args.fps)
+    setup_logging(args.verbose, tmp / "track.log")
     stages: dict[str, float] = {}
     t_all = time.perf_counter()
     cfg = resolve_config(args, demo)  # bad config -> error before anything is written
@@ -155,10 +159,13 @@ def run(args, demo: bool, out: Path, tmp_dir: Path) -> int:
         from cosettle.demo import make_demo_clip
 
         t0 = time.perf_counter()
-        video_path, points_path, gt = make_demo_clip(out / "demo")
+        video_path, points_path, gt = make_demo_clip(tmp / "demo")
         args.video, args.points = str(video_path), str(points_path)
+        shown = {"video": str(out / video_path.relative_to(tmp)), "points": str(out / points_path.relative_to(tmp))}
         stages["demo clip"] = time.perf_counter() - t0
-        log.info("demo clip %s with %d points", video_path, len(gt))
+        log.info("demo clip %s with %d points", shown["video"], len(gt))
+    else:
+        shown = {"video": str(args.video), "points": args.points}
     t0 = time.perf_counter()
     video = read_video(args.video, max_frames=args.max_frames, frame_stride=args.frame_stride, fps=args.fps)
     queries = get_queries(args, video)
@@ -195,22 +202,21 @@ def run(args, demo: bool, out: Path, tmp_dir: Path) -> int:
     from cosettle.io.tracks import save_tracks, write_overlay
 
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     meta = {"tracker": args.tracker, "backend": backend.name if backend else None,
-            "video": str(args.video), "preset": args.preset if args.tracker == "dino" else None}
-    paths = save_tracks(out, result, video.fps, (video.height, video.width), meta)
+            "video": shown["video"], "preset": args.preset if args.tracker == "dino" else None}
+    paths = save_tracks(tmp, result, video.fps, (video.height, video.width), meta)
     if not args.no_overlay:
-        paths["overlay"] = write_overlay(out / "overlay.mp4", frames, result, video.fps)
+        paths["overlay"] = write_overlay(tmp / "overlay.mp4", frames, result, video.fps)
     stages["write outputs"] = time.perf_counter() - t0
     from tracker.config import config_dict
 
     resolved = {"tracker": args.tracker, "backend": backend.name if backend else None,
                 "backend_fields": backend.cache_fields() if backend else None,
-                "video": str(args.video), "points": args.points, "grid_size": args.grid_size,
+                "video": shown["video"], "points": shown["points"], "grid_size": args.grid_size,
                 "grid_frame": args.grid_frame, "max_frames": args.max_frames,
                 "frame_stride": args.frame_stride, "dino": config_dict(cfg) if args.tracker == "dino" else None}
-    dump_yaml(resolved, out / "config.yaml")
-    paths["config"] = out / "config.yaml"
+    dump_yaml(resolved, tmp / "config.yaml")
+    paths["config"] = tmp / "config.yaml"
     extra = {"stages_s": {k: round(v, 3) for k, v in stages.items()},
              "total_s": round(time.perf_counter() - t_all, 3), "frames": len(video), "points": len(queries),
              "work_dir": str(getattr(tracker, "work_dir", "") or "")}
@@ -218,7 +224,7 @@ def run(args, demo: bool, out: Path, tmp_dir: Path) -> int:
     if gt is not None:
         err = float(np.linalg.norm(result.tracks - gt, axis=-1)[:, 1:].mean())
         extra["demo_mean_error_px"] = round(err, 3)
-    paths["run_info"] = write_run_info(out, extra)
+    paths["run_info"] = write_run_info(tmp, extra)
     # summary
     lines = ["", f"done in {time.perf_counter() - t_all:.1f} s  ({args.tracker} tracker"
              + (f", backend {backend.name}" if backend else "") + ")"]
@@ -227,16 +233,15 @@ def run(args, demo: bool, out: Path, tmp_dir: Path) -> int:
     if getattr(tracker, "work_dir", None):
         lines.append(f"  work folder    {tracker.work_dir}")
     for k, pth in paths.items():
-        lines.append(f"  {k:<14s} {pth}")
+        lines.append(f"  {k:<14s} {out / Path(pth).relative_to(tmp)}")
     lines.append(f"  {'log':<14s} {out / 'track.log'}")
     vis = float(result.visible.mean()) if result.visible.size else 0.0
     lines.append(f"  {len(queries)} points x {len(video)} frames, {100 * vis:.0f}% visible")
     if err is not None:
         lines.append(f"  demo: mean error vs ground truth {err:.2f} px (frames 1..{len(video) - 1})")
     log.info("\n".join(lines))
-    for h in logging.getLogger().handlers:
-        h.flush()
-    shutil.copyfile(tmp_dir / "track.log", out / "track.log")
+    close_file_logging()  # track.log complete before the set moves
+    stage.commit()
     return 0
 
 

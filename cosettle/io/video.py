@@ -70,6 +70,8 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None, frame_str
                fps: float | None = None) -> Video:
     """Open a video file or a folder of frames. ``fps`` overrides the file's (folders default 24)."""
     path = Path(path)
+    if fps is not None:
+        fps = check_fps(fps)
     if frame_stride < 1:
         raise UserError(f"frame stride must be >= 1, got {frame_stride}")
     if max_frames is not None and max_frames < 1:
@@ -85,11 +87,25 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None, frame_str
                         f"use one of {sorted(VIDEO_EXTS)} or a folder of jpg/png frames")
     if fps is not None:
         video.fps = float(fps)
+    elif not (np.isfinite(video.fps) and video.fps > 0):  # a broken header: the documented default
+        log.warning("video %s reports %r fps; using %g", path, video.fps, DEFAULT_FPS)
+        video.fps = DEFAULT_FPS
     elif frame_stride > 1:
         video.fps = video.fps / frame_stride
     log.info("video %s: %d frames, %dx%d, %.2f fps", path, len(video), video.width, video.height,
              video.fps)
     return video
+
+
+def check_fps(fps, flag: str = "--fps") -> float:
+    """A frame rate must be a finite number > 0 (ffmpeg fails on 0, negatives and nan after the work)."""
+    try:
+        val = float(fps)
+    except (TypeError, ValueError):
+        raise UserError(f"{flag} must be a number, got {fps!r}", f"e.g. {flag} 24") from None
+    if not (np.isfinite(val) and val > 0):
+        raise UserError(f"{flag} must be a finite number > 0, got {fps!r}", f"e.g. {flag} 24")
+    return val
 
 
 def _select(n: int, max_frames: int | None, stride: int) -> list[int]:
@@ -115,6 +131,8 @@ def _read_image(path: Path, expect_hw) -> np.ndarray:
     except Exception as err:  # imageio raises many types for corrupt files
         raise UserError(f"cannot decode frame {path}: {type(err).__name__}",
                         "replace or remove the corrupt frame") from None
+    if img.dtype == bool:  # 1-bit PNGs decode to bool: black/white
+        img = img.astype(np.uint8) * 255
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=-1)
     img = img[..., :3]
@@ -179,30 +197,72 @@ def _read_gif(path: Path, max_frames, stride) -> Video:
 def write_video(path: str | os.PathLike, frames, fps: float) -> Path:
     """Write RGB uint8 frames (sequence of (H,W,3)) to mp4 (H.264, yuv420p) atomically.
 
-    Odd sizes are padded by one pixel (H.264 needs even sizes); .gif is written with pillow.
+    Odd sizes are padded by one pixel (H.264 needs even sizes); .gif is written with pillow. The file is
+    renamed into place only when the writer finished without error AND the written file decodes to as
+    many frames as were given (a full disk or a killed ffmpeg leaves an unplayable, short file);
+    otherwise UserError and nothing at ``path``.
     """
+    path = Path(path)
+    fps = check_fps(fps, "fps")
+    with atomic_path(path) as tmp:
+        try:
+            n = _write_gif(tmp, frames, fps) if path.suffix.lower() == ".gif" else _write_mp4(tmp, frames, fps)
+        except OSError as err:
+            from .atomic import _os_error
+
+            raise _os_error(err, path) from None
+        except RuntimeError as err:  # imageio-ffmpeg: ffmpeg exited with an error
+            raise UserError(f"writing {path.name} failed: {str(err).strip().splitlines()[-1][:160]}",
+                            "check free disk space and the ffmpeg install (imageio-ffmpeg)") from None
+        got = count_video_frames(tmp)
+        # pillow merges identical consecutive gif frames (summing their durations): fewer is fine there
+        if got != n and not (path.suffix.lower() == ".gif" and 0 < got <= n):
+            raise UserError(f"{path.name}: the written video has {got} of {n} frames",
+                            "check free disk space and re-run")
+    return path
+
+
+def _write_gif(tmp: Path, frames, fps: float) -> int:
+    import imageio.v3 as iio
+
+    arr = np.stack(list(frames))
+    iio.imwrite(tmp, arr, duration=1000.0 / fps, loop=0)
+    return len(arr)
+
+
+def _write_mp4(tmp: Path, frames, fps: float) -> int:
     import imageio.v2 as iio2
 
+    writer = iio2.get_writer(str(tmp), format="ffmpeg", fps=float(fps), codec="libx264",
+                             pixelformat="yuv420p", macro_block_size=1, quality=7,
+                             ffmpeg_log_level="error")
+    n = 0
+    try:
+        for frame in frames:
+            frame = np.asarray(frame, dtype=np.uint8)
+            ph, pw = frame.shape[0] % 2, frame.shape[1] % 2
+            if ph or pw:
+                frame = np.pad(frame, ((0, ph), (0, pw), (0, 0)), mode="edge")
+            writer.append_data(frame)
+            n += 1
+    finally:
+        writer.close()  # waits for ffmpeg; raises when it exited with an error
+    return n
+
+
+def count_video_frames(path: str | os.PathLike) -> int:
+    """Frames that actually decode from a written video (0 for an unreadable file)."""
     path = Path(path)
-    with atomic_path(path) as tmp:
+    try:
         if path.suffix.lower() == ".gif":
             import imageio.v3 as iio
 
-            iio.imwrite(tmp, np.stack(list(frames)), duration=1000.0 / fps, loop=0)
-        else:
-            writer = iio2.get_writer(str(tmp), format="ffmpeg", fps=float(fps), codec="libx264",
-                                     pixelformat="yuv420p", macro_block_size=1, quality=7,
-                                     ffmpeg_log_level="error")
-            try:
-                for frame in frames:
-                    frame = np.asarray(frame, dtype=np.uint8)
-                    ph, pw = frame.shape[0] % 2, frame.shape[1] % 2
-                    if ph or pw:
-                        frame = np.pad(frame, ((0, ph), (0, pw), (0, 0)), mode="edge")
-                    writer.append_data(frame)
-            finally:
-                writer.close()
-    return path
+            return int(len(iio.imread(path, index=None)))
+        import imageio_ffmpeg
+
+        return int(imageio_ffmpeg.count_frames_and_secs(str(path))[0])
+    except Exception:  # a truncated file makes ffmpeg fail: it has no usable frames
+        return 0
 
 
 def write_frames(folder: str | os.PathLike, frames, ext: str = "png") -> Path:
