@@ -142,7 +142,12 @@ def test_user_supplied_backend(clip, tmp_path):
             grad = grad.view(x.shape[0], -1, x.shape[-2] // 4, x.shape[-1] // 4)[..., :h, :w]
             return torch.cat([col.view(x.shape[0], -1, h, w), grad], 1)
 
-    res = Tracker(PatchColour(), _cfg(tmp_path), progress=False).fit(clip).track(Q)
+    # 60 iterations, not the module's 30: at 30 this backend's tracker is still mid-training and the
+    # median error is a coin flip of the sampler's draws (OpenCV 4.14, seeds 1-5: 0.87-6.49 px). OpenCV 5's
+    # DIS flow differs by <= 0.01 px (same parameters), which changes the trajectory count (2606 -> 2679),
+    # hence the draws, and moved seed 5 from 0.87 to 3.2-3.9 px. At 60: 0.99-2.71 px for both versions.
+    cfg = _cfg(tmp_path, iterations=60)
+    res = Tracker(PatchColour(), cfg, progress=False).fit(clip).track(Q)
     gt = gt_track(Q, T, DX, DY)
     inside = (gt[..., 0] > 4) & (gt[..., 0] < 91) & (gt[..., 1] > 4) & (gt[..., 1] < 59)
     err = np.linalg.norm(res.tracks - gt, axis=-1)[inside]
