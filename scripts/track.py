@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--points", default=None, help="query points, JSON or CSV (frame, x, y[, name])")
     g.add_argument("--grid-size", type=int, default=None, help="track an N x N grid of points instead")
     g.add_argument("--grid-frame", type=int, default=0, help="frame of the grid points (default 0)")
-    g.add_argument("--tracker", default="dino", choices=("dino", "flow", "features", "static"))
+    g.add_argument("--tracker", default="dino-flow", choices=("dino-flow", "dino", "flow", "features", "static"),
+                   help="dino-flow: DINO-Tracker fused with full-resolution optical flow (default); dino: the "
+                        "pure method (head only, as in the paper); or a baseline (default: %(default)s)")
     g.add_argument("--preset", default="fast", choices=("fast", "paper"),
                    help="DINO-Tracker settings: fast (CPU) or paper (the original) (default: %(default)s)")
     g.add_argument("--config", type=Path, default=None, help="YAML with tracker config keys (over the preset)")
@@ -172,16 +174,17 @@ def run(args, demo: bool, stage) -> int:
     masks = load_masks(args.masks, video) if args.masks else None
     stages["read inputs"] = time.perf_counter() - t0
     backend = None
-    if args.tracker in ("dino", "features"):
+    is_dino = args.tracker in ("dino", "dino-flow")
+    if is_dino or args.tracker == "features":
         t0 = time.perf_counter()
         backend = backend_from_args(args)
         stages["load backend"] = time.perf_counter() - t0
-    if args.tracker == "dino" and len(video) < 2:
-        raise UserError("the dino tracker needs at least 2 frames", "use a longer video")
+    if is_dino and len(video) < 2:
+        raise UserError(f"the {args.tracker} tracker needs at least 2 frames", "use a longer video")
 
     from tracker import build_tracker
 
-    tracker = build_tracker(args.tracker, backend=backend, config=cfg if args.tracker == "dino" else None)
+    tracker = build_tracker(args.tracker, backend=backend, config=cfg if is_dino else None)
     frames = video.numpy()
     log.info("tracking %d points over %d frames (%dx%d) with %s%s", len(queries), len(video), video.width,
              video.height, args.tracker, f" on {backend.name}" if backend else "")
@@ -203,7 +206,7 @@ def run(args, demo: bool, stage) -> int:
 
     t0 = time.perf_counter()
     meta = {"tracker": args.tracker, "backend": backend.name if backend else None,
-            "video": shown["video"], "preset": args.preset if args.tracker == "dino" else None}
+            "video": shown["video"], "preset": args.preset if is_dino else None}
     paths = save_tracks(tmp, result, video.fps, (video.height, video.width), meta)
     if not args.no_overlay:
         paths["overlay"] = write_overlay(tmp / "overlay.mp4", frames, result, video.fps)
@@ -214,12 +217,16 @@ def run(args, demo: bool, stage) -> int:
                 "backend_fields": backend.cache_fields() if backend else None,
                 "video": shown["video"], "points": shown["points"], "grid_size": args.grid_size,
                 "grid_frame": args.grid_frame, "max_frames": args.max_frames,
-                "frame_stride": args.frame_stride, "dino": config_dict(cfg) if args.tracker == "dino" else None}
+                "frame_stride": args.frame_stride, "dino": config_dict(cfg) if is_dino else None}
     dump_yaml(resolved, tmp / "config.yaml")
     paths["config"] = tmp / "config.yaml"
     extra = {"stages_s": {k: round(v, 3) for k, v in stages.items()},
              "total_s": round(time.perf_counter() - t_all, 3), "frames": len(video), "points": len(queries),
              "work_dir": str(getattr(tracker, "work_dir", "") or "")}
+    if getattr(tracker, "train_coverage", None):  # supervision the DINO-Tracker training received
+        extra["training_coverage"] = tracker.train_coverage
+    if getattr(tracker, "fusion_stats", None) is not None:
+        extra["fusion"] = tracker.fusion_stats.to_dict()
     err = None
     if gt is not None:
         err = float(np.linalg.norm(result.tracks - gt, axis=-1)[:, 1:].mean())

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +90,23 @@ class Coverage:
             if bool(v.detach() != 0):
                 self.active[k] = self.active.get(k, 0) + 1
 
+    def save(self, path: Path, iteration: int) -> None:
+        from cosettle.io.atomic import write_json
+
+        write_json(path, {"iteration": iteration, **asdict(self)})
+
+    @classmethod
+    def load(cls, path: Path, iteration: int) -> "Coverage":
+        """The counts saved with checkpoint ``iteration``; empty counts (logged) when absent or stale."""
+        try:
+            d = json.loads(Path(path).read_text())
+            if int(d.pop("iteration")) == iteration:
+                return cls(**d)
+        except (OSError, ValueError, TypeError, KeyError):
+            pass
+        log.info("no supervision coverage saved for iteration %d: counting from here", iteration)
+        return cls()
+
     def summary(self) -> dict:
         it = max(1, self.iterations)
         drawn = max(1, self.dbb_pairs_drawn)
@@ -115,7 +132,8 @@ class Trainer:
         self.model = build_model(prep.features.shape[1], cfg).to(self.device)
         self.sampler = TrajectorySampler(prep.trajectories, prep.traj_fg, cfg.batch_size,
                                          cfg.fg_traj_ratio, cfg.batch_n_frames,
-                                         separate_frames=cfg.separate_fg_bg_frames)
+                                         separate_frames=cfg.separate_fg_bg_frames,
+                                         frame_stride=cfg.train_frame_stride)
         self.opt = torch.optim.Adam([
             {"params": self.model.delta.parameters(), "lr": cfg.lr_delta},
             {"params": self.model.head.parameters(), "lr": cfg.lr_head}])
@@ -140,6 +158,7 @@ class Trainer:
         torch.set_rng_state(st["torch_rng"])
         self.start = int(st["iteration"])
         log.info("resuming training from %s (iteration %d)", path.name, self.start)
+        self.coverage = Coverage.load(self.ckpt_dir / "coverage.json", self.start)
         return self.start
 
     def save(self, it: int) -> None:
@@ -149,6 +168,7 @@ class Trainer:
         _save(self.ckpt_dir / f"ckpt_{it:07d}.pt", self.model, self.opt, it, self.rng)
         for old in sorted(self.ckpt_dir.glob("ckpt_*.pt"))[:-2]:  # keep the last two
             old.unlink(missing_ok=True)
+        self.coverage.save(self.ckpt_dir / "coverage.json", it)
 
     # -- one iteration -------------------------------------------------------------------------
     def _set_lr(self, it: int) -> None:
