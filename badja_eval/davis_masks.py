@@ -103,6 +103,14 @@ class MaskClip:
 
         return np.stack([read_mask(p, self.size_hw) for p in self.mask_paths])
 
+    def uncut(self) -> "MaskClip":
+        """The whole clip this one was cut from (itself when not cut)."""
+        frames = sorted(self.frame_paths[0].parent.glob("*.jpg"))
+        if len(frames) == self.num_frames:
+            return self
+        masks = [self.mask_paths[0].parent / f"{p.stem}.png" for p in frames]
+        return MaskClip(self.name, frames, masks, self.size_hw)
+
     def content(self) -> str:
         """Identifies the input files (names + sizes) for the caches."""
         text = ";".join(f"{p.name}:{p.stat().st_size}" for p in self.frame_paths + self.mask_paths)
@@ -261,23 +269,40 @@ def flow_settings() -> dict:
     return {"method": "dis", "dis_preset": c.dis_preset, "dis_finest_scale": c.dis_finest_scale}
 
 
+def _flow_path(cache_dir: str | Path, clip: MaskClip, est) -> Path:
+    key = hashlib.sha1(json.dumps({"clip": clip.name, "content": clip.content(), "flow": est.cache_fields(),
+                                   "v": 1}, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"{clip.name}-{key}.npz"
+
+
+def _read_flows(path: Path, pairs: int):
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            fwd, bwd = z["fwd"], z["bwd"]
+    except Exception as err:  # a damaged entry is recomputed, never fatal
+        log.warning("ignoring unreadable flow cache %s (%s)", path, err)
+        return None
+    return (fwd[:pairs], bwd[:pairs]) if len(fwd) >= pairs else None
+
+
 def cached_flows(cache_dir: str | Path, clip: MaskClip, frames: np.ndarray | None = None,
                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Forward/backward consecutive DIS flows of ``clip`` (float16), computed once with
-    ``tracker.flow`` and stored atomically in ``<cache_dir>/<clip>-<key>.npz``."""
+    ``tracker.flow`` and stored atomically in ``<cache_dir>/<clip>-<key>.npz``. A cut clip
+    (``--max-frames``) reuses the first pairs of its whole clip's entry when that exists (consecutive
+    flows do not depend on the other frames)."""
     from tracker.flow import consecutive_flows, make_flow_estimator
 
     s = flow_settings()
     est = make_flow_estimator(s["method"], s["dis_preset"], dis_finest_scale=s["dis_finest_scale"])
-    key = hashlib.sha1(json.dumps({"clip": clip.name, "content": clip.content(), "flow": est.cache_fields(),
-                                   "v": 1}, sort_keys=True).encode()).hexdigest()[:12]
-    path = Path(cache_dir) / f"{clip.name}-{key}.npz"
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return z["fwd"], z["bwd"]
-        except Exception as err:  # a damaged entry is recomputed, never fatal
-            log.warning("ignoring unreadable flow cache %s (%s)", path, err)
+    path = _flow_path(cache_dir, clip, est)
+    pairs = clip.num_frames - 1
+    for cand in dict.fromkeys([path, _flow_path(cache_dir, clip.uncut(), est)]):
+        got = _read_flows(cand, pairs)
+        if got is not None:
+            return got
     fwd, bwd = consecutive_flows(clip.load_frames() if frames is None else frames, est, progress=progress)
     fwd, bwd = fwd.astype(np.float16), bwd.astype(np.float16)
     with atomic_path(path) as tmp:
@@ -334,12 +359,13 @@ def build_tasks(cfg, progress: bool = False):
                         f"expected davis480/<clip>/{{JPEGImages,Annotations}} for {', '.join(CLIPS[:3])}, ...")
     tasks, scorers = [], {}
     slot: dict = {}  # one clip's masks + flows in memory at a time, shared by the scorers
+    flow_dir = Path(getattr(cfg, "flow_cache", None) or Path(cfg.out) / "flow")
     for name in names:
         clip = load_clip(root, name, bc.max_frames)
         q = sample_queries(_read_mask0(clip), bc.num_points, bc.scaled(clip.size_hw).erode_px, clip_rng(bc.seed, name))
         tasks.append(Task(name, lambda c=clip: (c.load_frames(), c.load_masks()), q,
                           (clip.num_frames, *clip.size_hw), clip.content()))
-        scorers[name] = ClipScorer(clip, bc, Path(cfg.out) / "flow", progress, slot)
+        scorers[name] = ClipScorer(clip, bc, flow_dir, progress, slot)
     return tasks, scorers, {n: n for n in names}
 
 

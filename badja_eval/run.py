@@ -76,6 +76,7 @@ class EvalConfig:
     num_points: int = 20
     max_frames: int | None = None
     split: str = "all"
+    flow_cache: str | None = None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -137,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, help="davis-masks: cut every clip to its first N frames")
     p.add_argument("--split", choices=("all", "tune", "heldout"), default="all",
                    help="davis-masks: clips to tune defaults on, the held-out ones, or all (+ a mean per split)")
+    p.add_argument("--flow-cache", help="davis-masks: folder of the cached DIS flows (default <out>/flow; share it "
+                                        "between runs)")
     p.add_argument("--no-masks", dest="masks", action="store_false", help="do not pass BADJA/DAVIS masks to fit()")
     p.add_argument("--device", help="torch device for backends/trackers (default: theirs)")
     p.add_argument("--workers", type=int, default=1, help="split sequences over N processes")
@@ -165,6 +168,9 @@ def resolve(args: argparse.Namespace) -> EvalConfig:
         raise UserError("--num-videos must be >= 1 and --num-frames >= 2")
     if cfg.out is None:
         cfg.out = str(Path("runs") / "eval" / cfg.benchmark)
+    from cosettle.io.atomic import check_output_dir
+
+    check_output_dir(cfg.out)  # a file / a path under a file / an unwritable folder: error before any work
     cfg.masks = cfg.masks and cfg.benchmark in ("badja", "davis-masks")  # the benchmarks with masks for fit()
     if cfg.benchmark in ("badja", "davis-masks"):
         if cfg.data_root is None:

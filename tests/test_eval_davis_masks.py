@@ -222,9 +222,10 @@ def test_cli_runs_scores_splits_and_resumes(mask_root, tmp_path, capsys):
     assert code == 0
     info = json.loads((out / "run_info.json").read_text())
     assert info["newly_computed"] == 0
-    # --split heldout scores goat only
-    code, cap = _main(args + ["--split", "heldout", "--out", tmp_path / "held"], capsys)
-    assert code == 0
+    # --split heldout scores goat only; --flow-cache shares the first run's flows
+    code, cap = _main(args + ["--split", "heldout", "--out", tmp_path / "held", "--flow-cache", out / "flow"],
+                      capsys)
+    assert code == 0 and not (tmp_path / "held" / "flow").exists()
     seqs = {r["sequence"] for r in json.loads((tmp_path / "held" / "results.json").read_text())["rows"]}
     assert seqs == {"goat", "mean"}
 
@@ -243,3 +244,18 @@ def test_cli_bad_input_is_one_line_exit_2(mask_root, tmp_path, capsys, extra, ne
     lines = [ln for ln in cap.err.strip().splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and needle in lines[0]
     assert "Traceback" not in cap.err and not out.exists()
+
+
+def test_a_cut_clip_reuses_the_whole_clips_flows(tmp_path):
+    root = tmp_path / "data"
+    _write_clip(root, "libby", T=5)
+    whole = dm.load_clip(root, "libby")
+    fwd, bwd = dm.cached_flows(tmp_path / "flow", whole)
+    cut = dm.load_clip(root, "libby", max_frames=3)
+    assert cut.uncut().num_frames == 5 and whole.uncut() is whole
+    f3, b3 = dm.cached_flows(tmp_path / "flow", cut)
+    assert np.array_equal(f3, fwd[:2]) and np.array_equal(b3, bwd[:2])
+    assert len(list((tmp_path / "flow").glob("*.npz"))) == 1  # nothing new written
+    # computed directly, the cut clip's flows are the same pairs
+    f3_own, _ = dm.cached_flows(tmp_path / "own", cut)
+    assert np.array_equal(f3_own, f3)
