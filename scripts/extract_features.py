@@ -24,7 +24,7 @@ from cosettle.cache import FeatureCache  # noqa: E402
 from cosettle.cli import (add_backend_args, add_video_args, backend_from_args, print_backends,  # noqa: E402
                           video_from_args)
 from cosettle.errors import cli_entry  # noqa: E402
-from cosettle.io.atomic import atomic_path, write_json  # noqa: E402
+from cosettle.io.atomic import OutputStage, write_json  # noqa: E402
 from cosettle.provenance import setup_logging, write_run_info  # noqa: E402
 
 log = logging.getLogger("extract_features")
@@ -64,6 +64,16 @@ def main(argv=None):
         print_backends()
         return 0
     setup_logging(args.verbose)
+    # --out is validated before any work; the files are staged beside it and moved in once all are written
+    with OutputStage(args.out) as stage:
+        return run(args, stage)
+
+
+def run(args, stage) -> int:
+    from cosettle.io.video import check_fps
+
+    if args.fps is not None:
+        check_fps(args.fps)
     video = video_from_args(args)
     queries = None
     if args.points:
@@ -80,14 +90,12 @@ def main(argv=None):
         feats = FeatureCache(args.cache_dir).get_or_compute(backend, video, args.chunk_size, progress=True).features
     seconds = time.time() - t0
     arr = feats.to(dtype=feats.dtype).numpy().astype(np.float16)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "features.npy") as tmp:
-        np.save(tmp, arr)
-    write_json(out / "geometry.json", geom.to_dict())
+    out, tmp = stage.target, stage.dir
+    np.save(tmp / "features.npy", arr)
+    write_json(tmp / "geometry.json", geom.to_dict())
     if queries is not None:
         g = geom.pixel_to_grid(queries.xy)
-        write_json(out / "points_grid.json", {"points": [
+        write_json(tmp / "points_grid.json", {"points": [
             {"name": n, "frame": int(t), "x": float(x), "y": float(y), "grid_x": float(gx), "grid_y": float(gy)}
             for n, (t, x, y), (gx, gy) in zip(queries.names, queries.txy, g)]})
     if args.pca_video:
@@ -99,9 +107,10 @@ def main(argv=None):
         frames = [np.concatenate([np.asarray(video[t]), cv2.resize(rgb[t], (video.width, video.height),
                                                                   interpolation=cv2.INTER_NEAREST)], axis=1)
                   for t in range(len(video))]
-        write_video(out / "features_pca.mp4", frames, video.fps)
-    write_run_info(out, {"backend": backend.name, "backend_fields": backend.cache_fields(),
+        write_video(tmp / "features_pca.mp4", frames, video.fps)
+    write_run_info(tmp, {"backend": backend.name, "backend_fields": backend.cache_fields(),
                          "geometry": geom.to_dict(), "frames": len(video), "seconds": round(seconds, 3)})
+    stage.commit()
     print(f"features {tuple(arr.shape)} ({backend.name}, {seconds:.1f}s) -> {out}/features.npy")
     return 0
 
