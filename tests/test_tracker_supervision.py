@@ -87,3 +87,20 @@ def test_with_resolution_reaches_a_wrapped_base():
     moved = with_resolution(proj, 48)
     assert moved.base is not base and moved.base.resolution == 48 and base.resolution is None
     assert moved.geometry(96, 128).input_h == 48 and proj.geometry(96, 128).input_h == 96
+
+
+def test_paper_preset_supervises_every_drawn_pair(tmp_path):
+    """``paper``: best buddies on demand for every pair the trainer draws (none missing), separate FG/BG
+    frame draws, the anchor occlusion rule, trajectories from every pixel."""
+    cfg = preset("paper", iterations=3, batch_size=32, cnn_width=8, checkpoint_every=3, log_every=3,
+                 cl_points=16, cyc_points=16, work_dir=str(tmp_path / "w"))
+    assert cfg.occlusion == "anchors" and cfg.separate_fg_bg_frames
+    assert cfg.preprocess.traj_stride == 1 and cfg.preprocess.bb_on_demand
+    clip = translating_clip(48, 64, 4, 2, 1)
+    tr = Tracker(load_backend("dsift", patch_size=8, stride=4), cfg, progress=False).fit(clip)
+    cov = tr.train_coverage
+    assert cov["iterations"] == 3 and cov["dbb_pairs_per_iteration"] == cfg.cl_pairs
+    assert cov["dbb_missing_share"] == 0.0
+    assert cov["dbb_used_share"] + cov["dbb_empty_share"] == pytest.approx(1.0)
+    # every pixel seeds a trajectory at frame 0 (stride 1): at least H*W of them
+    assert tr.prep.stats["trajectories"]["num_trajectories"] >= 48 * 64

@@ -49,6 +49,7 @@ class TrackerConfig:
     fg_traj_ratio: float = 0.5
     batch_n_frames: int = 4
     separate_fg_bg_frames: bool = False  # FG and BG halves draw their own frames (reference: True)
+    train_frame_stride: int = 1     # training draws frames 0, k, 2k, ... only (tracking: every frame)
     lr_delta: float = 0.01
     lr_head: float = 0.01
     scheduler_every: int = 40
@@ -118,10 +119,24 @@ class TrackerConfig:
         return dataclasses.replace(self, **kw)
 
 
+# a direct-flow window longer than any clip: the reference checks every later frame (O(T^2) flows)
+EVERY_LATER_FRAME = 1_000_000
+
+
+def _paper_preprocess():
+    """The reference's preprocessing: trajectories from every pixel, the direct-flow filter against every
+    later frame, best buddies for every frame pair (computed when the trainer draws the pair, with the
+    same rule; the reference precomputes all T(T-1) of them)."""
+    cls = _preprocess_cls()
+    if cls is None:
+        return None
+    return cls(traj_stride=1, direct_window=EVERY_LATER_FRAME, bb_on_demand=True)
+
+
 def preset(name: str, **overrides) -> TrackerConfig:
     """``paper`` or ``fast`` (see the module docstring), with field overrides."""
     if name == "paper":
-        cfg = TrackerConfig()
+        cfg = TrackerConfig(occlusion="anchors", separate_fg_bg_frames=True, preprocess=_paper_preprocess())
     elif name == "fast":
         cfg = TrackerConfig(resolution=240, cnn_width=16, cnn_last_kernel=3, iterations=300,
                             batch_size=256, cyc_after=150, rbb_after=150, checkpoint_every=50,
