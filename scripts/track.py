@@ -181,6 +181,10 @@ def run(args, demo: bool, stage) -> int:
         stages["load backend"] = time.perf_counter() - t0
     if is_dino and len(video) < 2:
         raise UserError(f"the {args.tracker} tracker needs at least 2 frames", "use a longer video")
+    if is_dino:  # refuse a run that cannot fit in memory before any work (never an OOM kill halfway)
+        from tracker.memory import check_memory
+
+        check_memory(len(video), video.height, video.width, backend, cfg, num_queries=len(queries))
 
     from tracker import build_tracker
 

@@ -99,3 +99,13 @@ def test_short_trajectories_are_never_drawn():
             assert 3 not in s.sample(rng, max_tries=50).traj
         except RuntimeError:
             pass  # no usable draw among 50 tries is possible with 3 short trajectories
+
+
+def test_frame_stride_draws_only_strided_frames():
+    store, fg = full_store()
+    s = TrajectorySampler(store, fg, 64, 0.5, 4, separate_frames=True, frame_stride=5)
+    rng = np.random.default_rng(2)
+    seen = set()
+    for _ in range(100):
+        seen |= set(s.sample(rng).frames.tolist())
+    assert seen <= set(range(0, T, 5)) and len(seen) == 10  # all of 0, 5, ..., 45 and nothing else

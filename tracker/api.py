@@ -126,9 +126,13 @@ class Tracker:
         if refined is None:
             refined = refined_features(self.model, self.prep.frames, self.prep.features, trainer.scale, geom,
                                        progress=self.progress, device=cfg.device)
+            half = refined.half()
             with atomic_path(cache) as tmp:
-                torch.save({"tag": tag, "refined": refined.half()}, tmp)
-            refined = refined.half().float()  # same values whether computed now or read from the cache
+                torch.save({"tag": tag, "refined": half}, tmp)
+            # same values whether computed now or read from the cache; in place, so the clip's refined
+            # features exist once in float32 and once in float16 here, not twice in float32 + once in float16
+            refined.copy_(half)
+            del half
         self.timings["refine"] = time.perf_counter() - t0
         self.infer = TrackInference(self.model, refined, geom, cfg)
         return self

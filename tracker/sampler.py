@@ -11,6 +11,10 @@ costs O(N * n_frames) whatever the clip length, and no (N, T) mask is ever built
 frames, so an iteration sees up to 2 * n_frames distinct frames (7-8 in practice with 4). With
 ``separate_frames=False`` (our CPU default, a difference from the reference) both halves share one
 draw, so the frame set (and the DeltaDINO work per iteration) is at most ``n_frames`` frames.
+
+``frame_stride`` k > 1: training draws only frames 0, k, 2k, ... (the trajectories, chained on every
+frame, still connect them; tracking then runs on every frame). Not in the reference, whose maintainers
+suggest dropping frames from the video instead (which also drops them from the tracks).
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ class Batch:
 
 class TrajectorySampler:
     def __init__(self, trajectories, fg: np.ndarray | None, batch_size: int, fg_ratio: float = 0.5,
-                 n_frames: int = 4, separate_frames: bool = False):
+                 n_frames: int = 4, separate_frames: bool = False, frame_stride: int = 1):
         store = as_store(trajectories)
         n_all = len(store)
         fg = np.zeros(n_all, bool) if fg is None else np.asarray(fg, bool)
@@ -51,7 +55,10 @@ class TrajectorySampler:
         self.T = store.num_frames
         self.batch_size = int(batch_size)
         self.fg_ratio = float(fg_ratio)
-        self.n_frames = min(int(n_frames), self.T)
+        if int(frame_stride) < 1:
+            raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
+        self.frame_pool = np.arange(0, self.T, int(frame_stride))  # frames training may draw
+        self.n_frames = min(int(n_frames), len(self.frame_pool))
         self.separate_frames = bool(separate_frames)
         self.fg_idx = np.flatnonzero(self.fg)
         self.bg_idx = np.flatnonzero(~self.fg)
@@ -78,7 +85,9 @@ class TrajectorySampler:
         return sel, order
 
     def _frames(self, rng: np.random.Generator) -> np.ndarray:
-        return np.sort(rng.choice(self.T, size=self.n_frames, replace=False))
+        if len(self.frame_pool) == self.T:  # (the same random stream as before the stride option)
+            return np.sort(rng.choice(self.T, size=self.n_frames, replace=False))
+        return np.sort(self.frame_pool[rng.choice(len(self.frame_pool), size=self.n_frames, replace=False)])
 
     def sample(self, rng: np.random.Generator, max_tries: int = 20) -> Batch:
         n_fg = int(round(self.batch_size * self.fg_ratio))

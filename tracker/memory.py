@@ -1,0 +1,146 @@
+"""Peak-memory estimate of a DINO-Tracker run, and the pre-flight check that refuses a run that cannot fit.
+
+The estimate adds the arrays a run holds at its three peaks (sizes from the backend's ``Geometry`` and
+the configs, nothing hard-coded):
+
+* always: the process as it is now (``base``: interpreter, torch, the backend's weights), the caller's
+  decoded video (T x H0 x W0 x 3 bytes; ``scripts/track.py`` holds it), the masks (T x H x W bool);
+* preprocessing: trajectory chaining holds the finished direct-filter store (8 bytes per point), the
+  frame-major points of the sweep (12 bytes per point) and the packed store (8); the precomputed
+  best-buddy stage holds two K x K affinity matrices (K = feature cells per frame);
+* training: both trajectory stores + a constant for the model and one batch;
+* refinement / inference: the refined features of every frame as float32 (4 bytes per value) plus
+  their half-precision cache copy (2) while the cache is written, freed before the L2-normalised copy (4),
+  plus the per-query-frame tracking buffers (queries x T x C floats, three of them).
+
+Points per trajectory store = ``TRAJ_DENSITY`` x T x (lattice points per frame): the chaining keeps
+about one live trajectory per lattice point, plus new seeds where flow is inconsistent. The density is
+measured (``scripts/bench_scale.py`` reports measured vs estimated peaks); it depends on the video's
+motion, so the check leaves a margin (``MARGIN``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+from cosettle.errors import UserError
+
+log = logging.getLogger(__name__)
+
+MB = 1024.0 ** 2
+TRAJ_DENSITY = 1.5        # trajectory points per lattice point per frame (DAVIS parkour: 7.74 M points, 200 frames, 120x212 lattice -> 1.52)
+TRAIN_CONST_MB = 350.0    # model, optimiser, one batch's activations at the fast preset (measured)
+MARGIN = 1.1              # the pre-flight check refuses a run whose estimate x MARGIN exceeds the limit
+ENV_LIMIT = "COSETTLE_MAX_MEMORY_MB"
+
+
+def current_rss_mb() -> float:
+    """Resident memory of this process now (Linux /proc; falls back to the peak so far)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB
+    except (OSError, ValueError, IndexError):
+        from cosettle.provenance import peak_rss_mb
+
+        return peak_rss_mb()
+
+
+def available_mb() -> float | None:
+    """Memory this run may use: ``$COSETTLE_MAX_MEMORY_MB`` when set, else MemAvailable + our RSS."""
+    env = os.environ.get(ENV_LIMIT)
+    if env:
+        try:
+            return float(env)
+        except ValueError:
+            raise UserError(f"{ENV_LIMIT}={env!r} is not a number", f"set it to megabytes, e.g. {ENV_LIMIT}=8000")
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: line.split()[1] for line in f}
+        return int(info["MemAvailable"]) / 1024.0 + current_rss_mb()
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
+def _work_geometry(backend, cfg, image_h: int, image_w: int):
+    from .api import with_resolution
+
+    res = cfg.resolution
+    if isinstance(res, int) and min(image_h, image_w) <= res:
+        res = None
+    b = with_resolution(backend, res) if cfg.resolution is not None else backend
+    return b.geometry(image_h, image_w), int(b.feat_dim)
+
+
+def estimate_peak_memory(num_frames: int, image_h: int, image_w: int, backend, cfg, num_queries: int = 0,
+                         base_mb: float | None = None) -> dict:
+    """Estimated peak RSS (MB) of ``Tracker(backend, cfg).fit`` + ``track`` on a T x H0 x W0 video."""
+    from .preprocess import PreprocessConfig
+
+    T = int(num_frames)
+    g, C = _work_geometry(backend, cfg, image_h, image_w)
+    pre = cfg.preprocess if isinstance(cfg.preprocess, PreprocessConfig) else PreprocessConfig(**(cfg.preprocess or {}))
+    H, W = g.input_h, g.input_w
+    K = g.grid_h * g.grid_w
+    s = max(1, int(pre.traj_stride))
+    lattice = math.ceil(H / s) * math.ceil(W / s)
+    points = TRAJ_DENSITY * T * lattice
+    n_stores = 2 if pre.bb_flow_filter else 1
+    base = current_rss_mb() if base_mb is None else float(base_mb)
+    feat_values = T * C * K
+    parts = {
+        "base": base,
+        "video": T * image_h * image_w * 3 / MB,
+        "masks": T * H * W / MB,
+        "trajectory_stores": n_stores * points * 8 / MB,
+        "chaining": (12 + 8) * points / MB,
+        "best_buddy_pair": 0.0 if pre.bb_on_demand and pre.bb_max_pairs == 0 else 2 * K * K * 4 / MB,
+        "train": TRAIN_CONST_MB,
+        "refine": feat_values * (4 + 4) / MB,  # float32 refined + normalised copy (the fp16 cache copy is freed first)
+        "queries": 3 * num_queries * T * C * 4 / MB,
+    }
+    always = parts["base"] + parts["video"] + parts["masks"]
+    phases = {
+        # the direct store is done while the no-direct one is chained (the larger of the two chainings)
+        "preprocess": parts["trajectory_stores"] / n_stores * (n_stores - 1) + parts["chaining"]
+        + parts["best_buddy_pair"],
+        "train": parts["trajectory_stores"] + parts["train"],
+        "inference": parts["trajectory_stores"] + parts["refine"] + parts["queries"],
+    }
+    phase = max(phases, key=phases.get)
+    return {"peak_mb": always + phases[phase], "phase": phase, "parts_mb": {k: round(v, 1) for k, v in parts.items()},
+            "phases_mb": {k: round(always + v, 1) for k, v in phases.items()}, "frames": T,
+            "work_size": [W, H], "grid": [g.grid_h, g.grid_w], "feat_dim": C}
+
+
+def frames_that_fit(limit_mb: float, image_h: int, image_w: int, backend, cfg, num_queries: int = 0,
+                    base_mb: float | None = None) -> int:
+    """Largest frame count whose estimate x MARGIN fits ``limit_mb`` (0 if none)."""
+    base = current_rss_mb() if base_mb is None else base_mb
+    lo, hi = 0, 1
+    while MARGIN * estimate_peak_memory(hi, image_h, image_w, backend, cfg, num_queries, base)["peak_mb"] <= limit_mb:
+        lo, hi = hi, hi * 2
+        if hi > 10 ** 7:
+            return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if MARGIN * estimate_peak_memory(mid, image_h, image_w, backend, cfg, num_queries, base)["peak_mb"] <= limit_mb:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def check_memory(num_frames: int, image_h: int, image_w: int, backend, cfg, num_queries: int = 0) -> dict:
+    """Raise a one-line UserError before any work when the run's estimated peak memory does not fit."""
+    est = estimate_peak_memory(num_frames, image_h, image_w, backend, cfg, num_queries)
+    limit = available_mb()
+    log.info("estimated peak memory %.0f MB (%s phase; %s MB available)", est["peak_mb"], est["phase"],
+             "unknown" if limit is None else f"{limit:.0f}")
+    if limit is not None and est["peak_mb"] * MARGIN > limit:
+        fit = frames_that_fit(limit, image_h, image_w, backend, cfg, num_queries)
+        fix = (f"pass --max-frames {fit} (or --frame-stride {math.ceil(num_frames / max(fit, 1))}), or a smaller "
+               f"--resolution" if fit >= 2 else "pass a smaller --resolution")
+        raise UserError(f"this run needs about {est['peak_mb'] / 1024:.1f} GB of memory ({num_frames} frames, "
+                        f"{est['phase']} peak) but {limit / 1024:.1f} GB is available", fix)
+    return est
