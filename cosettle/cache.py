@@ -6,10 +6,14 @@ geometry and the video content (a hash of every decoded frame) -- so a changed s
 video can never be served stale features. DINO-Tracker's fixed ``dino_embed_video.pt`` name could.
 
 Writing streams each chunk to the file as it is computed (never the whole video in RAM), into a temp
-file renamed on success; a killed run leaves no half-written entry.
+file renamed on success; a killed run leaves no half-written entry. The ``.json`` beside each entry
+records the data file's blake2b digest, verified on every read: a truncated or corrupted entry costs
+one log line and is recomputed, never served. Two processes asking for the same entry take turns
+(``fcntl`` lock per key): the second waits and then reads the first one's result.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,8 +24,9 @@ import torch
 
 from .backends.base import Features, FeatureBackend, video_hw
 from .geometry import Geometry
-from .hashing import json_digest, video_fingerprint  # noqa: F401 (re-exported)
+from .hashing import file_digest, json_digest, video_fingerprint  # noqa: F401 (re-exported)
 from .io.atomic import atomic_path, write_json
+from .io.lock import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +65,27 @@ class FeatureCache:
             return None
         if json.dumps(stored.get("fields"), sort_keys=True, default=str) != json.dumps(fields, sort_keys=True, default=str):
             return None  # hash collision or a foreign file: recompute rather than serve it
+        why = self._corrupt(data, stored)
+        if why is not None:
+            log.warning("feature cache entry %s is unusable (%s); recomputing", data, why)
+            data.unlink(missing_ok=True)
+            meta.unlink(missing_ok=True)
+            return None
         arr = np.load(data, mmap_mode="r")
         return Features(torch.from_numpy(arr) if arr.flags.writeable else _readonly_tensor(arr),
                         Geometry.from_dict(stored["geometry"]))
+
+    @staticmethod
+    def _corrupt(data: Path, stored: dict) -> str | None:
+        want = stored.get("blake2b")
+        if not want:
+            return "no checksum (written by an older version)"
+        try:
+            if file_digest(data) != want:
+                return "checksum mismatch (truncated or corrupt)"
+        except OSError as err:
+            return f"unreadable ({err.strerror})"
+        return None
 
     def get_or_compute(self, backend: FeatureBackend, video, chunk_size: int | None = None,
                        progress: bool = False) -> Features:
@@ -70,6 +93,10 @@ class FeatureCache:
         n, h, w = video_hw(video)
         geom = backend.geometry(h, w)
         key, fields = self.key(backend, video, geom)
+        with folder_lock(self.root, "feature cache entry", f".lock-{key}"):
+            return self._get_or_compute(backend, video, chunk_size, progress, n, geom, key, fields)
+
+    def _get_or_compute(self, backend, video, chunk_size, progress, n, geom, key, fields) -> Features:
         hit = self.load(key, fields)
         if hit is not None:
             log.info("feature cache hit %s (%s)", key, backend.name)
@@ -77,19 +104,34 @@ class FeatureCache:
         log.info("feature cache miss %s (%s): extracting %d frames", key, backend.name, n)
         data, meta = self.paths(key)
         shape = (n, backend.feat_dim, geom.grid_h, geom.grid_w)
+        digest = hashlib.blake2b(digest_size=32)  # the same digest as hashing.file_digest, while writing
+        meta.unlink(missing_ok=True)  # never an old meta (with its checksum) beside a new data file
         with atomic_path(data) as tmp:
             with open(tmp, "wb") as fh:
+                head = _HashingWriter(fh, digest)
                 np.lib.format.write_array_header_1_0(
-                    fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
-                         "fortran_order": False, "shape": shape})
+                    head, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+                           "fortran_order": False, "shape": shape})
                 written = 0
                 for start, f in backend.iter_chunks(video, chunk_size, progress):
-                    fh.write(f.to(torch.float16).numpy().tobytes())
+                    head.write(f.to(torch.float16).numpy().tobytes())
                     written += f.shape[0]
             if written != n:
                 raise RuntimeError(f"feature extraction wrote {written} of {n} frames")
-        write_json(meta, {"fields": fields, "geometry": geom.to_dict(), "shape": list(shape)})
+        write_json(meta, {"fields": fields, "geometry": geom.to_dict(), "shape": list(shape),
+                          "blake2b": digest.hexdigest()})
         return self.load(key, fields)
+
+
+class _HashingWriter:
+    """A file wrapper that feeds every written byte to a hash as well."""
+
+    def __init__(self, fh, digest):
+        self.fh, self.digest = fh, digest
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.fh.write(data)
 
 
 def _readonly_tensor(arr: np.ndarray) -> torch.Tensor:

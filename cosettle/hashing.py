@@ -48,3 +48,50 @@ def video_fingerprint(video) -> str:
             frame = np.clip(np.round(frame.astype(np.float64) * 255), 0, 255).astype(np.uint8)
         h.update(np.ascontiguousarray(frame).tobytes())
     return h.hexdigest()
+
+
+# -- content checksums of cached files (verified when read) ------------------------------------------
+CHECKSUM_SUFFIX = ".blake2b"
+
+
+def file_digest(path, chunk: int = 1 << 20) -> str:
+    """blake2b (32-byte) hex digest of a file's bytes, streamed."""
+    h = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checksum_path(path):
+    from pathlib import Path
+
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def write_checksum(path) -> str:
+    """Write ``<path>.blake2b`` (atomically) holding the file's digest; -> the digest."""
+    from .io.atomic import write_text
+
+    digest = file_digest(path)
+    write_text(checksum_path(path), digest + "\n")
+    return digest
+
+
+def verify_checksum(path) -> str | None:
+    """None if ``path`` matches its ``.blake2b`` sidecar, else why not (missing, truncated, corrupt)."""
+    from pathlib import Path
+
+    path, side = Path(path), checksum_path(path)
+    if not path.is_file():
+        return "missing"
+    try:
+        want = side.read_text().strip()
+    except OSError:
+        return "no checksum file"
+    try:
+        got = file_digest(path)
+    except OSError as err:
+        return f"unreadable ({err.strerror})"
+    return None if got == want else "checksum mismatch (truncated or corrupt)"

@@ -1,6 +1,10 @@
 import json
+import logging
+import threading
+import time
 
 import numpy as np
+import pytest
 import torch
 
 from cosettle import load_backend
@@ -15,7 +19,7 @@ def test_cached_equals_fresh_and_is_memory_mapped(tmp_path, small_clip):
     assert first.geometry == fresh.geometry
     assert first.features.dtype == torch.float16
     torch.testing.assert_close(first.features.float(), fresh.features, atol=2e-3, rtol=2e-3)
-    files = sorted(p.name for p in tmp_path.iterdir())
+    files = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".lock-"))
     assert len(files) == 2 and not any(".tmp" in f for f in files)
     again = cache.get_or_compute(b, small_clip)
     torch.testing.assert_close(again.features, first.features)
@@ -58,3 +62,158 @@ def test_video_fingerprint_is_layout_independent(small_clip):
     t = torch.from_numpy(small_clip).permute(0, 3, 1, 2)
     assert video_fingerprint(t) == video_fingerprint(small_clip)
     assert video_fingerprint(small_clip.astype(np.float32) / 255) == video_fingerprint(small_clip)
+
+
+# -- corruption is detected (content checksums) -------------------------------------------------------
+def _flip_middle_byte(path):
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # same size: only a checksum can tell
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corrupt_feature_entry_is_recomputed_not_served(tmp_path, small_clip, caplog, damage):
+    b = load_backend("dsift")
+    cache = FeatureCache(tmp_path)
+    good = cache.get_or_compute(b, small_clip).features.clone()
+    data, _ = cache.paths(cache.key(b, small_clip)[0])
+    if damage == "flip":
+        _flip_middle_byte(data)
+    else:
+        data.write_bytes(data.read_bytes()[:-100])
+    with caplog.at_level(logging.WARNING, logger="cosettle.cache"):
+        again = cache.get_or_compute(b, small_clip).features
+    assert caplog.text.count("unusable") == 1 and "recomputing" in caplog.text
+    torch.testing.assert_close(again, good, atol=0, rtol=0)  # bit-identical to the first, good entry
+
+
+def test_stage_cache_detects_same_size_corruption(tmp_path, caplog):
+    from tracker.preprocess import StageCache
+
+    calls = []
+
+    def compute(folder):
+        calls.append(1)
+        np.save(folder / "a.npy", np.arange(100, dtype=np.float32))
+        return {}
+
+    def load(folder, meta):
+        return np.load(folder / "a.npy")
+
+    sc = StageCache(tmp_path)
+    first, info = sc.run("demo", {"x": 1}, compute, load)
+    assert info["cached"] is False and len(calls) == 1
+    _, info = sc.run("demo", {"x": 1}, compute, load)
+    assert info["cached"] is True and len(calls) == 1
+    _flip_middle_byte(sc.path("demo", info["key"]) / "a.npy")
+    with caplog.at_level(logging.WARNING, logger="tracker.preprocess"):
+        again, info = sc.run("demo", {"x": 1}, compute, load)
+    assert info["cached"] is False and len(calls) == 2
+    assert caplog.text.count("unusable") == 1 and "checksum" in caplog.text
+    np.testing.assert_array_equal(again, np.arange(100, dtype=np.float32))
+
+
+def test_stage_folder_without_checksums_is_recomputed(tmp_path):
+    from tracker.preprocess import StageCache
+
+    sc = StageCache(tmp_path)
+    _, info = sc.run("demo", {"x": 2}, lambda d: np.save(d / "a.npy", np.ones(3)) or {},
+                     lambda d, m: np.load(d / "a.npy"))
+    meta_file = sc.path("demo", info["key"]) / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["digests"]  # as written before checksums existed
+    meta_file.write_text(json.dumps(meta))
+    assert sc.check(meta_file.parent) is None
+
+
+def _tiny_checkpoints(tmp_path, iterations=(10, 20)):
+    from tracker.train import _save
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rng = np.random.default_rng(0)
+    for it in iterations:
+        with torch.no_grad():
+            model.weight.fill_(float(it))
+        _save(tmp_path / f"ckpt_{it:07d}.pt", model, opt, it, rng)
+    return tmp_path
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no_checksum"])
+def test_checkpoint_falls_back_to_the_newest_valid_one(tmp_path, caplog, damage):
+    from tracker.train import latest_checkpoint, load_checkpoint
+
+    d = _tiny_checkpoints(tmp_path)
+    newest = d / "ckpt_0000020.pt"
+    assert latest_checkpoint(d) == newest
+    if damage == "truncate":
+        newest.write_bytes(newest.read_bytes()[:50])
+    elif damage == "flip":
+        _flip_middle_byte(newest)
+    else:  # killed between the checkpoint's rename and its checksum
+        (d / "ckpt_0000020.pt.blake2b").unlink()
+    with caplog.at_level(logging.WARNING, logger="tracker.train"):
+        best = latest_checkpoint(d)
+    assert best == d / "ckpt_0000010.pt"
+    assert caplog.text.count("unusable") == 1
+    st = load_checkpoint(best)
+    assert st["iteration"] == 10 and float(st["model"]["weight"][0, 0]) == 10.0
+    assert not newest.exists()  # the bad one is removed (training writes it again)
+
+
+def test_load_checkpoint_refuses_a_corrupt_file(tmp_path):
+    from tracker.train import load_checkpoint
+
+    d = _tiny_checkpoints(tmp_path, (5,))
+    _flip_middle_byte(d / "ckpt_0000005.pt")
+    with pytest.raises(ValueError, match="checksum"):
+        load_checkpoint(d / "ckpt_0000005.pt")
+
+
+def test_tracker_recovers_from_truncated_checkpoint_and_refined(tmp_path, caplog):
+    """A truncated newest checkpoint and a truncated refined.pt: the re-run logs them, resumes from the
+    older valid checkpoint and gives the same tracks as the undamaged run -- no traceback."""
+    from tests._tracker_synth import translating_clip
+    from tests.test_tracker_api import Q, _backend, _cfg
+    from tracker.api import Tracker
+
+    torch.set_num_threads(1)
+    clip = translating_clip(64, 96, 6, 3, 1)
+    cfg = _cfg(tmp_path, iterations=20, checkpoint_every=10, cyc_after=10, rbb_after=10)
+    good = Tracker(_backend(), cfg, progress=False).fit(clip).track(Q)
+    train_dir = next(tmp_path.glob("train_*"))
+    for name in ("ckpt_0000020.pt", "refined.pt"):
+        f = train_dir / name
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with caplog.at_level(logging.INFO):
+        again = Tracker(_backend(), cfg, progress=False).fit(clip).track(Q)
+    assert "ckpt_0000020.pt is unusable" in caplog.text and "refined features" in caplog.text
+    assert "resuming training from ckpt_0000010.pt" in caplog.text
+    np.testing.assert_array_equal(again.tracks, good.tracks)
+    np.testing.assert_array_equal(again.visible, good.visible)
+
+
+# -- one run per work folder ----------------------------------------------------------------------------
+def test_folder_lock_makes_a_second_run_wait(tmp_path, caplog):
+    from cosettle.io.lock import folder_lock
+
+    events = []
+    first_in = threading.Event()
+
+    def first():
+        with folder_lock(tmp_path):
+            first_in.set()
+            time.sleep(0.5)
+            events.append("first done")
+
+    def second():
+        first_in.wait(5)
+        with folder_lock(tmp_path):
+            events.append("second in")
+
+    t1, t2 = threading.Thread(target=first), threading.Thread(target=second)
+    with caplog.at_level(logging.INFO, logger="cosettle.io.lock"):
+        t1.start(), t2.start()
+        t1.join(10), t2.join(10)
+    assert events == ["first done", "second in"]  # never inside together
+    assert "waiting for it to finish" in caplog.text

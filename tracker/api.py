@@ -25,7 +25,9 @@ from cosettle.backends.base import FeatureBackend, frames_to_tensor, video_hw
 from cosettle.errors import UserError
 from cosettle.io.atomic import atomic_path
 from cosettle.cache import cache_home
-from cosettle.hashing import array_digest, json_digest, video_fingerprint
+from cosettle.hashing import (array_digest, checksum_path, json_digest, verify_checksum, video_fingerprint,
+                              write_checksum)
+from cosettle.io.lock import folder_lock
 from cosettle.io.tracks import TrackResult
 
 from .config import TrackerConfig, config_dict, preprocess_at, preset
@@ -79,10 +81,6 @@ class Tracker:
         return cache_root() / key
 
     def fit(self, video, masks: np.ndarray | None = None) -> "Tracker":
-        from .inference import TrackInference, refined_features
-        from .preprocess import preprocess_video
-        from .train import Trainer, latest_checkpoint
-
         cfg = self.cfg
         if isinstance(video, np.ndarray) and video.ndim == 4 and video.shape[-1] == 3 and video.dtype != np.uint8:
             raise UserError("video frames must be uint8 RGB")
@@ -103,6 +101,17 @@ class Tracker:
         self.work_dir = self._work_dir(video, masks)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         log.info("work folder %s", self.work_dir)
+        # one run per work folder: a second run on the same video waits, then reuses the first's results
+        with folder_lock(self.work_dir):
+            self._fit_locked(video, masks, t0)
+        return self
+
+    def _fit_locked(self, video, masks, t0: float) -> None:
+        from .inference import TrackInference, refined_features
+        from .preprocess import preprocess_video
+        from .train import Trainer, latest_checkpoint
+
+        cfg = self.cfg
         self.prep = preprocess_video(video, self.work_backend, self.prep_cfg, self.work_dir, masks=masks,
                                      progress=self.progress)
         self.timings["preprocess"] = time.perf_counter() - t0
@@ -117,25 +126,22 @@ class Tracker:
         t0 = time.perf_counter()
         last = latest_checkpoint(ckpt_dir)
         cache = ckpt_dir / "refined.pt"
-        refined = None
         tag = last.name if last is not None else "untrained"
-        if cache.is_file():
-            st = torch.load(cache, map_location="cpu", weights_only=True)
-            if st.get("tag") == tag:
-                refined = st["refined"].float()
+        refined = _load_refined(cache, tag)
         if refined is None:
             refined = refined_features(self.model, self.prep.frames, self.prep.features, trainer.scale, geom,
                                        progress=self.progress, device=cfg.device)
+            checksum_path(cache).unlink(missing_ok=True)
             half = refined.half()
             with atomic_path(cache) as tmp:
                 torch.save({"tag": tag, "refined": half}, tmp)
+            write_checksum(cache)
             # same values whether computed now or read from the cache; in place, so the clip's refined
             # features exist once in float32 and once in float16 here, not twice in float32 + once in float16
             refined.copy_(half)
             del half
         self.timings["refine"] = time.perf_counter() - t0
         self.infer = TrackInference(self.model, refined, geom, cfg)
-        return self
 
     # -- tracking ----------------------------------------------------------------------------------
     @property
@@ -162,6 +168,22 @@ class Tracker:
         for i, (tq, x, y) in enumerate(q):
             tracks_img[i, int(round(tq))] = (x, y)
         return TrackResult(tracks_img, vis, conf, q.astype(np.float32), names)
+
+
+def _load_refined(cache: Path, tag: str) -> torch.Tensor | None:
+    """The cached refined features if the file verifies against its checksum and is for ``tag``;
+    a truncated or corrupt file costs one log line and is recomputed."""
+    if not cache.is_file():
+        return None
+    why = verify_checksum(cache)
+    if why is None:
+        try:
+            st = torch.load(cache, map_location="cpu", weights_only=True)
+            return st["refined"].float() if st.get("tag") == tag else None
+        except Exception as err:  # verified bytes that torch still refuses: a foreign file
+            why = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+    log.warning("cached refined features %s are unusable (%s); recomputing", cache, why)
+    return None
 
 
 def with_resolution(backend: FeatureBackend, resolution) -> FeatureBackend:

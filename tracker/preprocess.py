@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from cosettle.errors import UserError
 from cosettle.geometry import Geometry
-from cosettle.hashing import array_digest, json_digest
+from cosettle.hashing import array_digest, file_digest, json_digest
 from cosettle.provenance import peak_rss_mb
 
 from . import best_buddies as bbm
@@ -106,7 +106,12 @@ class Preprocessed:
 
 # -- stage cache ---------------------------------------------------------------------------------------
 class StageCache:
-    """Folders ``<stage>-<key>/`` with a ``meta.json`` (written last) describing their files."""
+    """Folders ``<stage>-<key>/`` with a ``meta.json`` (written last) describing their files.
+
+    ``meta.json`` holds each file's size and blake2b digest; a folder whose files do not match them
+    (truncated, corrupted in place, written by an older version without digests) costs one log line
+    and is recomputed -- never served.
+    """
 
     def __init__(self, work_dir: Path):
         self.root = Path(work_dir)
@@ -131,17 +136,30 @@ class StageCache:
         return self.root / f"{name}-{key}"
 
     def check(self, folder: Path) -> dict | None:
+        meta, why = self._verify(folder)
+        if why is not None and folder.exists():
+            log.warning("stage cache %s is unusable (%s); recomputing", folder.name, why)
+        return meta
+
+    @staticmethod
+    def _verify(folder: Path) -> tuple[dict | None, str | None]:
+        """-> (meta, None) when every file matches its recorded size and digest, else (None, why)."""
         meta_file = folder / "meta.json"
         if not meta_file.is_file():
-            return None
+            return None, "no meta.json (incomplete)"
         try:
             meta = json.loads(meta_file.read_text())
+            digests = meta.get("digests")
+            if not isinstance(digests, dict) or set(digests) != set(meta["files"]):
+                return None, "no checksums (written by an older version)"
             for fname, size in meta["files"].items():
                 if (folder / fname).stat().st_size != size:
-                    return None
-        except (OSError, ValueError, KeyError):
-            return None
-        return meta
+                    return None, f"{fname} has the wrong size (truncated)"
+                if file_digest(folder / fname) != digests[fname]:
+                    return None, f"{fname} does not match its checksum (corrupt)"
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            return None, f"unreadable ({type(err).__name__})"
+        return meta, None
 
     def run(self, name: str, fields: dict, compute: Callable[[Path], dict], load: Callable[[Path, dict], Any]):
         """-> (result, info). ``compute(folder)`` writes files and returns JSON-able meta."""
@@ -158,8 +176,7 @@ class StageCache:
             except Exception as err:  # corrupt cache: say so and recompute
                 log.warning("stage %s: cached files in %s unreadable (%s); recomputing", name, final, err)
                 shutil.rmtree(final, ignore_errors=True)
-        elif final.exists():
-            log.warning("stage %s: incomplete cache folder %s; recomputing", name, final)
+        elif final.exists():  # check() logged why
             shutil.rmtree(final, ignore_errors=True)
         tmp = self.root / f".tmp-{name}-{key}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -172,7 +189,9 @@ class StageCache:
             except Exception as err:
                 raise RuntimeError(f"preprocessing stage '{name}' failed: {type(err).__name__}: {err}") from err
             files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-            meta = {"stage": name, "key": key, "fields": fields, "stats": stats, "files": files}
+            digests = {f: file_digest(tmp / f) for f in files}
+            meta = {"stage": name, "key": key, "fields": fields, "stats": stats, "files": files,
+                    "digests": digests}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
             try:
                 os.rename(tmp, final)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cosettle.hashing import checksum_path, verify_checksum, write_checksum
 from cosettle.io.atomic import atomic_path
 
 from . import losses as L
@@ -53,18 +54,35 @@ def frames_tensor(frames: np.ndarray, idx) -> torch.Tensor:
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    cands = sorted(Path(ckpt_dir).glob("ckpt_*.pt"))
-    return cands[-1] if cands else None
+    """The newest checkpoint whose content matches its checksum (``ckpt_*.pt.blake2b``).
+
+    A truncated or corrupt newer one (full disk, a copied-in file, bit rot) costs one log line and is
+    removed; the next older valid one is used (training redoes the lost iterations).
+    """
+    for path in sorted(Path(ckpt_dir).glob("ckpt_*.pt"), reverse=True):
+        why = verify_checksum(path)
+        if why is None:
+            return path
+        log.warning("checkpoint %s is unusable (%s); falling back to an older one", path, why)
+        path.unlink(missing_ok=True)
+        checksum_path(path).unlink(missing_ok=True)
+    return None
 
 
 def _save(path: Path, model, opt, it: int, rng: np.random.Generator) -> None:
     state = {"model": model.state_dict(), "opt": opt.state_dict(), "iteration": it,
              "np_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state()}
+    checksum_path(path).unlink(missing_ok=True)  # never a stale checksum beside a new file
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+    write_checksum(path)  # written last: a checkpoint without one is treated as incomplete
 
 
 def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint after verifying its checksum (ValueError if it does not match)."""
+    why = verify_checksum(path)
+    if why is not None:
+        raise ValueError(f"checkpoint {path}: {why}")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -148,10 +166,18 @@ class Trainer:
     def resume(self) -> int:
         if self.ckpt_dir is None:
             return 0
-        path = latest_checkpoint(self.ckpt_dir)
-        if path is None:
-            return 0
-        st = load_checkpoint(path)
+        while True:  # the newest checkpoint that verifies AND loads
+            path = latest_checkpoint(self.ckpt_dir)
+            if path is None:
+                return 0
+            try:
+                st = load_checkpoint(path)
+                break
+            except Exception as err:  # passes its checksum but torch refuses it (a foreign file)
+                log.warning("checkpoint %s does not load (%s: %s); falling back to an older one", path,
+                            type(err).__name__, str(err).splitlines()[0][:120])
+                path.unlink(missing_ok=True)
+                checksum_path(path).unlink(missing_ok=True)
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["opt"])
         self.rng.bit_generator.state = json.loads(st["np_rng"])
@@ -168,6 +194,7 @@ class Trainer:
         _save(self.ckpt_dir / f"ckpt_{it:07d}.pt", self.model, self.opt, it, self.rng)
         for old in sorted(self.ckpt_dir.glob("ckpt_*.pt"))[:-2]:  # keep the last two
             old.unlink(missing_ok=True)
+            checksum_path(old).unlink(missing_ok=True)
         self.coverage.save(self.ckpt_dir / "coverage.json", it)
 
     # -- one iteration -------------------------------------------------------------------------
