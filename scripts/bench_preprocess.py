@@ -67,7 +67,10 @@ def main(argv=None):
         "trajectories": int(len(pre.trajectories)), "fg_trajectories": int(pre.traj_fg.sum()),
         "fg_mask_fraction": round(float(pre.masks.mean()), 4),
         "bb_ordered_pairs": len(pre.best_buddies),
-        "bb_kept": int(sum(len(v["cos"]) for v in pre.best_buddies.values()) // 2),
+        # on-demand best buddies (bb_on_demand) are computed when training draws them: nothing to count here
+        "bb_kept": (int(sum(len(v["cos"]) for v in pre.best_buddies.values()) // 2)
+                    if isinstance(pre.best_buddies, dict) else None),
+        "trajectory_points": int(len(getattr(pre.trajectories, "points", []))),
         "config": {k: v for k, v in st["config"].items()},
     }
     print(json.dumps(report, indent=1))

@@ -41,7 +41,15 @@ class Video(Sequence):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return np.stack([self[k] for k in range(*i.indices(len(self)))])
+            idx = range(*i.indices(len(self)))
+            if not len(idx):
+                return np.zeros((0, self.height, self.width, 3), np.uint8)
+            first = np.asarray(self[idx[0]])
+            out = np.empty((len(idx),) + first.shape, first.dtype)
+            out[0] = first
+            for j, k in enumerate(idx[1:], 1):  # filled in place: a list of frames + np.stack held the clip
+                out[j] = self[k]                # twice, and the freed frames stayed in the heap (RSS)
+            return out
         item = self.frames[i]
         if isinstance(item, (str, os.PathLike)):
             return _read_image(Path(item), (self.height, self.width))
