@@ -206,6 +206,17 @@ class StageCache:
         return result, {**stats, "cached": False, "seconds": secs, "key": key, "peak_rss_mb": peak_rss_mb()}
 
 
+class _ReportingCache(StageCache):
+    """StageCache whose finished stages are reported to the run's overall ETA (``tracker.memory``)."""
+
+    def run(self, name, fields, compute, load):
+        from .memory import stage_done
+
+        result, info = super().run(name, fields, compute, load)
+        stage_done(name, info.get("seconds", 0.0), bool(info.get("cached")))
+        return result, info
+
+
 def _save_npy(path: Path, arr: np.ndarray):
     np.save(path, arr, allow_pickle=False)
 
@@ -265,7 +276,7 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
     if masks is not None:
         masks = check_masks(masks, T, H0, W0)
     geom = backend.geometry(H0, W0)
-    cache = StageCache(Path(work_dir))
+    cache = _ReportingCache(Path(work_dir))
     vid_key = array_digest(frames0)
     stats: dict = {"video": {"frames": T, "height": H0, "width": W0, "content": vid_key},
                    "geometry": geom.to_dict()}
