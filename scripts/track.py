@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from cosettle.cli import add_backend_args, add_video_args, backend_from_args, print_backends  # noqa: E402
+from cosettle.cli import (ArgumentParser, add_backend_args, add_video_args, backend_from_args,  # noqa: E402
+                          check_grid_size, print_backends)
 from cosettle.config import dump_yaml, load_yaml_dict  # noqa: E402
 from cosettle.errors import UserError, cli_entry  # noqa: E402
 from cosettle.provenance import close_file_logging, setup_logging, write_run_info  # noqa: E402
@@ -38,12 +39,14 @@ log = logging.getLogger("track")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_video_args(p, required=False)
-    add_backend_args(p, default="dsift")
+    add_backend_args(p, default="dsift", resolution_default="the DINO preset's: fast 240 short side (never "
+                                                            "upsampling), paper the native size")
     g = p.add_argument_group("tracking")
     g.add_argument("--points", default=None, help="query points, JSON or CSV (frame, x, y[, name])")
-    g.add_argument("--grid-size", type=int, default=None, help="track an N x N grid of points instead")
+    g.add_argument("--grid-size", type=int, default=None,
+                   help="track an N x N grid of points instead (N at most the frame's short side)")
     g.add_argument("--grid-frame", type=int, default=0, help="frame of the grid points (default 0)")
     g.add_argument("--tracker", default="dino-flow", choices=("dino-flow", "dino", "flow", "features", "static"),
                    help="dino-flow: DINO-Tracker fused with full-resolution optical flow (default); dino: the "
@@ -109,6 +112,8 @@ def load_masks(folder, video) -> np.ndarray:
     for i in idx:
         m = np.asarray(iio.imread(files[i]))
         m = m[..., 0] if m.ndim == 3 else m
+        if m.dtype == bool:  # 1-bit PNG masks decode to bool
+            m = m.astype(np.uint8) * 255
         if m.shape != (video.height, video.width):
             raise UserError(f"mask {files[i]} is {m.shape[1]}x{m.shape[0]}, video is {video.width}x{video.height}")
         out.append(m > 127)  # thresholded (JPEG ringing must not count as foreground)
@@ -125,6 +130,7 @@ def get_queries(args, video):
     if args.grid_size:
         if not 0 <= args.grid_frame < len(video):
             raise UserError(f"--grid-frame {args.grid_frame} is out of range [0, {len(video) - 1}]")
+        check_grid_size(args.grid_size, video.height, video.width)
         return grid_queries(video.height, video.width, args.grid_size, args.grid_frame)
     raise UserError("no query points", "pass --points FILE or --grid-size N")
 
@@ -182,10 +188,9 @@ def run(args, demo: bool, stage) -> int:
     if is_dino and len(video) < 2:
         raise UserError(f"the {args.tracker} tracker needs at least 2 frames", "use a longer video")
     if is_dino:  # refuse a run that cannot fit in memory before any work (never an OOM kill halfway)
-        from tracker.memory import begin_run, check_memory
+        from tracker.memory import check_memory
 
-        est = check_memory(len(video), video.height, video.width, backend, cfg, num_queries=len(queries))
-        begin_run(est["time_s"])  # each finished preprocessing stage then logs an overall ETA
+        check_memory(len(video), video.height, video.width, backend, cfg, num_queries=len(queries))
 
     from tracker import build_tracker
 
