@@ -188,9 +188,10 @@ def run(args, demo: bool, stage) -> int:
     if is_dino and len(video) < 2:
         raise UserError(f"the {args.tracker} tracker needs at least 2 frames", "use a longer video")
     if is_dino:  # refuse a run that cannot fit in memory before any work (never an OOM kill halfway)
-        from tracker.memory import check_memory
+        from tracker.memory import begin_run, check_memory
 
-        check_memory(len(video), video.height, video.width, backend, cfg, num_queries=len(queries))
+        est = check_memory(len(video), video.height, video.width, backend, cfg, num_queries=len(queries))
+        begin_run(est["time_s"])  # each finished preprocessing stage then logs an overall ETA
 
     from tracker import build_tracker
 
