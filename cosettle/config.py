@@ -99,6 +99,8 @@ def load_yaml_dict(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise UserError(f"malformed YAML in {path}: {str(err).splitlines()[0]}", "fix the file") from None
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be a config file", "e.g. 'lr: 0.001'") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a mapping of config keys", "e.g. 'lr: 0.001'")
     return data

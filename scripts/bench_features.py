@@ -27,6 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
 DAVIS = REPO.parent / "shared" / "data" / "davis480" / "horsejump-high" / "JPEGImages"
 
 
@@ -100,7 +101,7 @@ def run_worker(mode, stride, frames, layer=None) -> dict:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=8, help="frames for the speed comparison")
     p.add_argument("--rss-frames", type=int, nargs=2, default=[50, 200])
     p.add_argument("--strides", type=int, nargs="+", default=[14, 7])

@@ -29,6 +29,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
 
 import numpy as np  # noqa: E402
 
@@ -53,7 +54,7 @@ def badja_score(pred, joints, vis, masks) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", default="dsift", help="dsift, or e.g. dinov2_vits14 (random weights here)")
     ap.add_argument("--weights", default="random", help="weights for ViT backends (default: random)")
     ap.add_argument("--stride", type=int, default=None)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
 
 from cosettle.errors import cli_entry  # noqa: E402
 from cosettle.provenance import peak_rss_mb  # noqa: E402
@@ -57,7 +58,7 @@ def _worker(args) -> dict:
 
 @cli_entry
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", default="dinov2_vits14")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=8)

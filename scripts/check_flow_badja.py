@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
 
 import numpy as np  # noqa: E402
 
@@ -25,7 +26,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tracker", default="flow", choices=["flow", "static", "features"])
     ap.add_argument("--backend", default="dsift")
     ap.add_argument("--dis-preset", default="medium")

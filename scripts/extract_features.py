@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cosettle.cli import ArgumentParser, positive_int  # noqa: E402  (one-line argparse errors)
 
 import numpy as np  # noqa: E402
 
@@ -49,14 +50,14 @@ def pca_rgb(features: np.ndarray, seed: int = 0) -> np.ndarray:
 
 @cli_entry
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_video_args(p, required=False)
     add_backend_args(p)
     p.add_argument("--points", default=None, help="optional points file (JSON/CSV) to validate and map to the grid")
     p.add_argument("--out", default="outputs/features", help="output folder (default: %(default)s)")
     p.add_argument("--cache-dir", default=None, help="feature cache folder (default: ~/.cache/cosettle/features)")
     p.add_argument("--no-cache", action="store_true", help="always recompute")
-    p.add_argument("--chunk-size", type=int, default=None, help="frames per forward pass")
+    p.add_argument("--chunk-size", type=positive_int, default=None, help="frames per forward pass")
     p.add_argument("--pca-video", action="store_true", help="also write features_pca.mp4")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)

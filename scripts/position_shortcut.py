@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
 
 from cosettle.errors import cli_entry  # noqa: E402
 
@@ -133,7 +134,7 @@ def run(args) -> dict:
 
 @cli_entry
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="vit_tiny_patch16_224")
     ap.add_argument("--pe-scale", type=float, default=30.0)
     ap.add_argument("--pairs", choices=("unrelated", "shuffled"), default="unrelated")

@@ -42,6 +42,8 @@ def load_queries(path: str | os.PathLike, num_frames: int, height: int, width: i
     path = Path(path)
     if not path.exists():
         raise UserError(f"points file not found: {path}", "check the path passed to --points")
+    if not path.is_file():
+        raise UserError(f"--points {path} is a folder, not a file", "pass a .json or .csv points file")
     suffix = path.suffix.lower()
     if suffix == ".json":
         rows = _read_json(path)
@@ -60,9 +62,12 @@ def load_queries(path: str | os.PathLike, num_frames: int, height: int, width: i
 
 def _read_json(path: Path) -> list[tuple]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a byte-order mark is accepted
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"malformed JSON in {path}: {err}",
+                        'expected {"points": [{"frame": t, "x": x, "y": y}, ...]}') from None
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be a points file",
                         'expected {"points": [{"frame": t, "x": x, "y": y}, ...]}') from None
     pts = data.get("points") if isinstance(data, dict) else data
     if not isinstance(pts, list):
@@ -79,7 +84,7 @@ def _read_json(path: Path) -> list[tuple]:
 
 def _read_csv(path: Path) -> list[tuple]:
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # spreadsheets save a byte-order mark
             reader = csv.DictReader(fh)
             fields = [f.strip().lower() for f in (reader.fieldnames or [])]
             if not {"frame", "x", "y"} <= set(fields):
