@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
 
 from cosettle.errors import UserError, cli_entry  # noqa: E402
 from cosettle.provenance import setup_logging  # noqa: E402
@@ -23,7 +24,7 @@ from cosettle.provenance import setup_logging  # noqa: E402
 
 @cli_entry
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", required=True, help="base backend (NAME or NAME+cosettle)")
     ap.add_argument("--projector", default=None, help="projector file/folder; omit to score the base only")
     ap.add_argument("--videos", nargs="+", required=True)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
 
 from cosettle.errors import cli_entry  # noqa: E402
 from cosettle.provenance import setup_logging  # noqa: E402
@@ -24,7 +25,7 @@ from cosettle.provenance import setup_logging  # noqa: E402
 
 @cli_entry
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", type=Path, help="the authors' checkpoint.pth")
     ap.add_argument("--out", type=Path, required=True, help="output folder or .safetensors path")
     ap.add_argument("--trust-checkpoint", action="store_true",

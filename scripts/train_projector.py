@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
 
 from cosettle.config import add_config_args, config_from_args  # noqa: E402
 from cosettle.errors import cli_entry  # noqa: E402
@@ -24,7 +25,7 @@ from cosettle.train import TrainConfig, train  # noqa: E402
 
 @cli_entry
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
     add_config_args(parser, TrainConfig)
     args = parser.parse_args(argv)
