@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
 
 from cosettle.config import add_config_args, config_from_args  # noqa: E402
 from cosettle.errors import cli_entry  # noqa: E402
@@ -31,7 +32,7 @@ def main(argv=None):
     from cosettle.io.video import read_video
     from tracker.preprocess import PreprocessConfig, preprocess_video
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
     ap.add_argument("--backend", default="dsift")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_prep"))

@@ -28,6 +28,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
 DEFAULT_CLIP = ROOT.parent / "shared" / "data" / "davis480" / "parkour" / "JPEGImages"
 
 
@@ -124,7 +125,7 @@ def run_size(args, n: int, backend: str) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 400, 1000])
     ap.add_argument("--vit-frames", type=int, default=200, help="frames for the ViT-S stride-7 run (0 = skip)")
     ap.add_argument("--iterations", type=int, default=None, help="training iterations (default: the preset's)")
