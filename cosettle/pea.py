@@ -10,6 +10,15 @@ learned and sin-cos embeddings alike.
 
 Difference from the authors' DINOv2 file: U is computed from the current token grid, not from the
 model's configured patch count (their fallback gives U = 407 for a 518-px config).
+
+Rotary encoders (DINOv3; our extension, the paper covers added PEs only): there is no embedding grid,
+only the coordinates the rotations are computed from. The same PEA object is passed as the backend's
+``position_transform``; the backend asks it for U (:meth:`PEA.upsampled_size`) and an offset
+(:meth:`PEA.draw`) and gives the n cells of this pass the coordinates of cells o..o+n-1 of a U-cell
+grid over the same extent, per axis: u -> (o + u * n) / U. That is the grid "scaled by (1 + r)" and a
+window of the original size cut at random -- exact (coordinates are linear, nothing is interpolated),
+applied to the return pass only, and it changes only the rotations (tokens' content is untouched).
+Backends without position encodings (CNNs, dsift) train with no PEA: nothing to shortcut through.
 """
 from __future__ import annotations
 

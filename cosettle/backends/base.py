@@ -102,6 +102,13 @@ class FeatureBackend(abc.ABC):
         offset      input-pixel centre of cell (0, 0); default ``(patch_size - 1) / 2``
         output_norm description of the output scale (``"raw"``, ``"layernorm"``, ``"l2"``) for
                     consumers whose regularisers depend on it
+        position_encoding  ``"absolute"`` (added PE grid), ``"rotary"`` (RoPE coordinates) or None
+                    (no position encoding, e.g. CNNs and dsift): tells the Co-Settle trainer whether
+                    PEA applies, through :meth:`forward_tokens`' ``position_transform``
+
+    The small interface the Co-Settle trainer uses (so it never needs one class's internals):
+    :meth:`forward_tokens` (tokens + grid, optionally with a position transform on this pass only)
+    and :meth:`token_metadata` (what the tokens are, recorded in projector files).
     """
 
     name: str = "backend"
@@ -113,6 +120,7 @@ class FeatureBackend(abc.ABC):
     resolution: None | int | tuple[int, int] = None
     offset: float | None = None
     output_norm: str = "raw"
+    position_encoding: str | None = None
     device: torch.device = torch.device("cpu")
     default_chunk_size: int = 4
 
@@ -120,6 +128,30 @@ class FeatureBackend(abc.ABC):
     @abc.abstractmethod
     def forward_batch(self, x: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W) normalised input at a valid size -> (B, C, grid_h, grid_w) features."""
+
+    def forward_tokens(self, x: torch.Tensor, position_transform=None):
+        """(B,3,H,W) normalised -> (tokens (B, gh*gw, C), (gh, gw)).
+
+        ``position_transform`` (e.g. :class:`cosettle.pea.PEA`) perturbs the position encoding of this
+        pass only; backends with ``position_encoding`` set override this method to honour it.
+        """
+        if position_transform is not None:
+            raise UserError(f"backend {self.name} has no position encoding to transform",
+                            "train without PEA (--pea false) on it")
+        f = self.forward_batch(x)
+        B, C, gh, gw = f.shape
+        return f.flatten(2).transpose(1, 2), (gh, gw)
+
+    def token_metadata(self) -> dict[str, Any]:
+        """What the tokens are (recorded in projector files; checked when a projector is loaded)."""
+        return {"patch_size": self.patch_size, "stride": self.stride,
+                "position_encoding": self.position_encoding,
+                "layer": getattr(self, "layer", None), "norm": getattr(self, "norm", None),
+                "depth": getattr(self, "depth", None), "timm_name": getattr(self, "timm_name", None)}
+
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of forward passes (None: float32)."""
+        return None
 
     def cache_fields(self) -> dict[str, Any]:
         """Everything that changes the output; hashed into the feature-cache key."""

@@ -82,12 +82,16 @@ def _sift(hist: torch.Tensor, cell: int, stride: int, gh: int, gw: int, pad: int
     """4x4 cells of ``cell`` px starting at ``stride*(i,j) - pad`` -> (B, 16*nbins, gh, gw)."""
     if pad:
         hist = F.pad(hist, (pad, pad, pad, pad), mode="reflect" if pad < hist.shape[-1] else "replicate")
-    box = F.avg_pool2d(hist, cell, stride=1)  # box[y, x] = mean over [y, y+cell) x [x, x+cell)
+    # only windows starting at multiples of g = gcd(cell, stride) are ever read: pool at stride g
+    # (the same window means as stride 1, 4-64x less work)
+    g = math.gcd(cell, stride)
+    box = F.avg_pool2d(hist, cell, stride=g)  # box[y, x] = mean over [g*y, g*y+cell) x [g*x, g*x+cell)
+    step = stride // g
     parts = []
     for a in range(4):
         for b in range(4):
-            y0, x0 = a * cell, b * cell
-            parts.append(box[..., y0: y0 + stride * (gh - 1) + 1: stride, x0: x0 + stride * (gw - 1) + 1: stride])
+            y0, x0 = a * cell // g, b * cell // g
+            parts.append(box[..., y0: y0 + step * (gh - 1) + 1: step, x0: x0 + step * (gw - 1) + 1: step])
     d = torch.cat(parts, dim=1)
     d = F.normalize(d, dim=1).clamp(max=0.2)
     d = F.normalize(d, dim=1)

@@ -3,7 +3,9 @@
 Like timm's ``create_model``: a name maps to a factory. Names:
 
 * curated timm ViTs (table below), each with hub weights, ``weights=PATH`` or ``weights="random"``;
-* ``timm:<any timm ViT name>`` for anything else timm offers;
+* ``timm:<timm name>`` for anything else timm offers in a family we serve: ViTs
+  (``timm_vit.py``), DINOv3 (``timm_eva.py``), CNNs via ``features_only`` (``timm_cnn.py``); any other
+  family is a one-line ``UserError`` naming the supported ones;
 * ``dsift``: weight-free dense descriptors (no download);
 * ``<name>+cosettle`` with ``projector=PATH``: the Co-Settle projection on top of ``<name>``.
 """
@@ -67,27 +69,76 @@ def load_backend(name: str, *, projector: str | None = None, **kwargs) -> Featur
         return load_projected_backend(base_name, projector, **kwargs)
     if name.startswith("timm:"):
         from ..released import ensure_registered
-        from .timm_vit import TimmViTBackend
 
         ensure_registered(name[len("timm:"):])  # architectures read from released Co-Settle files
-        return TimmViTBackend(name[len("timm:"):], name=name, **kwargs)
+        return timm_backend_class(name[len("timm:"):])(name[len("timm:"):], name=name, **kwargs)
     if name not in _REGISTRY:
         known = ", ".join(list_backends())
-        raise UserError(f"unknown backend {name!r}", f"choose one of: {known}, or timm:<timm ViT name>")
+        raise UserError(f"unknown backend {name!r}", f"choose one of: {known}, or timm:<timm model name>")
     return _REGISTRY[name](**kwargs)
+
+
+# timm module (family) -> our backend file; one file per family under cosettle/backends/
+VIT_MODULES = {"vision_transformer", "deit", "released"}
+CNN_MODULES = {"resnet", "convnext", "efficientnet", "regnet", "resnest", "mobilenetv3", "densenet",
+               "byobnet", "rexnet", "ghostnet", "mobilenetv4", "vgg"}
+SUPPORTED = ("timm VisionTransformer ViTs (DINO, DINOv2, MAE, CLIP, DeiT, ...), DINOv3 "
+             "(vit_*_patch16_dinov3*), CNNs with features_only (resnet, convnext, efficientnet, regnet, ...)")
+
+
+def timm_family(timm_name: str) -> str:
+    """'vit', 'dinov3' or 'cnn' for a timm model name; a one-line UserError for anything else."""
+    import timm
+    from timm.models import _registry
+
+    arch = _registry.get_arch_name(timm_name)
+    module = _registry._model_to_module.get(arch)
+    if module is None:
+        raise UserError(f"unknown timm model {timm_name!r}", "see timm.list_models() or cosettle.list_backends()")
+    if module in VIT_MODULES:
+        return "vit"
+    if module == "eva" and "dinov3" in arch:
+        return "dinov3"
+    if module in CNN_MODULES:
+        return "cnn"
+    del timm
+    raise UserError(f"timm model {timm_name} (family {module!r}) is not supported as a feature backend",
+                    f"supported: {SUPPORTED}")
+
+
+def timm_backend_class(timm_name: str):
+    family = timm_family(timm_name)
+    if family == "dinov3":
+        from .timm_eva import TimmDinoV3Backend
+
+        return TimmDinoV3Backend
+    if family == "cnn":
+        from .timm_cnn import TimmCNNBackend
+
+        return TimmCNNBackend
+    from .timm_vit import TimmViTBackend
+
+    return TimmViTBackend
 
 
 def _timm_factory(backend_name: str, timm_name: str):
     def factory(**kwargs):
-        from .timm_vit import TimmViTBackend
-
-        return TimmViTBackend(timm_name, name=backend_name, **kwargs)
+        return timm_backend_class(timm_name)(timm_name, name=backend_name, **kwargs)
 
     return factory
 
 
-for _name, _timm in TIMM_MODELS.items():
-    register_backend(_name, f"timm {_timm}")(_timm_factory(_name, _timm))
+def _register_curated() -> None:
+    from .timm_cnn import CNN_MODELS
+    from .timm_eva import DINOV3_MODELS
+
+    for name, timm_name in {**TIMM_MODELS, **DINOV3_MODELS}.items():
+        register_backend(name, f"timm {timm_name}")(_timm_factory(name, timm_name))
+    for name, timm_name in CNN_MODELS.items():
+        register_backend(name, f"timm {timm_name} (CNN, features_only stage)")(_timm_factory(name, timm_name))
+
+
+_register_curated()
 
 
 @register_backend("dsift", "weight-free multi-scale dense SIFT + colour (no download)")

@@ -77,7 +77,8 @@ class TimmViTBackend(FeatureBackend):
                             f"use 1..{self.patch_size}")
         model.patch_embed.proj.stride = (self.stride, self.stride)
         model.patch_embed.strict_img_size = False
-        depth = len(model.blocks)
+        depth = self.depth = len(model.blocks)
+        self.position_encoding = "absolute" if getattr(model, "pos_embed", None) is not None else None
         self.layer = default_layer(depth) if layer is None else int(layer)
         if not -depth <= self.layer < depth:
             raise UserError(f"layer {self.layer} out of range for {timm_name} ({depth} blocks)",
@@ -122,12 +123,14 @@ class TimmViTBackend(FeatureBackend):
 
     # -- forward -------------------------------------------------------------------------------
     def forward_tokens(self, x: torch.Tensor, pos_embed_transform: PosEmbedTransform | None = None,
-                       layer: int | None = None, norm: bool | None = None):
+                       layer: int | None = None, norm: bool | None = None, position_transform=None):
         """(B,3,H,W) normalised -> patch tokens (B, gh*gw, C) of ``layer`` and the grid (gh, gw).
 
-        CLS/register tokens are dropped. ``pos_embed_transform`` replaces the patch position
-        embedding (already resampled to this grid) by its output; prefix-token embeddings are kept.
+        CLS/register tokens are dropped. ``pos_embed_transform`` (alias ``position_transform``, the
+        name of the backend-independent interface) replaces the patch position embedding (already
+        resampled to this grid) by its output; prefix-token embeddings are kept.
         """
+        pos_embed_transform = pos_embed_transform or position_transform
         m = self.model
         layer = self.layer if layer is None else layer % len(m.blocks)
         norm = self.norm if norm is None else norm

@@ -119,19 +119,26 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_into_timm(model: torch.nn.Module, path: str | os.PathLike, allow_pickle: bool = False) -> None:
-    """Load a timm-layout or official-DINOv2-layout file into a timm ViT (pos-embed resampled)."""
-    from timm.models.vision_transformer import checkpoint_filter_fn
+def load_into_timm(model: torch.nn.Module, path: str | os.PathLike, allow_pickle: bool = False,
+                   filter_fn=None, required: str = "patch_embed.proj.weight") -> None:
+    """Load a timm-layout or official-layout file into a timm model.
+
+    ``filter_fn(state, model)`` maps foreign layouts onto timm's (default: the ViT one, which handles
+    official DINOv2 files and resamples the pos-embed; DINOv3 passes timm's Eva filter, which maps
+    Meta's ``storage_tokens``/``ls1.gamma``/``qkv.bias`` layout). ``required`` must be among the keys.
+    """
+    if filter_fn is None:
+        from timm.models.vision_transformer import checkpoint_filter_fn as filter_fn
 
     state = read_state_dict(path, allow_pickle)
     if any(k.startswith("backbone.") for k in state):
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    state = checkpoint_filter_fn(state, model)
+    state = filter_fn(state, model)
     own = model.state_dict()
     state = {k: v for k, v in state.items() if k in own}
-    missing = [k for k in own if k not in state and not k.startswith("head")]
+    missing = [k for k in own if k not in state and not k.startswith(("head", "fc."))]
     bad_shape = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
-    if bad_shape or len(missing) > 0.5 * len(own) or "patch_embed.proj.weight" in missing:
+    if bad_shape or len(missing) > 0.5 * len(own) or (required and required in missing):
         raise WeightsUnavailable(
             f"{path} does not match the architecture ({len(missing)} missing keys, "
             f"{len(bad_shape)} wrong shapes, e.g. {(missing + bad_shape)[:3]})",
@@ -148,3 +155,30 @@ def file_fingerprint(path: str | os.PathLike) -> str:
     p = Path(path).resolve()
     st = p.stat()
     return f"{p}:{st.st_size}:{int(st.st_mtime)}"
+
+
+def create_timm_model(timm_name: str, weights: str, *, seed: int = 0, allow_pickle: bool = False,
+                      filter_fn=None, required: str = "patch_embed.proj.weight", **kwargs) -> torch.nn.Module:
+    """A timm model with ``weights`` = 'hub' (timm's pretrained, fails fast offline), 'random'
+    (seeded init) or a local file (timm or the official layout, mapped by ``filter_fn``)."""
+    import timm
+
+    from ..errors import UserError
+
+    try:
+        if weights == "hub":
+            return create_pretrained(timm_name, **kwargs)
+        state = torch.random.get_rng_state()
+        torch.manual_seed(int(seed))
+        try:
+            model = timm.create_model(timm_name, pretrained=False, **kwargs)
+        finally:
+            torch.random.set_rng_state(state)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise UserError(f"unknown timm model {timm_name!r}",
+                            "see timm.list_models() or cosettle.list_backends()") from None
+        raise
+    if weights != "random":
+        load_into_timm(model, weights, allow_pickle=allow_pickle, filter_fn=filter_fn, required=required)
+    return model

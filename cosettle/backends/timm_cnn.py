@@ -1,0 +1,183 @@
+"""CNN encoders (ResNet, ConvNeXt, EfficientNet, RegNet, ...) through timm ``features_only``.
+
+* ``layer`` picks a feature stage (timm's ``feature_info`` index; negative counts from the end;
+  default: the stride-8 stage if the model has one, else the last). timm builds the truncated
+  network, so stages after the chosen one are never built or run.
+* ``stride`` = the stage's reduction from ``feature_info``; ``offset`` (the input pixel at the centre
+  of cell (0, 0)) is measured once per architecture/stage from the exact receptive-field support
+  (a positive-weight copy of the network; see :func:`measure_offset`): 0 for ResNet
+  (7x7/s2/p3 stem), (s - 1) / 2 for ConvNeXt (patchify stem).
+* ``patch_size`` = stride: inputs are snapped to a multiple of the stride, so the grid is H/s x W/s.
+* No absolute position encoding (``position_encoding = None``): Co-Settle trains without PEA on
+  these -- the position shortcut PEA guards against does not exist (zero padding leaks a little
+  position near the borders only).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .base import IMAGENET_MEAN, IMAGENET_STD, FeatureBackend
+from .timm_vit import cpu_bf16_supported
+from .weights import create_timm_model, file_fingerprint
+
+log = logging.getLogger(__name__)
+
+# curated names -> timm model names (pretrained tag included)
+CNN_MODELS = {
+    "resnet50": "resnet50.a1_in1k",
+    "resnet18": "resnet18.a1_in1k",
+    "convnext_tiny": "convnext_tiny.fb_in22k",
+    "convnext_small": "convnext_small.fb_in22k",
+    "efficientnet_b0": "efficientnet_b0.ra_in1k",
+    "regnety_016": "regnety_016.tv2_in1k",
+}
+
+_OFFSETS: dict[tuple, float] = {}
+
+
+def _cnn_filter(state, model):
+    """timm-layout files for features_only models: keys are the plain model's (FeatureListNet keeps
+    the module names), so only DDP/wrapper prefixes need stripping (done by read_state_dict)."""
+    return state
+
+
+def measure_offset(model: nn.Module, stride: int, max_len: int = 4096) -> float:
+    """Input-pixel centre of output cell (0, 0) along x, from the exact receptive-field support.
+
+    A float64 copy with every conv/linear weight set to 1/fan_in, biases 0 and normalisation layers
+    replaced by identity keeps every activation positive, so the gradient of one output cell is > 0
+    exactly on its receptive field (max pools become average pools of the same window). The centre of the support of a central cell minus stride*j is the
+    offset. The input is widened until that support does not touch the border.
+    """
+    probe = copy.deepcopy(model).double().eval()
+    for name, mod in list(probe.named_modules()):
+        if not name:
+            continue
+        repl = None
+        if "Norm" in type(mod).__name__:
+            repl = nn.Identity()
+        elif isinstance(mod, nn.MaxPool2d):  # max routes the gradient to one input: use its average
+            repl = nn.AvgPool2d(mod.kernel_size, mod.stride, mod.padding, ceil_mode=mod.ceil_mode)
+        if repl is not None:
+            parent, _, child = name.rpartition(".")
+            setattr(probe.get_submodule(parent) if parent else probe, child, repl)
+    with torch.no_grad():
+        for mod in probe.modules():
+            w = getattr(mod, "weight", None)
+            if isinstance(w, nn.Parameter) and w.ndim >= 2:
+                w.fill_(1.0 / max(1, w[0].numel()))
+            elif isinstance(w, nn.Parameter):
+                w.fill_(1.0)
+            b = getattr(mod, "bias", None)
+            if isinstance(b, nn.Parameter):
+                b.zero_()
+            for pname, p in mod.named_parameters(recurse=False):
+                if pname not in ("weight", "bias"):
+                    p.fill_(1.0)  # layer scale gammas etc.
+    length = 16 * stride
+    while length <= max_len:
+        x = torch.ones(1, 3, stride, length, dtype=torch.float64, requires_grad=True)
+        out = probe(x)[-1]
+        j = out.shape[-1] // 2
+        out[..., j].sum().backward()
+        support = (x.grad.abs().sum(dim=(0, 1, 2)) > 0).nonzero().flatten()
+        lo, hi = int(support.min()), int(support.max())
+        if lo > 0 and hi < length - 1:
+            return (lo + hi) / 2 - stride * j
+        length *= 2
+    log.warning("receptive field wider than %d px: assuming the cell-centre offset (s - 1) / 2", max_len)
+    return (stride - 1) / 2
+
+
+class TimmCNNBackend(FeatureBackend):
+    position_encoding = None
+
+    def __init__(self, timm_name: str, *, name: str | None = None, layer: int | None = None,
+                 weights: str | None = None, resolution=None, precision: str = "auto",
+                 device: str | torch.device = "cpu", seed: int = 0, allow_pickle: bool = False,
+                 chunk_size: int = 4, stride: int | None = None, norm: bool | None = None,
+                 model_kwargs: dict | None = None):
+        import timm
+
+        self.timm_name = timm_name
+        self.name = name or f"timm:{timm_name}"
+        self.weights = "hub" if weights in (None, "hub", "pretrained") else weights
+        self.seed = seed
+        try:
+            with torch.device("meta"):  # only the stage table: no weights allocated or initialised
+                info = timm.create_model(timm_name.split(".")[0], pretrained=False, features_only=True,
+                                         **(model_kwargs or {})).feature_info
+        except Exception as err:  # no features_only support
+            raise UserError(f"timm model {timm_name} cannot serve dense features ({type(err).__name__})",
+                            "use a CNN with features_only support (resnet*, convnext*, efficientnet*, "
+                            "regnet*), a ViT, or a DINOv3 model") from None
+        reductions = [int(r) for r in info.reduction()]
+        n = len(reductions)
+        if layer is None:
+            layer = reductions.index(8) if 8 in reductions else n - 1
+        layer = int(layer)
+        if not -n <= layer < n:
+            raise UserError(f"stage {layer} out of range for {timm_name} ({n} feature stages, "
+                            f"strides {reductions})", f"use --layer 0..{n - 1} or a negative index")
+        self.layer = layer % n
+        self.depth = n
+        self.norm = False
+        kw = dict(features_only=True, out_indices=(self.layer,), **(model_kwargs or {}))
+        model = create_timm_model(timm_name, self.weights, seed=seed, allow_pickle=allow_pickle,
+                                  filter_fn=_cnn_filter, required="", **kw)
+        self.model = model.eval().requires_grad_(False)
+        self.stride = self.patch_size = reductions[self.layer]
+        if stride is not None and int(stride) != self.stride:
+            raise UserError(f"stage {self.layer} of {timm_name} has stride {self.stride}, not {stride}",
+                            f"pick the stage with --layer (strides {reductions}) and drop --stride")
+        self.feat_dim = int(model.feature_info.channels()[-1])
+        key = (timm_name.split(".")[0], self.layer, repr(sorted((model_kwargs or {}).items())))
+        if key not in _OFFSETS:
+            _OFFSETS[key] = measure_offset(self.model, self.stride)
+        self.offset = _OFFSETS[key]
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        self.mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
+        self.std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
+        self.resolution = resolution
+        self.precision = precision
+        self.default_chunk_size = chunk_size
+        self.to(device)
+
+    def to(self, device) -> "TimmCNNBackend":
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def autocast_dtype(self) -> torch.dtype | None:
+        p = self.precision
+        if p in ("fp32", "bf16", "fp16"):
+            return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
+        if self.device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if cpu_bf16_supported() else None
+
+    def autocast(self):
+        dt = self.autocast_dtype()
+        return contextlib.nullcontext() if dt is None else torch.autocast(self.device.type, dtype=dt)
+
+    def forward_batch(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.model(x)[-1]
+        gh, gw = x.shape[-2] // self.stride, x.shape[-1] // self.stride
+        return f[..., :gh, :gw]  # odd sizes: 'same'-padded convs can round up by one cell
+
+    def cache_fields(self):
+        d = super().cache_fields()
+        w = self.weights
+        if w not in ("hub", "random"):
+            w = file_fingerprint(w)
+        elif w == "random":
+            w = f"random:{self.seed}"
+        d.update({"timm_name": self.timm_name, "weights": w, "layer": self.layer,
+                  "resolution": self.resolution, "precision": str(self.autocast_dtype())})
+        return d
