@@ -206,12 +206,15 @@ class FrameReader:
 
 
 class ClipPairDataset(torch.utils.data.Dataset):
-    """``ds[i]`` -> float32 (2, 3, S, S): frames (t1, t2) of clip i, augmented and normalised."""
+    """``ds[i]`` -> float32 (2, 3, S, S): frames (t1, t2) of clip ``i % n_clips``, augmented and
+    normalised. ``pairs_per_clip`` > 1 draws several independent pairs per clip per epoch (small
+    collections); with 1 it is the authors' one pair per clip."""
 
     def __init__(self, clips: Sequence[Clip], input_size: int = 224, gap=0.15, scale=(0.5, 1.0),
                  ratio=(3 / 4, 4 / 3), flip_p: float = 0.5, squash: bool = True,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, seed: int = 0):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, seed: int = 0, pairs_per_clip: int = 1):
         self.clips = list(clips)
+        self.pairs_per_clip = max(1, int(pairs_per_clip))
         self.size = int(input_size)
         self.gap, self.scale, self.ratio = gap, tuple(scale), tuple(ratio)
         self.flip_p, self.squash = float(flip_p), bool(squash)
@@ -225,7 +228,7 @@ class ClipPairDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.clips)
+        return len(self.clips) * self.pairs_per_clip
 
     def rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, int(index)])
@@ -233,7 +236,7 @@ class ClipPairDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         import cv2
 
-        clip = self.clips[index]
+        clip = self.clips[index % len(self.clips)]  # pair k of clip c is sample c + k * n_clips
         rng = self.rng(index)
         n = self.reader.num_frames(clip)
         if n < 1:

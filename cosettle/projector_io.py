@@ -103,6 +103,29 @@ def load_projector(path: str | Path) -> tuple[Projector, dict[str, Any]]:
     return proj.eval(), meta
 
 
+def check_recorded_tokens(path: Path, meta: dict[str, Any], kwargs: dict[str, Any], force: bool = False) -> None:
+    """An explicit ``layer``/``norm`` that contradicts the projector file's recorded tokens is an
+    error (a projector trained on final-layer tokens is meaningless on block-15 tokens), unless
+    ``force`` (CLI: --force-layer), which applies it anyway with a warning."""
+    problems = []
+    rec_layer, depth = meta.get("layer"), meta.get("depth")
+    if kwargs.get("layer") is not None and rec_layer is not None:
+        asked = int(kwargs["layer"])
+        if depth:
+            asked %= int(depth)
+        if asked != int(rec_layer):
+            problems.append(f"layer {kwargs['layer']} (the file records layer {rec_layer})")
+    if kwargs.get("norm") is not None and meta.get("norm") is not None and bool(kwargs["norm"]) != bool(meta["norm"]):
+        problems.append(f"norm={bool(kwargs['norm'])} (the file records norm={bool(meta['norm'])})")
+    if not problems:
+        return
+    what = " and ".join(problems)
+    if not force:
+        raise UserError(f"projector {path} was trained on other tokens than the requested {what}",
+                        "drop --layer/--norm to use the recorded ones, or pass --force-layer to apply it anyway")
+    log.warning("projector %s applied to %s, against its recorded tokens (forced)", path, what)
+
+
 def load_projected_backend(base_name: str, path: str | Path, **backend_kwargs):
     """Base backend (with the layer/norm recorded in the projector's metadata unless given) +
     projector -> ``ProjectedBackend``. ``base_name`` may be empty to use the recorded base."""
@@ -121,7 +144,9 @@ def load_projected_backend(base_name: str, path: str | Path, **backend_kwargs):
         from .released import ensure_registered
 
         ensure_registered(base_name[len("timm:"):])
+    force = bool(backend_kwargs.pop("force_layer", False))
     if base_name != "dsift":
+        check_recorded_tokens(p, meta, backend_kwargs, force)
         if meta.get("layer") is not None:
             backend_kwargs.setdefault("layer", int(meta["layer"]))
         if meta.get("norm") is not None:
@@ -151,12 +176,16 @@ def load_projected_backend(base_name: str, path: str | Path, **backend_kwargs):
 
 def import_released(checkpoint: str | Path, out: str | Path, *, allow_pickle: bool = False,
                     with_encoder: bool = True, base: str | None = None, layer: int = -1,
-                    norm: bool = True) -> tuple[Path, dict[str, Any]]:
+                    norm: bool | None = None) -> tuple[Path, dict[str, Any]]:
     """Convert the authors' ``checkpoint.pth`` into our projector file (+ ``encoder.safetensors`` when
-    the checkpoint holds the encoder and ``with_encoder``). Returns (projector path, metadata)."""
+    the checkpoint holds the encoder and ``with_encoder``). Returns (projector path, metadata).
+
+    ``norm`` (whether the projector reads tokens after the encoder's final LayerNorm): None = the
+    authors' evaluation path -- un-normed for I-JEPA (its normal passes skip the final norm, spec §7),
+    normed for the other seven encoders."""
     from safetensors.torch import save_file
 
-    from .released import convert_encoder, extract_projector_state, read_checkpoint, split_checkpoint
+    from .released import convert_encoder, extract_projector_state, is_ijepa, read_checkpoint, split_checkpoint
 
     ckpt = Path(checkpoint)
     state, args = split_checkpoint(read_checkpoint(ckpt, allow_pickle))
@@ -167,7 +196,9 @@ def import_released(checkpoint: str | Path, out: str | Path, *, allow_pickle: bo
     out_p = Path(out)
     if out_p.suffix != ".safetensors":
         out_p = out_p / DEFAULT_FILE
-    meta: dict[str, Any] = {"source": f"released:{ckpt.name}", "layer": layer, "norm": norm,
+    if norm is None:
+        norm = not is_ijepa(state, args, prefix)
+    meta: dict[str, Any] = {"source": f"released:{ckpt.name}", "layer": layer, "norm": bool(norm),
                             "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
                             "released_args": args, "adapter_prefix": prefix,
                             "training": {k: args.get(k) for k in ("model", "temp", "lambda_reg", "asy_pos_ratio",

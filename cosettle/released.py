@@ -37,11 +37,21 @@ _NAME_RE = re.compile(r"^cosettle_vit_p(\d+)_d(\d+)_l(\d+)_h(\d+)_m(\d+)_g(\d+)x
 
 
 # -- reading ---------------------------------------------------------------------------------------
+def _refused_global(msg: str) -> str | None:
+    """The class named when the restricted unpickler refused a pickled Python object, else None
+    (corrupt/foreign files also fail under weights_only, with text that mentions weights_only)."""
+    if "Unsupported global" not in msg:
+        return None
+    return msg.split("GLOBAL ")[1].split(" ")[0] if "GLOBAL " in msg else "a Python object"
+
+
 def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict[str, Any]:
     """Load a released ``checkpoint.pth``. Safe (``weights_only=True``) unless ``allow_pickle``.
 
-    With the opt-in we still try a restricted unpickler that only admits ``argparse.Namespace`` first,
-    and fall back to full unpickling only if that fails.
+    ``--trust-checkpoint`` is advised only when the file IS a pickle whose Python objects the
+    restricted loader refused. With the opt-in we first admit only ``argparse.Namespace``, and fall
+    back to full unpickling (logged) only if that fails; a file even that cannot read is a one-line
+    error.
     """
     path = Path(path)
     if not path.is_file():
@@ -50,20 +60,27 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict[str, A
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
         msg = str(err)
-        pickled = "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg
-        if not pickled:
-            raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: {msg.splitlines()[0][:120]}",
-                            "is it a PyTorch checkpoint?") from None
+        cls = _refused_global(msg)
+        if cls is None:
+            first = " ".join(msg.split())[:120]
+            raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: {first}",
+                            "is it a PyTorch checkpoint.pth (not truncated)?") from None
         if not allow_pickle:
-            raise UserError(f"{path} holds pickled Python objects (the authors' argparse args), which safe "
-                            "loading refuses", "if you trust the file, opt in with --trust-checkpoint "
-                            "(allow_pickle=True)") from None
+            raise UserError(f"{path} holds pickled Python objects ({cls}; the authors' files hold their argparse "
+                            "args), which safe loading refuses", "if you trust the file, opt in with "
+                            "--trust-checkpoint (allow_pickle=True)") from None
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception:
-        log.warning("loading %s with full unpickling (trusted by the user)", path)
+        pass
+    log.warning("unpickling %s with full pickle: only for files you trust", path)
+    try:
         return torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as err:
+        first = " ".join(str(err).split())[:120]
+        raise UserError(f"cannot read checkpoint {path} even with full unpickling: {type(err).__name__}: {first}",
+                        "the file is corrupt or not a PyTorch checkpoint") from None
 
 
 def split_checkpoint(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -101,6 +118,22 @@ def extract_projector_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, t
             raise UserError(f"checkpoint lacks {prefix + theirs}", "the file is incomplete")
         out[ours] = state[prefix + theirs].float()
     return out, prefix
+
+
+def is_ijepa(state: dict[str, torch.Tensor], args: dict[str, Any], adapter_prefix: str = "") -> bool:
+    """Whether a released file is the I-JEPA one: its ``args.model`` says so, or (no args) its encoder
+    has no CLS token -- I-JEPA is the only one of the authors' 8 encoders without one."""
+    model = str(args.get("model", "")).lower().replace("-", "").replace("_", "")
+    if model:
+        return "ijepa" in model
+    enc = {k: v for k, v in state.items() if "adapter." not in k}
+    if not enc:
+        return False
+    try:
+        s = encoder_state(state, adapter_prefix)
+    except Exception:  # pragma: no cover - unknown layouts: assume normed
+        return False
+    return "patch_embed.proj.weight" in s and "cls_token" not in s and "visual.class_embedding" not in s
 
 
 # -- encoder ---------------------------------------------------------------------------------------

@@ -33,15 +33,20 @@ def main(argv=None):
     ap.add_argument("--no-encoder", action="store_true", help="extract only the projector")
     ap.add_argument("--base", default=None, help="backend name to record (default: the imported encoder)")
     ap.add_argument("--layer", type=int, default=-1, help="encoder block the projector reads (-1 = last)")
+    ap.add_argument("--norm", choices=("auto", "true", "false"), default="auto",
+                    help="whether the projector reads tokens after the encoder's final LayerNorm (auto: the "
+                         "authors' eval path -- false for I-JEPA, true for the other encoders)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     setup_logging(args.verbose)
     from cosettle.projector_io import import_released
 
     path, meta = import_released(args.checkpoint, args.out, allow_pickle=args.trust_checkpoint,
-                                 with_encoder=not args.no_encoder, base=args.base, layer=args.layer)
+                                 with_encoder=not args.no_encoder, base=args.base, layer=args.layer,
+                                 norm=None if args.norm == "auto" else args.norm == "true")
     print(json.dumps({"projector": str(path), "base_backend": meta["base_backend"],
-                      "encoder_weights": meta.get("encoder_weights"), "layer": meta["layer"]}))
+                      "encoder_weights": meta.get("encoder_weights"), "layer": meta["layer"],
+                      "norm": meta["norm"]}))
     return 0
 
 

@@ -44,27 +44,53 @@ def _mix_seed(*parts: int) -> int:
 
 
 def build_encoder(cfg: TrainConfig, device: torch.device):
-    """The frozen encoder: a TimmViTBackend (PEA needs access to its position embedding)."""
+    """The frozen encoder: any FeatureBackend. The trainer only uses its small interface:
+    ``forward_tokens(x, position_transform=...)``, ``position_encoding``, ``token_metadata()``,
+    ``autocast()`` / ``autocast_dtype()``, ``input_size()``, ``mean``/``std``."""
     from ..backends.registry import load_backend
-    from ..backends.timm_vit import TimmViTBackend
 
     kw: dict[str, Any] = dict(layer=cfg.layer, norm=cfg.norm, device=device, precision=cfg.precision,
                               seed=cfg.seed)
     if cfg.weights is not None:
         kw["weights"] = cfg.weights
-    if cfg.allow_pickle:
+    if cfg.trust_checkpoint:
         kw["allow_pickle"] = True
-    if "+" in cfg.backend or cfg.backend == "dsift":
-        raise UserError(f"cannot train a projector on backend {cfg.backend!r}",
-                        "use a ViT backend such as dinov2_vitb14, dino_vitb16 or timm:<vit name>")
+    if "+" in cfg.backend:
+        raise UserError(f"cannot train a projector on the projected backend {cfg.backend!r}",
+                        "train on its base backend (the name before '+')")
     if cfg.backend.startswith("timm:"):  # e.g. an imported released encoder (cosettle_vit_...)
         from ..released import ensure_registered
 
         ensure_registered(cfg.backend[len("timm:"):])
+    if cfg.backend == "dsift":
+        for k in ("layer", "norm", "precision", "seed"):
+            kw.pop(k)
     enc = load_backend(cfg.backend, **kw)
-    if not isinstance(enc, TimmViTBackend):
-        raise UserError(f"backend {cfg.backend!r} is not a timm ViT", "use a ViT backend (PEA needs its pos-embed)")
+    if enc.input_size(cfg.input_size, cfg.input_size) != (cfg.input_size, cfg.input_size):
+        h, _ = enc.input_size(cfg.input_size, cfg.input_size)
+        raise UserError(f"--input-size {cfg.input_size} is not a valid input size for {enc.name} "
+                        f"(patch {enc.patch_size}, stride {enc.stride})", f"use --input-size {h}")
     return enc
+
+
+def input_normalization(cfg: TrainConfig, encoder) -> tuple[tuple, tuple]:
+    """(mean, std) for the training frames: the authors use ImageNet stats for every (ViT) encoder;
+    other backends get their own (dsift expects raw [0, 1] RGB, mean 0 / std 1)."""
+    from ..backends.timm_vit import TimmViTBackend
+    from ..data import IMAGENET_MEAN, IMAGENET_STD
+
+    mode = cfg.normalize
+    if mode == "auto":
+        mode = "imagenet" if isinstance(encoder, TimmViTBackend) else "backend"
+    if mode == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(encoder.mean), tuple(encoder.std)
+
+
+def pairs_per_clip(cfg: TrainConfig, n_clips: int) -> int:
+    if cfg.pairs_per_clip:
+        return int(cfg.pairs_per_clip)
+    return max(1, -(-int(cfg.min_epoch_pairs) // max(1, n_clips)))
 
 
 class Trainer:
@@ -78,6 +104,8 @@ class Trainer:
         clips = discover_clips(cfg.data)
         self.encoder = build_encoder(cfg, self.device)
         self.ac_dtype = self.encoder.autocast_dtype()
+        # PEA where the backend has position encodings (added or rotary), none where it has not
+        self.use_pea = bool(cfg.pea and self.encoder.position_encoding is not None)
         self.projector = Projector(self.encoder.feat_dim, variant=cfg.variant, init=cfg.init,
                                    seed=cfg.seed).to(self.device)  # same init on every rank
         self.model = self.projector
@@ -91,8 +119,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.loss_cfg = LossConfig(cfg.tau, cfg.pool, cfg.eps, cfg.lambda_reg, cfg.reg)
         self.pea = PEA(cfg.pea_ratio, seed=cfg.seed)
+        mean, std = input_normalization(cfg, self.encoder)
+        self.pairs_per_clip = pairs_per_clip(cfg, len(clips))
         self.dataset = ClipPairDataset(clips, cfg.input_size, cfg.gap_spec(), (cfg.crop_scale_min, 1.0),
-                                       flip_p=cfg.flip_p, seed=cfg.seed)
+                                       flip_p=cfg.flip_p, mean=mean, std=std, seed=cfg.seed,
+                                       pairs_per_clip=self.pairs_per_clip)
         self.sampler = ResumableSampler(len(self.dataset), self.ctx.world_size, self.ctx.rank, True, cfg.seed,
                                         cfg.batch_size)
         self.steps_per_epoch = self.sampler.batches_per_epoch()
@@ -102,10 +133,12 @@ class Trainer:
         self.step = 0  # optimizer steps done
         self.history: list[dict[str, float]] = []
         if self.ctx.is_main:
-            log.info("Co-Settle: %d clips, %d steps/epoch x %d epochs, batch %d x %d, lr %.3g, encoder %s "
-                     "(layer %d, norm %s), %s autocast", len(clips), self.steps_per_epoch, cfg.epochs,
-                     cfg.batch_size, self.ctx.world_size, self.base_lr, self.encoder.name, self.encoder.layer,
-                     self.encoder.norm, self.ac_dtype)
+            meta = self.encoder.token_metadata()
+            log.info("Co-Settle: %d clips x %d pairs, %d steps/epoch x %d epochs, batch %d x %d, lr %.3g, "
+                     "encoder %s (layer %s, norm %s, position encoding %s -> PEA %s), %s autocast", len(clips),
+                     self.pairs_per_clip, self.steps_per_epoch, cfg.epochs, cfg.batch_size, self.ctx.world_size,
+                     self.base_lr, self.encoder.name, meta["layer"], meta["norm"], meta["position_encoding"],
+                     "on" if self.use_pea else "off", self.ac_dtype)
 
     # -- one step --------------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -114,8 +147,8 @@ class Trainer:
         x1, x2 = x[:, 0], x[:, 1]
         with torch.inference_mode(), self.encoder.autocast():
             z12, grid = self.encoder.forward_tokens(torch.cat([x1, x2]))
-            if self.cfg.pea:
-                z1b, _ = self.encoder.forward_tokens(x1, pos_embed_transform=self.pea)
+            if self.use_pea:
+                z1b, _ = self.encoder.forward_tokens(x1, position_transform=self.pea)
             else:  # no PEA: the return copy of t1 is the same pass
                 z1b = z12[:B]
             z = torch.stack([z12[:B], z12[B:], z1b], dim=1).float()
@@ -183,10 +216,12 @@ class Trainer:
     def export_projector(self, epoch: int) -> Path | None:
         if not self.ctx.is_main:
             return None
-        enc = self.encoder
-        meta = {"base_backend": self.cfg.backend, "timm_name": enc.timm_name, "weights": self.cfg.weights,
-                "layer": enc.layer, "depth": len(enc.model.blocks), "norm": enc.norm,
-                "patch_size": enc.patch_size, "train_input_size": self.cfg.input_size,
+        tok = self.encoder.token_metadata()
+        meta = {"base_backend": self.cfg.backend, "timm_name": tok["timm_name"], "weights": self.cfg.weights,
+                "layer": tok["layer"], "depth": tok["depth"], "norm": tok["norm"],
+                "patch_size": tok["patch_size"], "stride": tok["stride"],
+                "position_encoding": tok["position_encoding"], "pea": self.use_pea,
+                "train_input_size": self.cfg.input_size,
                 "mean": list(self.dataset.mean.flatten().tolist()), "std": list(self.dataset.std.flatten().tolist()),
                 "step": self.step, "epoch": epoch, "training": to_dict(self.cfg), "source": "trained"}
         return save_projector(self.out / "projector.safetensors", self.projector, meta)
