@@ -105,6 +105,10 @@ def add_backend_args(parser: argparse.ArgumentParser, default: str = "dsift",
                         f"(default: {resolution_default})")
     g.add_argument("--device", type=device_arg, default=None,
                    help="cpu / cuda / cuda:1 (default: cuda if available)")
+    g.add_argument("--norm", choices=("true", "false"), default=None,
+                   help="ViTs: read tokens after the final LayerNorm (default: the backend's / the projector file's)")
+    g.add_argument("--force-layer", action="store_true",
+                   help="apply a projector even when --layer/--norm contradict the ones recorded in its file")
     g.add_argument("--trust-checkpoint", action="store_true",
                    help="allow pickled Python objects in checkpoint files (only for files you trust)")
     g.add_argument("--list-backends", action="store_true", help="print the backend names and exit")
@@ -122,6 +126,10 @@ def backend_kwargs_from_args(args: argparse.Namespace) -> dict:
         val = getattr(args, key, None)
         if val is not None:
             kw[key] = val
+    if getattr(args, "norm", None) is not None:
+        kw["norm"] = args.norm == "true"
+    if getattr(args, "force_layer", False):
+        kw["force_layer"] = True
     if getattr(args, "trust_checkpoint", False):
         kw["allow_pickle"] = True
     return kw
@@ -132,8 +140,10 @@ def backend_from_args(args: argparse.Namespace, name: str | None = None):
     _check_timm_name(name)
     _warn_unused_flags(args, name)
     kw = backend_kwargs_from_args(args)
+    if "+" not in name:
+        kw.pop("force_layer", None)
     if name == "dsift":
-        kw.pop("weights", None), kw.pop("layer", None), kw.pop("allow_pickle", None)
+        kw.pop("weights", None), kw.pop("layer", None), kw.pop("allow_pickle", None), kw.pop("norm", None)
     return load_backend(name, projector=getattr(args, "projector", None), **kw)
 
 
@@ -161,6 +171,8 @@ def _warn_unused_flags(args: argparse.Namespace, name: str) -> None:
         for flag, attr in (("--weights", "weights"), ("--layer", "layer")):
             if getattr(args, attr, None) is not None:
                 log.warning("%s is ignored: dsift is a weight-free descriptor without layers", flag)
+        if getattr(args, "trust_checkpoint", False):
+            log.warning("--trust-checkpoint is ignored: dsift loads no checkpoint")
     if getattr(args, "projector", None) and "+" not in name:
         raise UserError(f"--projector is only used by NAME+cosettle backends, not {name!r}",
                         f"use --backend {name}+cosettle --projector FILE, or drop --projector")
