@@ -217,3 +217,33 @@ def test_folder_lock_makes_a_second_run_wait(tmp_path, caplog):
         t1.join(10), t2.join(10)
     assert events == ["first done", "second in"]  # never inside together
     assert "waiting for it to finish" in caplog.text
+
+
+def test_second_fit_on_a_locked_work_folder_waits_then_reuses(tmp_path, caplog):
+    """While another run holds the work folder, fit() waits; afterwards it reuses the cached stages."""
+    from cosettle.io.lock import folder_lock
+    from tests._tracker_synth import translating_clip
+    from tests.test_tracker_api import _backend, _cfg
+    from tracker.api import Tracker
+
+    torch.set_num_threads(1)
+    clip = translating_clip(32, 48, 3, 2, 1)
+    cfg = _cfg(tmp_path, iterations=2, checkpoint_every=1, cyc_after=1, rbb_after=1)
+    Tracker(_backend(), cfg, progress=False).fit(clip)  # the "first run", finished
+    done = []
+
+    def second():
+        Tracker(_backend(), cfg, progress=False).fit(clip)
+        done.append(time.monotonic())
+
+    with caplog.at_level(logging.INFO):
+        with folder_lock(tmp_path):  # a first run still in progress
+            t = threading.Thread(target=second)
+            t.start()
+            time.sleep(1.0)
+            released = time.monotonic()
+            assert not done  # blocked
+        t.join(120)
+    assert done and done[0] >= released
+    assert "waiting for it to finish" in caplog.text
+    assert "training: 0 iterations" in caplog.text and "computed in" not in caplog.text.split("waited")[-1]

@@ -182,7 +182,7 @@ def test_a_failing_overlay_leaves_no_partial_set(clip, tmp_path, capsys, monkeyp
     assert no_partials(tmp_path)
 
 
-def test_killed_run_leaves_no_output(clip, tmp_path):
+def test_killed_run_leaves_no_output(clip, tmp_path, capsys):
     video, pts = clip
     out = tmp_path / "out"
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", COSETTLE_OFFLINE="1")
@@ -196,7 +196,11 @@ def test_killed_run_leaves_no_output(clip, tmp_path):
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not out.exists()  # only a hidden staging folder (never a half set under --out)
+    assert not out.exists()  # only a hidden staging folder (never a half set under --out) ...
+    assert len(list(tmp_path.glob(".out.partial-*"))) == 1
+    code, _, err = run(TRACK, _static(video, pts, out, "--no-overlay"), capsys)
+    assert code == 0, err
+    assert no_partials(tmp_path)  # ... which the next run removes (its process is gone)
 
 
 # -- flags and values -------------------------------------------------------------------------------

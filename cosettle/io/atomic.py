@@ -125,8 +125,9 @@ class OutputStage:
     def __init__(self, target: str | os.PathLike, flag: str = "--out"):
         self.target = check_output_dir(target, flag)
         anc = _existing_ancestor(self.target)
+        _remove_dead_stages(anc, self.target.name)
         try:
-            self.dir = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=anc))
+            self.dir = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-{os.getpid()}-", dir=anc))
         except OSError as err:
             raise _os_error(err, self.target) from None
         self.committed = False
@@ -164,6 +165,21 @@ class OutputStage:
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _remove_dead_stages(folder: Path, name: str) -> None:
+    """Staging folders of killed runs (SIGKILL skips every cleanup): removed when their process is gone."""
+    for p in folder.glob(f".{name}.partial-*"):
+        try:
+            pid = int(p.name[len(name) + 10:].split("-", 1)[0])
+            os.kill(pid, 0)  # raises if no such process
+            alive = True
+        except (ValueError, ProcessLookupError):
+            alive = False
+        except PermissionError:  # another user's live process
+            alive = True
+        if not alive:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _umask() -> int:
