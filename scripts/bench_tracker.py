@@ -1,9 +1,13 @@
 #!/usr/bin/env python
 """Benchmark DINO-Tracker on DAVIS horsejump-high (BADJA protocol), JSON to stdout and --out.
 
-    python scripts/bench_tracker.py [--backend dsift] [--preset fast] [--size 854x480] [--masks davis]
+    python scripts/bench_tracker.py [--tracker dino-flow] [--backend dsift] [--preset fast] [--masks davis]
 
-Reports: wall time per stage (preprocessing sub-stages, training, feature refinement), peak RSS,
+``--tracker dino-flow`` (the default of ``scripts/track.py``) scores both the fused tracker and the pure
+head (``dino``) of the same fitted model; ``--tracker dino`` skips the fusion.
+Reports: wall time per stage (preprocessing sub-stages, training, feature refinement, fusion), peak RSS,
+the training's supervision coverage, the share of frame steps where a tracker jumps > 50 px farther
+than the ``flow`` baseline moved while flow sees the point,
 optical-flow calls made vs the reference's O(T^2) count, occlusion-inference time for 100 points with
 both rules (fb and anchors), and BADJA delta_seg / delta_3px of the tracker (both rules) and of the
 ``static`` and ``flow`` baselines. Protocol (evaluation.md): the 20 evaluated joints queried at clip
@@ -53,8 +57,19 @@ def badja_score(pred, joints, vis, masks) -> dict:
     return {"delta_seg": round(m["delta_seg"], 2), "delta_3px": round(m["delta_3px"], 2), "count": m["count"]}
 
 
+def jump_share(pred, flow, flow_visible, px: float = 50.0) -> float:
+    """Share of steps t -> t+1 (flow sees the point at both) where the tracker moves > ``px`` farther
+    than flow does: a point jumping while flow follows it smoothly."""
+    d_pred = np.diff(np.asarray(pred, np.float64), axis=1)
+    d_flow = np.diff(np.asarray(flow, np.float64), axis=1)
+    both = flow_visible[:, 1:] & flow_visible[:, :-1]
+    far = np.linalg.norm(d_pred - d_flow, axis=-1) > px
+    return round(float(far[both].mean()), 4) if both.any() else 0.0
+
+
 def main(argv=None):
     ap = ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tracker", default="dino-flow", choices=("dino-flow", "dino"))
     ap.add_argument("--backend", default="dsift", help="dsift, or e.g. dinov2_vits14 (random weights here)")
     ap.add_argument("--weights", default="random", help="weights for ViT backends (default: random)")
     ap.add_argument("--stride", type=int, default=None)
@@ -75,7 +90,7 @@ def main(argv=None):
     import torch
 
     from cosettle.backends.registry import load_backend
-    from tracker.api import Tracker
+    from tracker import build_tracker
     from tracker.config import preset
 
     t_all = time.perf_counter()
@@ -116,8 +131,9 @@ def main(argv=None):
     cfg = preset(args.preset, **over)
     if args.masks != "davis":
         cfg.preprocess.mask_source = args.masks
-    tracker = Tracker(backend, cfg, progress=False)
+    tracker = build_tracker(args.tracker, backend, cfg, progress=False)
     tracker.fit(frames, masks=masks_in if args.masks == "davis" else None)
+    fit_timings = dict(tracker.timings)
     geom = tracker.geometry
     prep_stats = getattr(tracker.prep, "stats", {}) or {}
     stages = {f"preprocess/{k}": round(v["seconds"], 2) for k, v in prep_stats.items()
@@ -130,14 +146,23 @@ def main(argv=None):
         out[..., 1] /= sy
         return out
 
-    results = {}
+    results, preds = {}, {}
+    head = getattr(tracker, "track_head", tracker.track)  # the pure head of the same fit
     for rule in ("fb", "anchors"):
         t0 = time.perf_counter()
-        r = tracker.track(q_in, occlusion=rule)
-        results[f"dino_{rule}"] = badja_score(to_eval(r.tracks), joints, vis, masks)
+        r = head(q_in, occlusion=rule)
+        preds[f"dino_{rule}"] = to_eval(r.tracks)
+        results[f"dino_{rule}"] = badja_score(preds[f"dino_{rule}"], joints, vis, masks)
         results[f"dino_{rule}"]["seconds"] = round(time.perf_counter() - t0, 2)
+    if args.tracker == "dino-flow":
+        t0 = time.perf_counter()
+        r = tracker.track(q_in)
+        preds["dino-flow"] = to_eval(r.tracks)
+        results["dino-flow"] = badja_score(preds["dino-flow"], joints, vis, masks)
+        results["dino-flow"]["seconds"] = round(time.perf_counter() - t0, 2)
+        results["dino-flow"]["fusion"] = tracker.fusion_stats.to_dict()
     rss_dino = peak_rss_mb()
-    fit_s = sum(v for k, v in tracker.timings.items() if k != "track")
+    fit_s = sum(v for k, v in fit_timings.items() if k != "track")
     # occlusion timing: 100 points (the 20 joints + a grid on frame 0's foreground)
     rng = np.random.default_rng(0)
     yy, xx = np.nonzero(masks_in[0])
@@ -147,17 +172,18 @@ def main(argv=None):
     for rule in ("fb", "anchors") if args.points > 0 else ():
         tracker.infer.stats["head_evals"] = 0
         t0 = time.perf_counter()
-        r = tracker.track(q100, occlusion=rule)
+        r = head(q100, occlusion=rule)
         occ[rule] = {"seconds": round(time.perf_counter() - t0, 2), "head_evals": tracker.infer.stats["head_evals"],
                      "visible_fraction": round(float(r.visible.mean()), 3)}
+    jumps = {}
     if not args.no_baselines:
-        from tracker import build_tracker
-
         for name in ("static", "flow"):
             t0 = time.perf_counter()
-            r = build_tracker(name).fit(frames).track(q_in)
+            r = build_tracker(name, progress=False).fit(frames).track(q_in)
             results[name] = badja_score(to_eval(r.tracks), joints, vis, masks)
             results[name]["seconds"] = round(time.perf_counter() - t0, 2)
+            if name == "flow":
+                jumps = {k: jump_share(p, to_eval(r.tracks), r.visible) for k, p in preds.items()}
     report = {
         "clip": "horsejump-high", "frames": T, "size": f"{W}x{H}", "backend": backend.name,
         "backend_fields": {k: v for k, v in backend.cache_fields().items() if k in ("weights", "layer", "stride", "resolution")},
@@ -170,6 +196,8 @@ def main(argv=None):
         "flow_calls": prep_stats.get("flow_calls_total"),
         "flow_calls_reference_O_T2": prep_stats.get("flow_calls_reference", T * (T - 1) + 4 * (T - 1)),
         "occlusion_100_points": occ, "badja": results,
+        "jump_share_vs_flow_50px": jumps,
+        "training_coverage": getattr(tracker, "train_coverage", None),
         "total_s": round(time.perf_counter() - t_all, 1),
         "command": "python scripts/bench_tracker.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }

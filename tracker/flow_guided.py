@@ -144,8 +144,12 @@ class FlowGuidedTracker(Tracker):
         h, _ = self.geometry_image_hw
         return float(g.stride) * h / g.input_h
 
+    def track_head(self, queries, occlusion: str | None = None) -> TrackResult:
+        """The pure DINO-Tracker result of the same fitted model (tracker ``dino``)."""
+        return super().track(queries, occlusion)
+
     def track(self, queries, occlusion: str | None = None) -> TrackResult:
-        res = super().track(queries, occlusion)
+        res = self.track_head(queries, occlusion)
         c = self.cfg
         # DIS at full resolution (finest scale 0), as the ``flow`` baseline: no weights needed
         est = make_flow_estimator("dis", c.fusion_dis_preset, None, "cpu", 0)
