@@ -27,6 +27,7 @@ import dataclasses  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 
 
+from cosettle.cli import device_arg  # noqa: E402
 from cosettle.errors import UserError, cli_entry  # noqa: E402
 
 log = logging.getLogger("badja_eval")
@@ -141,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flow-cache", help="davis-masks: folder of the cached DIS flows (default <out>/flow; share it "
                                         "between runs)")
     p.add_argument("--no-masks", dest="masks", action="store_false", help="do not pass BADJA/DAVIS masks to fit()")
-    p.add_argument("--device", help="torch device for backends/trackers (default: theirs)")
+    p.add_argument("--device", type=device_arg,  # checked against this machine (cuda without a GPU, tpu)
+                   help="torch device for backends/trackers (default: theirs)")
     p.add_argument("--workers", type=int, default=1, help="split sequences over N processes")
     p.add_argument("--shard", help="run only slice i/n of the sequences and exit (no report)")
     p.add_argument("--max-new", type=int, help="stop after N newly computed results (resume later)")

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _load(name: str, rel: str):
     spec = importlib.util.spec_from_file_location(name, REPO / rel)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses in the module look themselves up there
     spec.loader.exec_module(mod)
     return mod
 
@@ -220,6 +221,15 @@ def test_bad_flag_values_are_one_line(clip, tmp_path, capsys, flags, needle):
     code, _, err = run(TRACK, _static(video, pts, out, *flags), capsys)
     assert_one_line_error(code, err, needle, "-- see --help")
     assert not out.exists() and no_partials(tmp_path)
+
+
+def test_eval_device_checked(tmp_path, capsys):
+    ev = _load("eval_cli_faults", "badja_eval/run.py")
+    out = tmp_path / "ev"
+    code, _, err = run(ev, ["--benchmark", "synthetic", "--trackers", "static", "--num-videos", "1",
+                            "--num-frames", "3", "--device", "tpu", "--out", str(out)], capsys)
+    assert_one_line_error(code, err, "--device", "tpu")
+    assert not out.exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
