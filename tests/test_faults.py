@@ -161,21 +161,26 @@ def _short_video(tmp, frames, fps):  # what a full disk or a killed ffmpeg leave
     return len(frames)
 
 
-def _ffmpeg_error(tmp, frames, fps):
-    raise RuntimeError("ffmpeg returned exit code 1\n[libx264] broken encoder")
-
-
 @pytest.mark.parametrize("writer,needle", [(_fail_full_disk, "no space left"),
                                            (_short_video, "0 of 4 frames"),
-                                           (_ffmpeg_error, "broken encoder")])
+                                           ("ffmpeg exits 1", "ffmpeg exited with status 1")])
 def test_a_failing_overlay_leaves_no_partial_set(clip, tmp_path, capsys, monkeypatch, writer, needle):
+    import imageio_ffmpeg
+
     import cosettle.io.video as V
 
     video, pts = clip
     out = tmp_path / "out"
     out.mkdir()
     (out / "tracks.csv").write_text("old result\n")  # a previous run's file stays as it was
-    monkeypatch.setattr(V, "_write_mp4", writer)
+    if callable(writer):
+        monkeypatch.setattr(V, "_write_mp4", writer)
+    else:  # a real ffmpeg process that fails: the writer must read its exit status
+        fake = tmp_path / "fake_ffmpeg"
+        fake.write_text("#!/bin/sh\ncat > /dev/null\necho 'av_interleaved_write_frame(): No space left on device' >&2\n"
+                        "exit 1\n")
+        fake.chmod(0o755)
+        monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", lambda: str(fake))
     code, _, err = run(TRACK, _static(video, pts, out), capsys)
     assert_one_line_error(code, err, needle)
     assert sorted(p.name for p in out.iterdir()) == ["tracks.csv"]

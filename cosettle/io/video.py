@@ -219,7 +219,7 @@ def write_video(path: str | os.PathLike, frames, fps: float) -> Path:
             from .atomic import _os_error
 
             raise _os_error(err, path) from None
-        except RuntimeError as err:  # imageio-ffmpeg: ffmpeg exited with an error
+        except RuntimeError as err:  # ffmpeg exited with an error status
             raise UserError(f"writing {path.name} failed: {str(err).strip().splitlines()[-1][:160]}",
                             "check free disk space and the ffmpeg install (imageio-ffmpeg)") from None
         got = count_video_frames(tmp)
@@ -239,22 +239,49 @@ def _write_gif(tmp: Path, frames, fps: float) -> int:
 
 
 def _write_mp4(tmp: Path, frames, fps: float) -> int:
-    import imageio.v2 as iio2
+    """Pipe raw RGB frames into imageio-ffmpeg's ffmpeg (H.264, yuv420p, crf 15 = imageio quality 7) and
+    check its exit status: imageio's own writer does not report a failed ffmpeg at close."""
+    import subprocess
+    import tempfile
 
-    writer = iio2.get_writer(str(tmp), format="ffmpeg", fps=float(fps), codec="libx264",
-                             pixelformat="yuv420p", macro_block_size=1, quality=7,
-                             ffmpeg_log_level="error")
-    n = 0
-    try:
-        for frame in frames:
-            frame = np.asarray(frame, dtype=np.uint8)
-            ph, pw = frame.shape[0] % 2, frame.shape[1] % 2
-            if ph or pw:
-                frame = np.pad(frame, ((0, ph), (0, pw), (0, 0)), mode="edge")
-            writer.append_data(frame)
-            n += 1
-    finally:
-        writer.close()  # waits for ffmpeg; raises when it exited with an error
+    import imageio_ffmpeg
+
+    proc, n, size = None, 0, None
+    with tempfile.TemporaryFile() as errlog:
+        try:
+            for frame in frames:
+                frame = np.asarray(frame, dtype=np.uint8)
+                ph, pw = frame.shape[0] % 2, frame.shape[1] % 2
+                if ph or pw:
+                    frame = np.pad(frame, ((0, ph), (0, pw), (0, 0)), mode="edge")
+                if proc is None:
+                    size = frame.shape[:2]
+                    proc = subprocess.Popen(
+                        [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo",
+                         "-pix_fmt", "rgb24", "-s", f"{size[1]}x{size[0]}", "-r", f"{fps:.6g}", "-i", "-",
+                         "-an", "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", "15", str(tmp)],
+                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errlog)
+                if frame.shape[:2] != size:
+                    raise UserError(f"frame {n} is {frame.shape[1]}x{frame.shape[0]}, the first was "
+                                    f"{size[1]}x{size[0]}", "every frame of a video must have one size")
+                try:
+                    proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+                except BrokenPipeError:  # ffmpeg died: its exit status and message are reported below
+                    break
+                n += 1
+        finally:
+            if proc is not None:
+                try:
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+                rc = proc.wait()
+        if proc is None:
+            raise UserError("no frames to write", "the video is empty")
+        if rc != 0:
+            errlog.seek(0)
+            tail = [ln for ln in errlog.read().decode(errors="replace").splitlines() if ln.strip()]
+            raise RuntimeError(f"ffmpeg exited with status {rc}: {tail[-1] if tail else 'no message'}")
     return n
 
 
