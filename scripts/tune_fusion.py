@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snap", type=_floats, default=[1.0, 2.0, 3.0, 4.0, 6.0],
                    help="fusion_snap_cells values to try")
     p.add_argument("--fb", type=_floats, default=[1.0, 1.5, 2.5], help="fusion_fb_px values to try")
+    p.add_argument("--refine", type=_floats, default=[0.0],
+                   help="template refinement after a re-detection: min NCC values to try (0 = off)")
     p.add_argument("--dino-tracker", default="dino", help="cached tracker whose predictions are fused")
     p.add_argument("--json", dest="json_out", help="also write the JSON here")
     return p
@@ -67,19 +69,19 @@ def _tasks(cfg):
     return ev.tapvid_tasks(cfg, pickles)
 
 
-def sweep(cfg, snaps, fbs, dino_tracker="dino"):
+def sweep(cfg, snaps, fbs, dino_tracker="dino", refines=(0.0,)):
     from badja_eval.runner import Method, Prediction, Runner
     from cosettle.io.tracks import TrackResult
     from tracker.config import preset
     from tracker.flow import make_flow_estimator
-    from tracker.flow_guided import FusionStats, fuse_tracks
+    from tracker.flow_guided import FusionStats, TemplateRefiner, fuse_tracks
 
     tasks, scorers, groups = _tasks(cfg)
     runner = Runner(Path(cfg.out) / "cache", cfg.preset, cfg.device, use_masks=cfg.masks, progress=False,
                     backend_kwargs=cfg.backend_args, tracker_overrides=cfg.tracker_args)
     tcfg = preset(cfg.preset)
     est = make_flow_estimator("dis", tcfg.fusion_dis_preset, None, "cpu", 0)
-    settings = list(itertools.product(snaps, fbs))
+    settings = list(itertools.product(snaps, fbs, refines))
     scores: dict = {s: {} for s in settings}
     counts: dict = {s: FusionStats() for s in settings}
     for backend_name in cfg.backends:
@@ -96,7 +98,9 @@ def sweep(cfg, snaps, fbs, dino_tracker="dino"):
             cell = _cell_px(backend, h, w, tcfg.resolution)
             dino = TrackResult(pred.tracks, pred.visible, pred.visible.astype(np.float32), task.queries)
             for s in settings:
-                tr, vis, _ = fuse_tracks(dino, lambda t: pairs[t], T, s[0] * cell, s[1], stats=counts[s])
+                ref = TemplateRefiner(frames, task.queries, search_px=cell, min_ncc=s[2]) if s[2] > 0 else None
+                tr, vis, _ = fuse_tracks(dino, lambda t: pairs[t], T, s[0] * cell, s[1], stats=counts[s],
+                                         refine=ref)
                 scores[s][(backend_name, task.key)] = scorers[task.key](Prediction(tr, vis))
             log.info("%s: %d settings scored", task.key, len(settings))
     rows = []
@@ -104,7 +108,7 @@ def sweep(cfg, snaps, fbs, dino_tracker="dino"):
         per = scores[s]
         keys = sorted({k for v in per.values() for k in v if isinstance(v[k], (int, float))})
         mean = {k: float(np.mean([v[k] for v in per.values() if k in v])) for k in keys}
-        rows.append({"snap_cells": s[0], "fb_px": s[1], "mean": mean, "fusion": counts[s].to_dict(),
+        rows.append({"snap_cells": s[0], "fb_px": s[1], "refine_ncc": s[2], "mean": mean, "fusion": counts[s].to_dict(),
                      "per_video": {f"{b}/{k}": v for (b, k), v in per.items()}})
     return {"benchmark": cfg.benchmark, "tracker": dino_tracker, "preset": cfg.preset, "rows": rows}
 
@@ -117,7 +121,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = ev.resolve(args)
-    out = sweep(cfg, args.snap, args.fb, args.dino_tracker)
+    out = sweep(cfg, args.snap, args.fb, args.dino_tracker, args.refine)
     text = json.dumps(out, indent=1, default=float)
     if args.json_out:
         from cosettle.io.atomic import write_text

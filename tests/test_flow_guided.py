@@ -94,3 +94,27 @@ def test_dino_flow_tracker_end_to_end(tmp_path):
     assert e_f.max() < 1.0, e_f
     assert e_f.mean() <= e_p.mean() + 1e-6
     assert fused.fusion_stats.flow_calls > 0
+
+
+def test_template_refiner_recovers_a_known_shift():
+    """A textured frame 0 and frame 1 = frame 0 shifted by (+5, -3) px: a re-detection 6 px off the
+    true position is moved exactly onto it; a flat patch, or a match below min_ncc, stays put."""
+    from tests._tracker_synth import texture
+    from tracker.flow_guided import TemplateRefiner
+
+    f0 = texture(80, 100, seed=4)
+    f1 = np.roll(f0, shift=(-3, 5), axis=(0, 1))
+    frames = np.stack([f0, f1])
+    q = np.array([[0, 40.0, 40.0]], np.float32)
+    ref = TemplateRefiner(frames, q, half=8, search_px=10, min_ncc=0.6)
+    true = np.array([[45.0, 37.0]])
+    got = ref(np.array([0]), 1, true + np.array([[4.0, -2.0]]))  # 4.5 px off
+    np.testing.assert_allclose(got, true)
+    assert ref.refined == 1
+    flat = np.full_like(frames, 128)
+    ref_flat = TemplateRefiner(flat, q, half=8, search_px=10, min_ncc=0.6)
+    start = true + 4.0
+    np.testing.assert_allclose(ref_flat(np.array([0]), 1, start), start)  # no texture: unchanged
+    noise = np.random.default_rng(0).integers(0, 255, f0.shape, dtype=np.uint8)
+    ref_strict = TemplateRefiner(np.stack([f0, noise]), q, half=8, search_px=10, min_ncc=0.6)
+    np.testing.assert_allclose(ref_strict(np.array([0]), 1, start), start)  # nothing similar: unchanged

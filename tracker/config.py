@@ -89,6 +89,8 @@ class TrackerConfig:
     fusion_snap_cells: float = 3.0  # flow may stray this many feature cells from DINO before re-detection
     fusion_fb_px: float = 1.5       # forward-backward error (original px) above which flow is not trusted
     fusion_dis_preset: str = "medium"  # DIS preset of the full-resolution flow
+    fusion_refine_ncc: float = 0.5  # after a re-detection: move to the query patch's best NCC match within
+    #                                 one cell when it reaches this correlation (0 = off)
     scale_preprocess_px: bool = True  # preprocessing px thresholds are at 476 px height: scale them
     # --- files --------------------------------------------------------------------------------
     work_dir: Any = None            # None: ~/.cache/cosettle/tracker/<content+settings hash>

@@ -18,6 +18,9 @@ Rule, per query and step a -> b (forwards from the query frame, then backwards),
   marks the point occluded in b; otherwise take ``d`` when DINO sees the point (re-detection: flow broke,
   or drifted too far from where the features say the point is); otherwise keep ``f`` (propagate through
   an occlusion so the point can come back).
+* a re-detected point (cell-precise) is moved to the best normalised cross-correlation match of its
+  query-frame patch (17x17 px) within one cell, when that match reaches ``fusion_refine_ncc``
+  (``TemplateRefiner``), so it is pixel-precise again when the appearance still matches;
 * visible = flow followed (consistent) or re-detected; a point coasting on inconsistent flow while DINO
   does not see it is occluded. Confidence: DINO's where the point was re-detected, the larger of flow's
   (1 / (1 + (err / fusion_fb_px)^2)) and DINO's where flow was followed, DINO's while coasting.
@@ -46,12 +49,14 @@ class FusionStats:
     redetections: int = 0      # point-steps snapped to the DINO prediction
     coasting: int = 0          # flow inconsistent and DINO unsure: flow kept, point marked occluded
     flow_calls: int = 0
+    refined: int = 0           # re-detections moved by the template refinement
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
         total = max(1, self.flow_steps + self.redetections + self.coasting)
         return {"flow_steps": self.flow_steps, "redetections": self.redetections, "coasting": self.coasting,
-                "redetect_share": self.redetections / total, "flow_calls": self.flow_calls,
+                "redetect_share": self.redetections / total, "refined": self.refined,
+                "flow_calls": self.flow_calls,
                 "seconds": round(self.seconds, 3)}
 
 
@@ -70,9 +75,52 @@ def fuse_step(p_a: np.ndarray, flow_ab: np.ndarray, flow_ba: np.ndarray, d_b: np
     return p_b, use_flow, redetect, consistent, err
 
 
+class TemplateRefiner:
+    """Moves a re-detected point to the best normalised cross-correlation match of its query patch
+    within ``search_px`` of the head's (cell-precise) prediction; keeps the prediction when no match
+    reaches ``min_ncc``. Pixel precision after a re-detection, where the head alone is off by up to a
+    cell."""
+
+    def __init__(self, frames: np.ndarray, queries: np.ndarray, half: int = 8, search_px: float = 16.0,
+                 min_ncc: float = 0.6):
+        import cv2
+
+        self.frames, self.half, self.search, self.min_ncc = frames, int(half), int(round(search_px)), min_ncc
+        gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames[np.unique(queries[:, 0].round().astype(int))]]
+        self._gray_q = dict(zip(np.unique(queries[:, 0].round().astype(int)).tolist(), gray))
+        self.templates = [self._patch(self._gray_q[int(round(t))], x, y, self.half) for t, x, y in queries]
+        self.refined = 0
+
+    @staticmethod
+    def _patch(img, x, y, r):
+        xi, yi = int(round(x)), int(round(y))
+        if xi - r < 0 or yi - r < 0 or xi + r >= img.shape[1] or yi + r >= img.shape[0]:
+            return None
+        return img[yi - r: yi + r + 1, xi - r: xi + r + 1]
+
+    def __call__(self, idx: np.ndarray, frame: int, xy: np.ndarray) -> np.ndarray:
+        import cv2
+
+        img = cv2.cvtColor(self.frames[frame], cv2.COLOR_RGB2GRAY)
+        out = xy.copy()
+        r, s = self.half, self.search
+        for k, (i, (x, y)) in enumerate(zip(idx, xy)):
+            tpl = self.templates[i]
+            win = self._patch(img, x, y, r + s)
+            if tpl is None or win is None or float(tpl.std()) < 1.0:
+                continue
+            res = cv2.matchTemplate(win, tpl, cv2.TM_CCOEFF_NORMED)
+            _, peak, _, (dx, dy) = cv2.minMaxLoc(res)
+            if peak >= self.min_ncc:
+                out[k] = (int(round(x)) - s + dx, int(round(y)) - s + dy)
+                self.refined += 1
+        return out
+
+
 def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, fb_px: float,
-                progress: bool = False, stats: FusionStats | None = None):
+                progress: bool = False, stats: FusionStats | None = None, refine=None):
     """Fuse DINO predictions with flow. ``flow_pair(t) -> (F[t], B[t])``: flows t -> t+1 and t+1 -> t.
+    ``refine(query_idx, frame, xy) -> xy``: optional, applied to re-detected points (TemplateRefiner).
 
     Returns (tracks (N,T,2), visible (N,T), confidence (N,T)) in original pixels.
     """
@@ -94,6 +142,8 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
         d_b, dvis_b, dconf_b = dino.tracks[idx, b], dino.visible[idx, b], dino.confidence[idx, b]
         p_b, use_flow, redet, consistent, err = fuse_step(tracks[idx, a], flow_ab, flow_ba, d_b, dvis_b,
                                                           snap_px, fb_px)
+        if refine is not None and redet.any():
+            p_b[redet] = refine(idx[redet], b, p_b[redet])
         tracks[idx, b] = p_b
         fconf = np.where(consistent, 1.0 / (1.0 + (err / flow_conf_scale) ** 2), 0.0)
         vis[idx, b] = use_flow | redet
@@ -159,9 +209,13 @@ class FlowGuidedTracker(Tracker):
             return est(frames[t], frames[t + 1]), est(frames[t + 1], frames[t])
 
         self.fusion_stats = FusionStats()
-        snap = c.fusion_snap_cells * self._cell_px()
-        tracks, vis, conf = fuse_tracks(res, flow_pair, frames.shape[0], snap, c.fusion_fb_px,
-                                        progress=self.progress, stats=self.fusion_stats)
+        cell = self._cell_px()
+        refine = (TemplateRefiner(frames, res.queries, search_px=cell, min_ncc=c.fusion_refine_ncc)
+                  if c.fusion_refine_ncc > 0 else None)
+        tracks, vis, conf = fuse_tracks(res, flow_pair, frames.shape[0], c.fusion_snap_cells * cell,
+                                        c.fusion_fb_px, progress=self.progress, stats=self.fusion_stats,
+                                        refine=refine)
+        self.fusion_stats.refined = refine.refined if refine is not None else 0
         self.timings["fusion"] = self.timings.get("fusion", 0.0) + self.fusion_stats.seconds
         log.info("flow+dino fusion: %s", self.fusion_stats.to_dict())
         return TrackResult(tracks, vis, conf, res.queries, res.names)
