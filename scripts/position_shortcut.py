@@ -11,6 +11,10 @@ positions alone, so the loss collapses; with PEA the positions of the return fra
 it cannot. Prints JSON (held-out loss/accuracy before and after, both evaluated with and without PEA).
 
     python scripts/position_shortcut.py --pe-scale 30 --steps 40
+    python scripts/position_shortcut.py --model vit_small_patch16_dinov3 --depth 4 --pe-scale 30 --steps 40
+
+With a DINOv3 model (rotary position encoding + registers) the position is made dominant differently
+(see ``_rotary_encoder``) and PEA acts on the rotary coordinates of the return pass.
 """
 from __future__ import annotations
 
@@ -59,20 +63,25 @@ def run(args) -> dict:
     from cosettle.projector import Projector
 
     t0 = time.perf_counter()
-    enc = TimmViTBackend(args.model, weights="random", seed=args.seed, layer=-1, norm=True, precision=args.precision)
-    m = enc.model
-    with torch.no_grad():
-        m.pos_embed.mul_(args.pe_scale)
     imgs = _images(args.images, args.size)
-    # how much the position embedding dominates the block-0 input (patch tokens)
-    with torch.no_grad():
-        tok = m.patch_embed.proj(imgs[:4]).flatten(2).transpose(1, 2)
-        pe = m.pos_embed[:, 0 if m.no_embed_class else m.num_prefix_tokens:]
-        ratio = float(pe.norm(dim=-1).mean() / tok.norm(dim=-1).mean())
+    rotary = "dinov3" in args.model
+    if rotary:
+        enc, ratio = _rotary_encoder(args, imgs)
+    else:
+        enc = TimmViTBackend(args.model, weights="random", seed=args.seed, layer=-1, norm=True,
+                             precision=args.precision)
+        m = enc.model
+        with torch.no_grad():
+            m.pos_embed.mul_(args.pe_scale)
+        # how much the position embedding dominates the block-0 input (patch tokens)
+        with torch.no_grad():
+            tok = m.patch_embed.proj(imgs[:4]).flatten(2).transpose(1, 2)
+            pe = m.pos_embed[:, 0 if m.no_embed_class else m.num_prefix_tokens:]
+            ratio = float(pe.norm(dim=-1).mean() / tok.norm(dim=-1).mean())
 
     def encode(x, pea=None):
         with torch.inference_mode(), enc.autocast():
-            z, grid = enc.forward_tokens(x, pos_embed_transform=pea)
+            z, grid = enc.forward_tokens(x, position_transform=pea)
         return z.float().clone(), grid
 
     g = torch.Generator().manual_seed(args.seed)
@@ -125,17 +134,61 @@ def run(args) -> dict:
             "before": before, "after": evaluate(proj), "train_loss_first": curve[0], "train_loss_last": curve[-1],
             "train_curve_every_10": curve[::10]}
     M = (grid[0] // 2) * (grid[1] // 2)
-    return {"model": f"{args.model} random init (seed {args.seed})", "pe_scale": args.pe_scale,
-            "pe_to_patch_norm_ratio": round(ratio, 2), "pairs": args.pairs, "size": args.size, "nodes": M,
+    dominance = {"position_share_of_token_similarity": round(ratio, 3)} if rotary else {
+        "pe_to_patch_norm_ratio": round(ratio, 2)}
+    return {"model": f"{args.model} random init (seed {args.seed})" + (f", depth {args.depth}" if args.depth else ""),
+            "pe_scale": args.pe_scale, **dominance, "pairs": args.pairs, "size": args.size, "nodes": M,
             "log_nodes": round(float(torch.log(torch.tensor(float(M)))), 4), "steps": args.steps,
             "batch_size": args.batch_size, "lr": args.lr, "tau": args.tau, "lambda_reg": 0.0,
             "results": results, "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def _rotary_encoder(args, imgs):
+    """A random-init DINOv3-style encoder (RoPE + CLS + 4 registers) whose tokens are dominated by
+    absolute position.
+
+    RoPE only rotates queries/keys of patch tokens, so patch-to-patch attention sees relative
+    positions only; absolute position enters through attention to the (unrotated) CLS/register tokens.
+    We make that dominate: every patch token starts as one shared vector (the patch-embedding bias,
+    ``--pe-scale`` x the content's norm) plus a small content term, LayerScale is opened (1e-5 -> 1)
+    and queries/keys are sharpened (``--qk-gain``), so each token's mix of register values -- a function of its
+    coordinates -- outweighs its content. Returns (backend, position share of token similarity: mean
+    cosine of the centred tokens at the same cell in different images minus at different cells)."""
+    import torch
+
+    from cosettle.backends.timm_eva import TimmDinoV3Backend
+
+    kw = {"depth": args.depth} if args.depth else {}
+    enc = TimmDinoV3Backend(args.model, weights="random", seed=args.seed, layer=-1, norm=True,
+                            precision=args.precision, model_kwargs=kw)
+    m = enc.model
+    g = torch.Generator().manual_seed(args.seed + 7)
+    with torch.no_grad():
+        content = m.patch_embed.proj(imgs[:4]) - m.patch_embed.proj.bias.view(1, -1, 1, 1)
+        scale = float(content.norm(dim=1).mean())
+        bias = torch.randn(m.embed_dim, generator=g)
+        m.patch_embed.proj.bias.copy_(bias / bias.norm() * scale * args.pe_scale)
+        for blk in m.blocks:
+            blk.gamma_1.fill_(1.0)
+            blk.gamma_2.fill_(1.0)
+            d = m.embed_dim
+            blk.attn.qkv.weight[: 2 * d].mul_(args.qk_gain)  # queries and keys, not values
+        z, _ = enc.forward_tokens(imgs[:8])
+        z = z.float()
+        z = torch.nn.functional.normalize(z - z.mean(dim=(0, 1), keepdim=True), dim=-1)  # centred
+        same = (z[:4] * z[4:8]).sum(-1).mean()
+        other = (z[:4] * z[4:8].roll(7, dims=1)).sum(-1).mean()
+    return enc, float(same - other)
+
+
 @cli_entry
 def main(argv=None):
     ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="vit_tiny_patch16_224")
+    ap.add_argument("--model", default="vit_tiny_patch16_224",
+                    help="timm ViT (learned absolute PE) or a DINOv3 model, e.g. vit_small_patch16_dinov3 (RoPE)")
+    ap.add_argument("--depth", type=int, default=None, help="DINOv3 models: number of blocks (default: the model's)")
+    ap.add_argument("--qk-gain", type=float, default=30.0,
+                    help="DINOv3 models: factor on the query/key weights (sharp, position-driven attention)")
     ap.add_argument("--pe-scale", type=float, default=30.0)
     ap.add_argument("--pairs", choices=("unrelated", "shuffled"), default="unrelated")
     ap.add_argument("--size", type=int, default=224)

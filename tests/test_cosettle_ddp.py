@@ -12,7 +12,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "scripts" / "train_projector.py")
 TINY = ["--backend", "timm:vit_tiny_patch16_224", "--weights", "random", "--input-size", "48",
-        "--batch-size", "1", "--num-workers", "0", "--progress", "false"]
+        "--batch-size", "1", "--num-workers", "0", "--progress", "false", "--pairs-per-clip", "1"]
 
 
 @pytest.fixture(scope="module")

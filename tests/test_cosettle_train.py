@@ -16,7 +16,7 @@ from cosettle.train.dist import DistContext
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(backend="timm:vit_tiny_patch16_224", weights="random", input_size=64, batch_size=2,
-            num_workers=0, progress=False, precision="fp32")
+            num_workers=0, progress=False, precision="fp32", pairs_per_clip=1)  # one pair per clip: 2 steps/epoch
 
 
 @pytest.fixture(scope="module")
