@@ -33,3 +33,14 @@ def test_position_shortcut_script_runs_both_arms(capsys):
     assert d["results"]["with_pea"]["before"] == d["results"]["without_pea"]["before"]
     code, out, err = _main_in_process("position_shortcut.py", ["--images", "4", "--batch-size", "4"], capsys)
     assert code == 2 and err.startswith("error:") and err.count("\n") == 1
+
+
+def test_position_shortcut_script_rotary_arm(capsys):
+    code, out, err = _main_in_process("position_shortcut.py", ["--model", "vit_small_patch16_dinov3", "--depth", "1",
+                                                              "--size", "64", "--images", "16", "--batch-size", "4",
+                                                              "--steps", "2"], capsys)
+    assert code == 0, err[-2000:]
+    d = json.loads(out)
+    assert "position_share_of_token_similarity" in d and d["nodes"] == 4
+    assert set(d["results"]) == {"without_pea", "with_pea"}
+    assert d["results"]["with_pea"]["before"] == d["results"]["without_pea"]["before"]
