@@ -7,7 +7,7 @@
 Each size runs in its own subprocess (so its peak RSS is its own), with the defaults of
 ``python scripts/track.py`` (dino-flow tracker, ``fast`` preset, dsift backend, 854x480 frames) on a real
 DAVIS clip played forward and backward until it has the wanted length (so the motion stays real),
-tracking a 10 x 10 grid of frame-0 points. ``--iterations`` overrides the preset's training length
+tracking a 10 x 10 grid of frame-0 points (``--grid``). ``--iterations`` overrides the preset's training length
 (late losses switched on at half of it); training time does not depend on the clip length.
 The report has per-size stage times, the peak RSS, the trajectory counts, the fitted growth exponents
 (log-log slope of preprocessing time and of peak RSS against frames), the preprocessing time per frame
@@ -65,12 +65,16 @@ def child(args) -> dict:
         it = int(args.iterations)
         over.update(iterations=it, cyc_after=it // 2, rbb_after=it // 2, checkpoint_every=max(1, it))
     cfg = preset("fast", **over)
+    if args.direct_window is not None:  # cheaper direct-flow filter (memory runs); not the default
+        import dataclasses
+
+        cfg = cfg.replace(preprocess=dataclasses.replace(cfg.preprocess, direct_window=args.direct_window))
     if args.backend == "vit-s7":
         backend = load_backend("dinov2_vits14", weights="random", stride=7)
     else:
         backend = load_backend(args.backend)
     tr = build_tracker(args.tracker, backend=backend, config=cfg, progress=False)
-    q = grid_queries(video.height, video.width, 10, 0)
+    q = grid_queries(video.height, video.width, args.grid, 0)
     estimate = estimate_peak_memory(len(video), video.height, video.width, backend, cfg, num_queries=len(q.txy))
     tr.fit(frames, masks=None)
     fit_rss = peak_rss_mb()
@@ -94,7 +98,8 @@ def child(args) -> dict:
             "peak_rss_mb_after_stage": rss_after, "peak_rss_mb_after_fit": round(fit_rss),
             "estimated_peak_mb": round(estimate["peak_mb"]), "estimate": estimate,
             "trajectories": int(len(traj)), "trajectory_points": int(len(getattr(traj, "points", []))),
-            "visible": float(np.mean(res.visible)), "iterations": cfg.iterations}
+            "visible": float(np.mean(res.visible)), "iterations": cfg.iterations,
+            "direct_window": cfg.preprocess.direct_window, "bb_on_demand": cfg.preprocess.bb_on_demand}
 
 
 def fit_exponent(xs, ys) -> float | None:
@@ -111,7 +116,8 @@ def run_size(args, n: int, backend: str) -> dict:
     tag = f"{backend}-{n}"
     folder = looped_folder(args.clip, n, args.work / f"video-{tag}")
     cmd = [sys.executable, __file__, "--child", "--video", str(folder), "--work", str(args.work / f"work-{tag}"),
-           "--backend", backend, "--tracker", args.tracker] + (["--iterations", str(args.iterations)] if args.iterations is not None else [])
+           "--backend", backend, "--tracker", args.tracker, "--grid", str(args.grid)] + (
+        ["--direct-window", str(args.direct_window)] if args.direct_window is not None else []) + (["--iterations", str(args.iterations)] if args.iterations is not None else [])
     tic = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
@@ -134,6 +140,9 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default="dsift")
     ap.add_argument("--tracker", default="dino-flow", help="dino-flow (scripts/track.py's default) or dino")
     ap.add_argument("--keep", action="store_true", help="keep the work folders")
+    ap.add_argument("--grid", type=int, default=10, help="track a grid x grid lattice of frame-0 points")
+    ap.add_argument("--direct-window", type=int, default=None,
+                    help="PreprocessConfig.direct_window override (default: the preset's 8)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--video", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

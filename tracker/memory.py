@@ -8,10 +8,11 @@ the configs, nothing hard-coded):
 * preprocessing: trajectory chaining holds the finished direct-filter store (8 bytes per point), the
   frame-major points of the sweep (12 bytes per point) and the packed store (8); the precomputed
   best-buddy stage holds two K x K affinity matrices (K = feature cells per frame);
-* training: both trajectory stores + a constant for the model and one batch;
+* training: both trajectory stores + DeltaDINO's activations on one iteration's frames (calibrated);
 * refinement / inference: the refined features of every frame as float32 (4 bytes per value) plus
   their half-precision cache copy (2) while the cache is written, freed before the L2-normalised copy (4),
-  plus the per-query-frame tracking buffers (queries x T x C floats, three of them).
+  plus the per-query-frame tracking buffers (queries x T x C floats, three of them) and the head's
+  activations on one chunk of ``infer_chunk_maps`` cost volumes (calibrated).
 
 Points per trajectory store = ``TRAJ_DENSITY`` x T x (lattice points per frame): the chaining keeps
 about one live trajectory per lattice point, plus new seeds where flow is inconsistent. The density is
@@ -30,7 +31,11 @@ log = logging.getLogger(__name__)
 
 MB = 1024.0 ** 2
 TRAJ_DENSITY = 1.5        # trajectory points per lattice point per frame (DAVIS parkour: 7.74 M points, 200 frames, 120x212 lattice -> 1.52)
-TRAIN_CONST_MB = 350.0    # model, optimiser, one batch's activations at the fast preset (measured)
+# Training and head memory, calibrated on two runs: the 50-frame scale run at 424x240 (scripts/bench_scale.py;
+# README "Long videos") and the 96x160 run of tests/test_memory.py:
+TRAIN_FIXED_MB = 350.0    # autograd / optimiser / allocator overhead of a training step, any size
+TRAIN_ACT = 15.2          # x (frames per iteration x work pixels x cnn_width x 4 bytes): DeltaDINO + backward
+HEAD_ACT = 4.2            # x (infer_chunk_maps x cells x (head_width + 4) x 4 bytes): head on a chunk of maps
 MARGIN = 1.1              # the pre-flight check refuses a run whose estimate x MARGIN exceeds the limit
 ENV_LIMIT = "COSETTLE_MAX_MEMORY_MB"
 
@@ -95,7 +100,9 @@ def estimate_peak_memory(num_frames: int, image_h: int, image_w: int, backend, c
         "trajectory_stores": n_stores * points * 8 / MB,
         "chaining": (12 + 8) * points / MB,
         "best_buddy_pair": 0.0 if pre.bb_on_demand and pre.bb_max_pairs == 0 else 2 * K * K * 4 / MB,
-        "train": TRAIN_CONST_MB,
+        "train": TRAIN_FIXED_MB + TRAIN_ACT * (2 if cfg.separate_fg_bg_frames else 1) * cfg.batch_n_frames * H * W
+        * cfg.cnn_width * 4 / MB,
+        "head": HEAD_ACT * min(cfg.infer_chunk_maps, max(1, num_queries) * T) * K * (cfg.head_width + 4) * 4 / MB,
         "refine": feat_values * (4 + 4) / MB,  # float32 refined + normalised copy (the fp16 cache copy is freed first)
         "queries": 3 * num_queries * T * C * 4 / MB,
     }
@@ -105,7 +112,7 @@ def estimate_peak_memory(num_frames: int, image_h: int, image_w: int, backend, c
         "preprocess": parts["trajectory_stores"] / n_stores * (n_stores - 1) + parts["chaining"]
         + parts["best_buddy_pair"],
         "train": parts["trajectory_stores"] + parts["train"],
-        "inference": parts["trajectory_stores"] + parts["refine"] + parts["queries"],
+        "inference": parts["trajectory_stores"] + parts["refine"] + parts["queries"] + parts["head"],
     }
     phase = max(phases, key=phases.get)
     return {"peak_mb": always + phases[phase], "phase": phase, "parts_mb": {k: round(v, 1) for k, v in parts.items()},
