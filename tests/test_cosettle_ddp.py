@@ -60,7 +60,8 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, video_dir):
     assert code == 2 and "no training data" in err and "\n" not in err
     code, err = _cli(["--data", str(video_dir), "--out", str(tmp_path / "o"), "--backend", "nonexistent_net"], capsys)
     assert code == 2 and "unknown backend" in err and "\n" not in err
-    code, err = _cli(["--data", str(video_dir), "--out", str(tmp_path / "o"), "--backend", "dsift"], capsys)
+    # (plain dsift trains since 582568a -- without TINY that was a full default-size run, not a refusal)
+    code, err = _cli(["--data", str(video_dir), "--out", str(tmp_path / "o"), "--backend", "dsift+cosettle"], capsys)
     assert code == 2 and "cannot train a projector" in err
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing here\n")
