@@ -49,8 +49,11 @@ def test_projected_backend_geometry_and_values(tmp_path, small_clip):
     assert fp.features.shape == fb.features.shape == (6, 192, 3, 4)
     expect = proj(fb.features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
     assert torch.allclose(fp.features, expect, atol=1e-4)
-    # overrides win over the metadata; other spellings load the same thing
-    assert load_backend("timm:vit_tiny_patch16_224+cosettle", projector=str(p), layer=2).base.layer == 2
+    # an override that contradicts the metadata is refused unless forced; other spellings load the same thing
+    with pytest.raises(UserError, match="force-layer"):
+        load_backend("timm:vit_tiny_patch16_224+cosettle", projector=str(p), layer=2)
+    assert load_backend("timm:vit_tiny_patch16_224+cosettle", projector=str(p), layer=2,
+                        force_layer=True).base.layer == 2
     assert load_backend(f"timm:vit_tiny_patch16_224+cosettle:{p}").base.layer == 5
     save_projector(tmp_path / "run", proj, read_metadata(p))  # a folder -> run/projector.safetensors
     assert load_backend("+cosettle", projector=str(tmp_path / "run")).feat_dim == 192

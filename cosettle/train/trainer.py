@@ -104,8 +104,6 @@ class Trainer:
         clips = discover_clips(cfg.data)
         self.encoder = build_encoder(cfg, self.device)
         self.ac_dtype = self.encoder.autocast_dtype()
-        # PEA where the backend has position encodings (added or rotary), none where it has not
-        self.use_pea = bool(cfg.pea and self.encoder.position_encoding is not None)
         self.projector = Projector(self.encoder.feat_dim, variant=cfg.variant, init=cfg.init,
                                    seed=cfg.seed).to(self.device)  # same init on every rank
         self.model = self.projector
@@ -139,6 +137,11 @@ class Trainer:
                      self.pairs_per_clip, self.steps_per_epoch, cfg.epochs, cfg.batch_size, self.ctx.world_size,
                      self.base_lr, self.encoder.name, meta["layer"], meta["norm"], meta["position_encoding"],
                      "on" if self.use_pea else "off", self.ac_dtype)
+
+    @property
+    def use_pea(self) -> bool:
+        """PEA where the backend has position encodings (added or rotary), none where it has not."""
+        return bool(self.cfg.pea and self.encoder.position_encoding is not None)
 
     # -- one step --------------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
