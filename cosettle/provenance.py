@@ -79,7 +79,21 @@ def close_file_logging() -> None:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB (Linux reports ru_maxrss in KiB)."""
-    import resource
+    """Peak resident memory of this process so far, in MB.
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    On Linux this is ``VmHWM`` of /proc/self/status: ``ru_maxrss`` of a process started with
+    fork + exec begins at its *parent's* RSS at the fork (the kernel copies the counter), so a child of
+    a large process (a test runner, a benchmark driver) would report the parent's peak as its own.
+    Elsewhere ``ru_maxrss`` (KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
