@@ -162,3 +162,19 @@ def test_released_architecture_names_build_through_the_registry():
     b = load_backend("timm:cosettle_vit_p16_d64_l2_h4_m400_g14x14_r4_cls_ls_qkvb_nec", weights="random")
     f, g = b(np.zeros((1, 32, 48, 3), np.uint8))
     assert (b.patch_size, b.feat_dim) == (16, 64) and f.shape == (1, 64, 2, 3)
+
+
+def test_precision_dtype_and_base_autocast():
+    """One precision mapping for every timm family; FeatureBackend.autocast follows autocast_dtype."""
+    from cosettle.backends.timm_vit import precision_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert precision_dtype("fp32", cpu) is None
+    assert precision_dtype("bf16", cpu) is torch.bfloat16 and precision_dtype("fp16", cpu) is torch.float16
+    assert precision_dtype("auto", cuda) is torch.float16
+    b = load_backend("timm:resnet10t", weights="random", precision="bf16")
+    with b.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    d = load_backend("dsift")
+    with d.autocast():  # autocast_dtype None: plain float32
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32

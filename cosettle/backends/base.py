@@ -197,8 +197,9 @@ class FeatureBackend(abc.ABC):
         return (x - mean) / std
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed precision used for forward passes; subclasses opt in (default: none)."""
-        return contextlib.nullcontext()
+        """Mixed precision of forward passes: ``autocast_dtype()`` (subclasses opt in; default none)."""
+        dt = self.autocast_dtype()
+        return contextlib.nullcontext() if dt is None else torch.autocast(device_type=self.device.type, dtype=dt)
 
     def iter_chunks(self, video, chunk_size: int | None = None,
                     progress: bool = False) -> Iterator[tuple[int, torch.Tensor]]:

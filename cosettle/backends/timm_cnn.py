@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 
@@ -23,7 +22,7 @@ from torch import nn
 
 from ..errors import UserError
 from .base import IMAGENET_MEAN, IMAGENET_STD, FeatureBackend
-from .timm_vit import cpu_bf16_supported
+from .timm_vit import precision_dtype
 from .weights import create_timm_model, file_fingerprint
 
 log = logging.getLogger(__name__)
@@ -155,16 +154,7 @@ class TimmCNNBackend(FeatureBackend):
         return self
 
     def autocast_dtype(self) -> torch.dtype | None:
-        p = self.precision
-        if p in ("fp32", "bf16", "fp16"):
-            return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
-        if self.device.type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if cpu_bf16_supported() else None
-
-    def autocast(self):
-        dt = self.autocast_dtype()
-        return contextlib.nullcontext() if dt is None else torch.autocast(self.device.type, dtype=dt)
+        return precision_dtype(self.precision, self.device)
 
     def forward_batch(self, x: torch.Tensor) -> torch.Tensor:
         f = self.model(x)[-1]

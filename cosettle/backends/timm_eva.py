@@ -19,14 +19,13 @@ embedding), under Meta's hub names ``dinov3_vits16`` ... ``dinov3_vit7b16`` or `
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import torch
 
 from ..errors import UserError
 from .base import IMAGENET_MEAN, IMAGENET_STD, FeatureBackend
-from .timm_vit import cpu_bf16_supported, default_layer
+from .timm_vit import precision_dtype, default_layer
 from .weights import create_timm_model, file_fingerprint
 
 log = logging.getLogger(__name__)
@@ -99,18 +98,7 @@ class TimmDinoV3Backend(FeatureBackend):
         return self
 
     def autocast_dtype(self) -> torch.dtype | None:
-        p = self.precision
-        if p in ("fp32", "bf16", "fp16"):
-            return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
-        if self.device.type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if cpu_bf16_supported() else None
-
-    def autocast(self):
-        dt = self.autocast_dtype()
-        if dt is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dt)
+        return precision_dtype(self.precision, self.device)
 
     # -- rotary coordinates --------------------------------------------------------------------
     def cell_coords(self, gh: int, gw: int, position_transform=None) -> torch.Tensor:
