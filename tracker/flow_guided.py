@@ -86,9 +86,9 @@ class TemplateRefiner:
         import cv2
 
         self.frames, self.half, self.search, self.min_ncc = frames, int(half), int(round(search_px)), min_ncc
-        gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames[np.unique(queries[:, 0].round().astype(int))]]
-        self._gray_q = dict(zip(np.unique(queries[:, 0].round().astype(int)).tolist(), gray))
-        self.templates = [self._patch(self._gray_q[int(round(t))], x, y, self.half) for t, x, y in queries]
+        gray = {int(t): cv2.cvtColor(frames[int(t)], cv2.COLOR_RGB2GRAY)
+                for t in np.unique(np.round(queries[:, 0]))}
+        self.templates = [self._patch(gray[int(round(t))], x, y, self.half) for t, x, y in queries]
         self.refined = 0
 
     @staticmethod
@@ -136,7 +136,6 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
     tracks[np.arange(n), tq] = q[:, 1:3]
     vis[np.arange(n), tq] = True
     conf[np.arange(n), tq] = 1.0
-    flow_conf_scale = fb_px
 
     def step(idx, a, b, flow_ab, flow_ba):
         d_b, dvis_b, dconf_b = dino.tracks[idx, b], dino.visible[idx, b], dino.confidence[idx, b]
@@ -145,7 +144,7 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
         if refine is not None and redet.any():
             p_b[redet] = refine(idx[redet], b, p_b[redet])
         tracks[idx, b] = p_b
-        fconf = np.where(consistent, 1.0 / (1.0 + (err / flow_conf_scale) ** 2), 0.0)
+        fconf = np.where(consistent, 1.0 / (1.0 + (err / fb_px) ** 2), 0.0)
         vis[idx, b] = use_flow | redet
         conf[idx, b] = np.where(redet, dconf_b, np.where(use_flow, np.maximum(fconf, dconf_b), dconf_b))
         st.flow_steps += int(use_flow.sum())
