@@ -47,12 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cell_px(backend, h: int, w: int, resolution) -> float:
-    from tracker.api import with_resolution
+    from tracker.api import with_resolution, work_resolution
 
-    res = resolution
-    if isinstance(res, int) and min(h, w) <= res:
-        res = None
-    g = with_resolution(backend, res).geometry(h, w)
+    g = with_resolution(backend, work_resolution(resolution, h, w)).geometry(h, w)
     return float(g.stride) * h / g.input_h
 
 

@@ -87,9 +87,7 @@ class Tracker:
         n, h, w = video_hw(video)
         if n < 2:
             raise UserError(f"the dino tracker needs at least 2 frames, got {n}")
-        res = cfg.resolution
-        if isinstance(res, int) and min(h, w) <= res:
-            res = None  # a short-side setting never upsamples a small video
+        res = work_resolution(cfg.resolution, h, w)
         if cfg.resolution is not None:
             # a copy at the work resolution: the caller's backend object is left as it was
             self.work_backend = with_resolution(self.backend, res)
@@ -184,6 +182,13 @@ def _load_refined(cache: Path, tag: str) -> torch.Tensor | None:
             why = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
     log.warning("cached refined features %s are unusable (%s); recomputing", cache, why)
     return None
+
+
+def work_resolution(resolution, image_h: int, image_w: int):
+    """The backend resolution the tracker uses: a short-side setting never upsamples a small video."""
+    if isinstance(resolution, int) and min(image_h, image_w) <= resolution:
+        return None
+    return resolution
 
 
 def with_resolution(backend: FeatureBackend, resolution) -> FeatureBackend:
