@@ -28,7 +28,7 @@ def test_parts_by_hand():
     p = est["parts_mb"]
     assert p["video"] == pytest.approx(10 * 40 * 56 * 3 / mb, abs=0.05)
     assert p["masks"] == pytest.approx(10 * 40 * 56 / mb, abs=0.05)
-    assert p["refine"] == pytest.approx(10 * 262 * 117 * 8 / mb, abs=0.05)
+    assert p["refine"] == pytest.approx(10 * 262 * 117 * (2 + 4) / mb, abs=0.05)
     points = 1.5 * 10 * 20 * 28  # stride-2 lattice of 40x56
     assert p["trajectory_stores"] == pytest.approx(2 * 8 * points / mb, abs=0.05)
     # peaks grow with the clip; the frames that fit a limit are monotone

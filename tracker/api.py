@@ -127,17 +127,13 @@ class Tracker:
         tag = last.name if last is not None else "untrained"
         refined = _load_refined(cache, tag)
         if refined is None:
+            # float16 from the start: the cached values, and what inference reads (as float32 per frame)
             refined = refined_features(self.model, self.prep.frames, self.prep.features, trainer.scale, geom,
-                                       progress=self.progress, device=cfg.device)
+                                       progress=self.progress, device=cfg.device, dtype=torch.float16)
             checksum_path(cache).unlink(missing_ok=True)
-            half = refined.half()
             with atomic_path(cache) as tmp:
-                torch.save({"tag": tag, "refined": half}, tmp)
+                torch.save({"tag": tag, "refined": refined}, tmp)
             write_checksum(cache)
-            # same values whether computed now or read from the cache; in place, so the clip's refined
-            # features exist once in float32 and once in float16 here, not twice in float32 + once in float16
-            refined.copy_(half)
-            del half
         self.timings["refine"] = time.perf_counter() - t0
         self.infer = TrackInference(self.model, refined, geom, cfg)
 
@@ -177,7 +173,7 @@ def _load_refined(cache: Path, tag: str) -> torch.Tensor | None:
     if why is None:
         try:
             st = torch.load(cache, map_location="cpu", weights_only=True)
-            return st["refined"].float() if st.get("tag") == tag else None
+            return st["refined"].half() if st.get("tag") == tag else None
         except Exception as err:  # verified bytes that torch still refuses: a foreign file
             why = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
     log.warning("cached refined features %s are unusable (%s); recomputing", cache, why)
