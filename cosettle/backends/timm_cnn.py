@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import IMAGENET_MEAN, IMAGENET_STD, FeatureBackend
-from .timm_vit import precision_dtype
+from .timm_common import TimmBackend
 from .weights import create_timm_model, file_fingerprint
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ def measure_offset(model: nn.Module, stride: int, max_len: int = 4096) -> float:
     return (stride - 1) / 2
 
 
-class TimmCNNBackend(FeatureBackend):
+class TimmCNNBackend(TimmBackend):
     position_encoding = None
 
     def __init__(self, timm_name: str, *, name: str | None = None, layer: int | None = None,
@@ -140,21 +139,7 @@ class TimmCNNBackend(FeatureBackend):
         if key not in _OFFSETS:
             _OFFSETS[key] = measure_offset(self.model, self.stride)
         self.offset = _OFFSETS[key]
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        self.mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
-        self.std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
-        self.resolution = resolution
-        self.precision = precision
-        self.default_chunk_size = chunk_size
-        self.to(device)
-
-    def to(self, device) -> "TimmCNNBackend":
-        self.device = torch.device(device)
-        self.model.to(self.device)
-        return self
-
-    def autocast_dtype(self) -> torch.dtype | None:
-        return precision_dtype(self.precision, self.device)
+        self._finish_init(resolution, precision, chunk_size, device)
 
     def forward_batch(self, x: torch.Tensor) -> torch.Tensor:
         f = self.model(x)[-1]

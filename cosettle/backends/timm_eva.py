@@ -24,8 +24,7 @@ import logging
 import torch
 
 from ..errors import UserError
-from .base import IMAGENET_MEAN, IMAGENET_STD, FeatureBackend
-from .timm_vit import precision_dtype, default_layer
+from .timm_common import TimmBackend, block_index, overlapping_patches
 from .weights import create_timm_model, file_fingerprint
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,7 @@ def eva_filter(state, model):
     return checkpoint_filter_fn(state, model)
 
 
-class TimmDinoV3Backend(FeatureBackend):
+class TimmDinoV3Backend(TimmBackend):
     position_encoding = "rotary"
 
     def __init__(self, timm_name: str, *, name: str | None = None, stride: int | None = None,
@@ -67,38 +66,13 @@ class TimmDinoV3Backend(FeatureBackend):
             raise UserError(f"timm model {timm_name} is an Eva variant we do not serve (only DINOv3's "
                             "rotary-only models)", "use dinov3_vits16 ... dinov3_vit7b16 or timm:vit_*_dinov3*")
         self.model = model.eval().requires_grad_(False)
-        patch = model.patch_embed.patch_size
-        self.patch_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
-        self.stride = int(stride or self.patch_size)
-        if self.stride < 1 or self.stride > self.patch_size:
-            raise UserError(f"stride {self.stride} invalid for patch size {self.patch_size}",
-                            f"use 1..{self.patch_size}")
-        model.patch_embed.proj.stride = (self.stride, self.stride)
-        model.patch_embed.strict_img_size = False
-        self.depth = depth = len(model.blocks)
-        self.layer = default_layer(depth) if layer is None else int(layer)
-        if not -depth <= self.layer < depth:
-            raise UserError(f"layer {self.layer} out of range for {timm_name} ({depth} blocks)",
-                            f"use 0..{depth - 1} or a negative index")
-        self.layer %= depth
+        self.patch_size, self.stride = overlapping_patches(model, stride)
+        self.depth = len(model.blocks)
+        self.layer = block_index(layer, self.depth, timm_name)
         self.norm = bool(norm)
         self.output_norm = "layernorm" if norm else "raw"
         self.feat_dim = int(model.embed_dim)
-        cfg = getattr(model, "pretrained_cfg", {}) or {}
-        self.mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
-        self.std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
-        self.resolution = resolution
-        self.precision = precision
-        self.default_chunk_size = chunk_size
-        self.to(device)
-
-    def to(self, device) -> "TimmDinoV3Backend":
-        self.device = torch.device(device)
-        self.model.to(self.device)
-        return self
-
-    def autocast_dtype(self) -> torch.dtype | None:
-        return precision_dtype(self.precision, self.device)
+        self._finish_init(resolution, precision, chunk_size, device)
 
     # -- rotary coordinates --------------------------------------------------------------------
     def cell_coords(self, gh: int, gw: int, position_transform=None) -> torch.Tensor:

@@ -17,7 +17,8 @@ from typing import Callable
 import torch
 
 from ..errors import UserError
-from .base import IMAGENET_MEAN, IMAGENET_STD, FeatureBackend
+from .timm_common import (TimmBackend, block_index, cpu_bf16_supported, default_layer,  # noqa: F401
+                          overlapping_patches, precision_dtype)
 from .weights import create_pretrained, file_fingerprint, load_into_timm
 
 log = logging.getLogger(__name__)
@@ -25,34 +26,7 @@ log = logging.getLogger(__name__)
 PosEmbedTransform = Callable[[torch.Tensor], torch.Tensor]  # (1, C, gh, gw) -> (1, C, gh, gw)
 
 
-def default_layer(depth: int) -> int:
-    """Default block: the one at DINO-Tracker's relative depth (block 15 of 24 -> 2/3 of the way).
-
-    24 blocks -> 15, 12 -> 7, 40 -> 26.
-    """
-    return max(0, round(depth * 16 / 24) - 1)
-
-
-def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """A backend's ``precision`` ("fp32" | "bf16" | "fp16" | "auto") -> autocast dtype (None: float32).
-
-    auto: fp16 on CUDA, bf16 on CPUs with native bf16 (2.5-3x faster than fp32 measured here)."""
-    fixed = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision in fixed:
-        return fixed[precision]
-    if device.type == "cuda":
-        return torch.float16
-    return torch.bfloat16 if cpu_bf16_supported() else None
-
-
-def cpu_bf16_supported() -> bool:
-    try:
-        return bool(torch.backends.mkldnn.is_available()) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    except Exception:  # pragma: no cover - older torch
-        return False
-
-
-class TimmViTBackend(FeatureBackend):
+class TimmViTBackend(TimmBackend):
     def __init__(self, timm_name: str, *, name: str | None = None, stride: int | None = None,
                  layer: int | None = None, weights: str | None = None, resolution=None,
                  norm: bool = False, precision: str = "auto", device: str | torch.device = "cpu",
@@ -81,41 +55,20 @@ class TimmViTBackend(FeatureBackend):
                             "use a ViT model name")
         self.model = model.eval().requires_grad_(False)
         self.seed = seed
-        patch = model.patch_embed.patch_size
-        self.patch_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
-        self.stride = int(stride or self.patch_size)
-        if self.stride < 1 or self.stride > self.patch_size:
-            raise UserError(f"stride {self.stride} invalid for patch size {self.patch_size}",
-                            f"use 1..{self.patch_size}")
-        model.patch_embed.proj.stride = (self.stride, self.stride)
-        model.patch_embed.strict_img_size = False
-        depth = self.depth = len(model.blocks)
+        self.patch_size, self.stride = overlapping_patches(model, stride)
+        self.depth = len(model.blocks)
         self.position_encoding = "absolute" if getattr(model, "pos_embed", None) is not None else None
-        self.layer = default_layer(depth) if layer is None else int(layer)
-        if not -depth <= self.layer < depth:
-            raise UserError(f"layer {self.layer} out of range for {timm_name} ({depth} blocks)",
-                            f"use 0..{depth - 1} or a negative index")
-        self.layer = self.layer % depth
+        self.layer = block_index(layer, self.depth, timm_name)
         self.norm = bool(norm)
         self.output_norm = "layernorm" if norm else "raw"
         self.feat_dim = int(model.embed_dim)
-        cfg = getattr(model, "pretrained_cfg", {}) or {}
-        self.mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
-        self.std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
-        self.resolution = resolution
-        self.precision = precision
-        self.default_chunk_size = chunk_size
-        self.to(device)
+        self._finish_init(resolution, precision, chunk_size, device)
 
-    # -- device / precision --------------------------------------------------------------------
+    # -- device --------------------------------------------------------------------------------
     def to(self, device) -> "TimmViTBackend":
-        self.device = torch.device(device)
-        self.model.to(self.device)
+        super().to(device)
         self.xformers = _maybe_enable_xformers(self.model, self.device)
         return self
-
-    def autocast_dtype(self) -> torch.dtype | None:
-        return precision_dtype(self.precision, self.device)
 
     # -- forward -------------------------------------------------------------------------------
     def forward_tokens(self, x: torch.Tensor, pos_embed_transform: PosEmbedTransform | None = None,
