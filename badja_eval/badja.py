@@ -39,8 +39,29 @@ DAVIS_FULL_HW = (1080, 1920)
 EVAL_HW = (480, 854)  # project setting: 854x480
 
 
+class FrameMaskFiles:
+    """A clip as files: ``frame_paths``, ``mask_paths`` and ``size_hw`` -> decoded arrays
+    (BADJA sequences and the DAVIS mask-consistency clips)."""
+
+    frame_paths: list[Path]
+    mask_paths: list[Path]
+    size_hw: tuple[int, int]
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frame_paths)
+
+    def load_frames(self) -> np.ndarray:
+        """(S, H, W, 3) uint8 RGB."""
+        return np.stack([read_frame(p, self.size_hw) for p in self.frame_paths])
+
+    def load_masks(self) -> np.ndarray:
+        """(S, H, W) bool foreground (every non-zero pixel)."""
+        return np.stack([read_mask(p, self.size_hw) for p in self.mask_paths])
+
+
 @dataclass
-class BadjaSequence:
+class BadjaSequence(FrameMaskFiles):
     """One BADJA clip: every DAVIS frame from the first to the last annotated frame.
 
     ``joints`` (20, S, 2) x,y at the read resolution (``size_hw``); ``visible`` (20, S), False on
@@ -57,18 +78,6 @@ class BadjaSequence:
     size_hw: tuple[int, int]
     layout: str = ""
     joint_names: tuple[str, ...] = field(default=JOINT_NAMES)
-
-    @property
-    def num_frames(self) -> int:
-        return len(self.frame_paths)
-
-    def load_frames(self) -> np.ndarray:
-        """(S, H, W, 3) uint8 RGB."""
-        return np.stack([read_frame(p, self.size_hw) for p in self.frame_paths])
-
-    def load_masks(self) -> np.ndarray:
-        """(S, H, W) bool foreground (every non-zero pixel)."""
-        return np.stack([read_mask(p, self.size_hw) for p in self.mask_paths])
 
     def query_points(self, mode: str = "clip0") -> np.ndarray:
         """(20, 3) queries (t, x, y) at the read resolution.

@@ -44,6 +44,8 @@ import numpy as np
 from cosettle.errors import UserError
 from cosettle.io.atomic import atomic_path
 
+from .badja import FrameMaskFiles
+
 log = logging.getLogger(__name__)
 
 # The 16 mask-only DAVIS-2016 validation clips in ../shared/data/davis480 (horsejump-high, the clip with
@@ -81,27 +83,13 @@ class MaskBenchConfig:
 
 # ------------------------------------------------------------------------------------------- data
 @dataclass
-class MaskClip:
+class MaskClip(FrameMaskFiles):
     """One clip: ``frame_paths``/``mask_paths`` (the first ``max_frames`` when cut) at ``size_hw``."""
 
     name: str
     frame_paths: list[Path]
     mask_paths: list[Path]
     size_hw: tuple[int, int]
-
-    @property
-    def num_frames(self) -> int:
-        return len(self.frame_paths)
-
-    def load_frames(self) -> np.ndarray:
-        from .badja import read_frame
-
-        return np.stack([read_frame(p, self.size_hw) for p in self.frame_paths])
-
-    def load_masks(self) -> np.ndarray:
-        from .badja import read_mask
-
-        return np.stack([read_mask(p, self.size_hw) for p in self.mask_paths])
 
     def uncut(self) -> "MaskClip":
         """The whole clip this one was cut from (itself when not cut)."""
