@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import UserError
 from .timm_common import TimmBackend
-from .weights import create_timm_model, file_fingerprint
+from .weights import create_timm_model
 
 log = logging.getLogger(__name__)
 
@@ -146,13 +146,3 @@ class TimmCNNBackend(TimmBackend):
         gh, gw = x.shape[-2] // self.stride, x.shape[-1] // self.stride
         return f[..., :gh, :gw]  # odd sizes: 'same'-padded convs can round up by one cell
 
-    def cache_fields(self):
-        d = super().cache_fields()
-        w = self.weights
-        if w not in ("hub", "random"):
-            w = file_fingerprint(w)
-        elif w == "random":
-            w = f"random:{self.seed}"
-        d.update({"timm_name": self.timm_name, "weights": w, "layer": self.layer,
-                  "resolution": self.resolution, "precision": str(self.autocast_dtype())})
-        return d

@@ -6,6 +6,7 @@ import torch
 
 from ..errors import UserError
 from .base import IMAGENET_MEAN, IMAGENET_STD, FeatureBackend
+from .weights import file_fingerprint
 
 
 def default_layer(depth: int) -> int:
@@ -76,3 +77,19 @@ class TimmBackend(FeatureBackend):
 
     def autocast_dtype(self) -> torch.dtype | None:
         return precision_dtype(self.precision, self.device)
+
+    def forward_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Token models: (B, C, gh, gw) from ``forward_tokens`` (the CNN backend overrides it)."""
+        tokens, (gh, gw) = self.forward_tokens(x)
+        return tokens.reshape(x.shape[0], gh, gw, -1).permute(0, 3, 1, 2)
+
+    def cache_fields(self):
+        d = super().cache_fields()
+        w = self.weights
+        if w not in ("hub", "random"):
+            w = file_fingerprint(w)
+        elif w == "random":
+            w = f"random:{self.seed}"
+        d.update({"timm_name": self.timm_name, "weights": w, "layer": self.layer,
+                  "resolution": self.resolution, "precision": str(self.autocast_dtype())})
+        return d

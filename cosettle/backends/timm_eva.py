@@ -25,7 +25,7 @@ import torch
 
 from ..errors import UserError
 from .timm_common import TimmBackend, block_index, overlapping_patches
-from .weights import create_timm_model, file_fingerprint
+from .weights import create_timm_model
 
 log = logging.getLogger(__name__)
 
@@ -121,17 +121,5 @@ class TimmDinoV3Backend(TimmBackend):
             x = m.norm(x)
         return x[:, m.num_prefix_tokens:], (gh, gw)
 
-    def forward_batch(self, x: torch.Tensor) -> torch.Tensor:
-        tokens, (gh, gw) = self.forward_tokens(x)
-        return tokens.reshape(x.shape[0], gh, gw, -1).permute(0, 3, 1, 2)
-
     def cache_fields(self):
-        d = super().cache_fields()
-        w = self.weights
-        if w not in ("hub", "random"):
-            w = file_fingerprint(w)
-        elif w == "random":
-            w = f"random:{self.seed}"
-        d.update({"timm_name": self.timm_name, "weights": w, "layer": self.layer, "norm": self.norm,
-                  "resolution": self.resolution, "precision": str(self.autocast_dtype()), "rope": "physical"})
-        return d
+        return super().cache_fields() | {"norm": self.norm, "rope": "physical"}

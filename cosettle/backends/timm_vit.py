@@ -19,7 +19,7 @@ import torch
 from ..errors import UserError
 from .timm_common import (TimmBackend, block_index, cpu_bf16_supported, default_layer,  # noqa: F401
                           overlapping_patches, precision_dtype)
-from .weights import create_pretrained, file_fingerprint, load_into_timm
+from .weights import create_pretrained, load_into_timm
 
 log = logging.getLogger(__name__)
 
@@ -128,20 +128,8 @@ class TimmViTBackend(TimmBackend):
             x = torch.cat(prefix + [x], dim=1)
         return m.pos_drop(x)
 
-    def forward_batch(self, x: torch.Tensor) -> torch.Tensor:
-        tokens, (gh, gw) = self.forward_tokens(x)
-        return tokens.reshape(x.shape[0], gh, gw, -1).permute(0, 3, 1, 2)
-
     def cache_fields(self):
-        d = super().cache_fields()
-        w = self.weights
-        if w not in ("hub", "random"):
-            w = file_fingerprint(w)
-        elif w == "random":
-            w = f"random:{self.seed}"
-        d.update({"timm_name": self.timm_name, "weights": w, "layer": self.layer, "norm": self.norm,
-                  "resolution": self.resolution, "precision": str(self.autocast_dtype())})
-        return d
+        return super().cache_fields() | {"norm": self.norm}
 
 
 @contextlib.contextmanager
