@@ -38,6 +38,8 @@ def run_info(extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "command": " ".join(sys.argv),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        # CPU kernels split reductions by thread: a DINO-Tracker fit is reproducible at the same count only
+        "torch_threads": torch.get_num_threads(),
         "numpy": numpy.__version__,
         "platform": platform.platform(),
     }

@@ -58,6 +58,7 @@ def test_dino_run_writes_every_output(clip_files, tmp_path, capsys):
     np.testing.assert_allclose(z["tracks"][1, 5], [20.5, 40], atol=1e-4)
     info = json.loads((out / "run_info.json").read_text())
     assert {"preprocess", "train", "track"} <= set(info["stages_s"])
+    assert info["torch_threads"] == torch.get_num_threads()  # a fit is reproducible at the same count
     assert "iterations: 6" in (out / "config.yaml").read_text()
     assert "done in" in err and "tracks.npz" in err  # the summary
 
