@@ -28,7 +28,11 @@ def test_parts_by_hand():
     p = est["parts_mb"]
     assert p["video"] == pytest.approx(10 * 40 * 56 * 3 / mb, abs=0.05)
     assert p["masks"] == pytest.approx(10 * 40 * 56 / mb, abs=0.05)
+    # float16 features of all 10 frames + a float32 block of normalised maps (32 frames > 10: all of them)
     assert p["refine"] == pytest.approx(10 * 262 * 117 * (2 + 4) / mb, abs=0.05)
+    small_block = estimate_peak_memory(10, 40, 56, b, cfg.replace(infer_block_frames=4), num_queries=5,
+                                       base_mb=100.0)["parts_mb"]["refine"]
+    assert small_block == pytest.approx((10 * 2 + 4 * 4) * 262 * 117 / mb, abs=0.05)
     points = 1.5 * 10 * 20 * 28  # stride-2 lattice of 40x56
     assert p["trajectory_stores"] == pytest.approx(2 * 8 * points / mb, abs=0.05)
     # peaks grow with the clip; the frames that fit a limit are monotone

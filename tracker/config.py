@@ -85,6 +85,7 @@ class TrackerConfig:
     visible_cos: float = 0.6
     fb_thresh_cells: float = 1.0    # fb rule: back-tracking error above this (in cells) = occluded
     infer_chunk_maps: int = 2048    # cost volumes per head call at inference (memory bound)
+    infer_block_frames: int = 32    # frames whose normalised maps are held at once at inference (memory bound)
     # --- flow-guided inference (tracker ``dino-flow`` only; not in the paper, see tracker/flow_guided.py)
     fusion_snap_cells: float = 3.0  # flow may stray this many feature cells from DINO before re-detection
     fusion_fb_px: float = 1.5       # forward-backward error (original px) above which flow is not trusted

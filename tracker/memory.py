@@ -10,7 +10,7 @@ the configs, nothing hard-coded):
   best-buddy stage holds two K x K affinity matrices (K = feature cells per frame);
 * training: both trajectory stores + DeltaDINO's activations on one iteration's frames (calibrated);
 * refinement / inference: the refined features of every frame in float16 (2 bytes per value, computed
-  and rounded a chunk at a time) plus their L2-normalised float32 copy (4),
+  and rounded a chunk at a time) plus one block of ``infer_block_frames`` L2-normalised float32 maps,
   plus the per-query-frame tracking buffers (queries x T x C floats, three of them) and the head's
   activations on one chunk of ``infer_chunk_maps`` cost volumes (calibrated).
 
@@ -103,7 +103,8 @@ def estimate_peak_memory(num_frames: int, image_h: int, image_w: int, backend, c
         "train": TRAIN_FIXED_MB + TRAIN_ACT * (2 if cfg.separate_fg_bg_frames else 1) * cfg.batch_n_frames * H * W
         * cfg.cnn_width * 4 / MB,
         "head": HEAD_ACT * min(cfg.infer_chunk_maps, max(1, num_queries) * T) * K * (cfg.head_width + 4) * 4 / MB,
-        "refine": feat_values * (2 + 4) / MB,  # float16 refined + float32 normalised copy
+        # float16 refined features of the clip + one float32 block of normalised maps
+        "refine": (feat_values * 2 + min(T, cfg.infer_block_frames) * C * K * 4) / MB,
         "queries": 3 * num_queries * T * C * 4 / MB,
     }
     always = parts["base"] + parts["video"] + parts["masks"]

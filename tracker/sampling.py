@@ -44,18 +44,43 @@ def sample_frames(fmaps: torch.Tensor, frame_idx: torch.Tensor, xy: torch.Tensor
 def cost_volumes(src: torch.Tensor, fmaps_n: torch.Tensor, frame_idx: torch.Tensor) -> torch.Tensor:
     """ReLU'd cosine of each source feature (B, C) against its target map.
 
-    ``fmaps_n``: (T', C, h, w) already L2-normalised over C; ``frame_idx`` (B,) selects the target.
+    ``fmaps_n``: (T', C, h, w) already L2-normalised over C (a tensor, or a :class:`NormalisedMaps`);
+    ``frame_idx`` (B,) selects the target.
     Returns (B, h, w).
     """
-    t, c, h, w = fmaps_n.shape
+    _, c, h, w = fmaps_n.shape
     src_n = src / src.norm(dim=1, keepdim=True).clamp_min(1e-8)
     out = src.new_empty((src.shape[0], h * w))
-    flat = fmaps_n.reshape(t, c, h * w)
-    for f in torch.unique(frame_idx).tolist():
+    for f in torch.unique(frame_idx).tolist():  # ascending: a NormalisedMaps makes each block once
         sel = frame_idx == f
-        out[sel] = src_n[sel] @ flat[f]
+        out[sel] = src_n[sel] @ fmaps_n[f].reshape(c, h * w)
     return F.relu(out).reshape(-1, h, w)
 
 
 def l2n(fmaps: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return fmaps / fmaps.norm(dim=dim, keepdim=True).clamp_min(1e-8)
+
+
+class NormalisedMaps:
+    """``l2n(features.float())`` of (T, C, h, w) features of any float dtype, made ``block`` frames at a
+    time when a frame is indexed (the block in hand is kept): one float32 block in memory instead of a
+    float32 copy of the whole clip. ``maps[f]`` equals ``l2n(features.float())[f]`` (the norm is per
+    cell, so a block is normalised exactly as the whole clip is)."""
+
+    def __init__(self, features: torch.Tensor, block: int = 32):
+        self.features = features
+        self.block = max(1, int(block))
+        self.shape = features.shape
+        self._start = None
+        self._maps = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, f: int) -> torch.Tensor:
+        start = (int(f) // self.block) * self.block
+        if start != self._start:
+            self._maps = None  # drop the old block before making the new one
+            self._maps = l2n(self.features[start:start + self.block].float())
+            self._start = start
+        return self._maps[int(f) - start]
