@@ -76,12 +76,16 @@ class TrackInference:
 
     @torch.no_grad()
     def _track(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-        """src (M, C) features, tgt (M,) frame indices -> (M, 2) input px, in memory-bounded chunks."""
+        """src (M, C) features, tgt (M,) frame indices -> (M, 2) input px, in memory-bounded chunks.
+
+        Rows go through in target-frame order, so each block of normalised maps is made about once
+        per call (query-major chunks would each touch every frame and remake every block)."""
         out = src.new_empty((src.shape[0], 2))
         step = max(1, int(self.cfg.infer_chunk_maps))
+        order = torch.argsort(tgt, stable=True)
         for a in range(0, src.shape[0], step):
-            b = min(src.shape[0], a + step)
-            out[a:b] = self.model.predict(src[a:b], self.maps_n, tgt[a:b], self.geom)
+            rows = order[a:a + step]
+            out[rows] = self.model.predict(src[rows], self.maps_n, tgt[rows], self.geom)
         self.stats["head_evals"] += int(src.shape[0])
         return out
 
