@@ -149,10 +149,12 @@ def _rotary_encoder(args, imgs):
 
     RoPE only rotates queries/keys of patch tokens, so patch-to-patch attention sees relative
     positions only; absolute position enters through attention to the (unrotated) CLS/register tokens.
-    We make that dominate: every patch token starts as one shared vector (the patch-embedding bias,
-    ``--pe-scale`` x the content's norm) plus a small content term, LayerScale is opened (1e-5 -> 1)
-    and queries/keys are sharpened (``--qk-gain``), so each token's mix of register values -- a function of its
-    coordinates -- outweighs its content. Returns (backend, position share of token similarity: mean
+    We make that dominate: the patch-embedding weights are divided by ``--pe-scale`` (a small content
+    term on one shared bias vector of the content's original norm), LayerScale is opened (1e-5 -> 1)
+    and queries/keys are sharpened (``--qk-gain``), so each token's mix of register values -- a function
+    of its coordinates -- outweighs its content. (Inflating the shared bias instead does not work: it
+    is removed by every LayerNorm and by centring, while the raw content stays in the residual stream
+    at full size.) Returns (backend, position share of token similarity: mean
     cosine of the centred tokens at the same cell in different images minus at different cells)."""
     import torch
 
@@ -166,8 +168,12 @@ def _rotary_encoder(args, imgs):
     with torch.no_grad():
         content = m.patch_embed.proj(imgs[:4]) - m.patch_embed.proj.bias.view(1, -1, 1, 1)
         scale = float(content.norm(dim=1).mean())
+        # Shrink the content, do not inflate a shared bias: the residual stream carries the raw patch
+        # embedding, while the position-carrying attention updates are O(1) (they act on LayerNormed
+        # input), so only a small content term lets position dominate the output tokens.
+        m.patch_embed.proj.weight.div_(args.pe_scale)
         bias = torch.randn(m.embed_dim, generator=g)
-        m.patch_embed.proj.bias.copy_(bias / bias.norm() * scale * args.pe_scale)
+        m.patch_embed.proj.bias.copy_(bias / bias.norm() * scale)
         for blk in m.blocks:
             blk.gamma_1.fill_(1.0)
             blk.gamma_2.fill_(1.0)
@@ -187,9 +193,10 @@ def main(argv=None):
     ap.add_argument("--model", default="vit_tiny_patch16_224",
                     help="timm ViT (learned absolute PE) or a DINOv3 model, e.g. vit_small_patch16_dinov3 (RoPE)")
     ap.add_argument("--depth", type=int, default=None, help="DINOv3 models: number of blocks (default: the model's)")
-    ap.add_argument("--qk-gain", type=float, default=30.0,
+    ap.add_argument("--qk-gain", type=float, default=10.0,
                     help="DINOv3 models: factor on the query/key weights (sharp, position-driven attention)")
-    ap.add_argument("--pe-scale", type=float, default=30.0)
+    ap.add_argument("--pe-scale", type=float, default=30.0,
+                    help="ViT: factor on the position embeddings; DINOv3: divisor of the patch content")
     ap.add_argument("--pairs", choices=("unrelated", "shuffled"), default="unrelated")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--images", type=int, default=48)

@@ -1,7 +1,8 @@
-"""Smoke run of the position-shortcut script (the real numbers are in docs/cosettle.md)."""
+"""Runs of the Co-Settle scripts (the full-size numbers are in the README)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,21 @@ def test_position_shortcut_script_rotary_arm(capsys):
     assert "position_share_of_token_similarity" in d and d["nodes"] == 4
     assert set(d["results"]) == {"without_pea", "with_pea"}
     assert d["results"]["with_pea"]["before"] == d["results"]["without_pea"]["before"]
+
+
+def test_position_shortcut_rotary_shortcut_opens_without_pea_only(capsys):
+    """The RoPE control at a tiny size (2 blocks, 96^2 -> 9 nodes, chance loss log 9 = 2.20): position
+    dominates the tokens, the walk collapses on unrelated images without PEA, and with RoPE-PEA on the
+    return pass the training loss stays near chance."""
+    code, out, err = _main_in_process("position_shortcut.py", ["--model", "vit_small_patch16_dinov3", "--depth", "2",
+                                                              "--size", "96", "--images", "16", "--batch-size", "4",
+                                                              "--steps", "15"], capsys)
+    assert code == 0, err[-2000:]
+    d = json.loads(out)
+    chance = math.log(9)
+    assert d["nodes"] == 9 and d["position_share_of_token_similarity"] > 0.5
+    without, with_pea = d["results"]["without_pea"], d["results"]["with_pea"]
+    assert without["train_loss_last"] < 0.1 * chance  # the shortcut
+    assert without["after"]["eval_no_pea"]["loss"] < 0.1 * chance
+    assert without["after"]["eval_pea"]["loss"] > chance  # it learned positions: worse than chance once moved
+    assert with_pea["train_loss_last"] > 0.8 * chance  # closed
