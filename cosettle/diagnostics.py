@@ -50,8 +50,12 @@ def prepare_frames(frames: np.ndarray, size: int = 224, resize: int = 256) -> np
 
 
 def cycle_accuracy(tokens: torch.Tensor, grid: tuple[int, int], pairs=CYCLE_PAIRS, tau: float = 0.03,
-                   pool: int = 2) -> float:
-    """tokens (T, N, C) of one clip, unnormalised."""
+                   pool: int = 2, unit: bool = False) -> float:
+    """tokens (T, N, C) of one clip, unnormalised (the authors' protocol). ``unit``: L2-normalise each
+    token first, as the training loss does, so the score no longer depends on the feature scale (ours:
+    with a fixed tau the raw score rewards larger norms, e.g. a LayerNorm output of norm sqrt(C))."""
+    if unit:
+        tokens = torch.nn.functional.normalize(tokens.float(), dim=-1)
     T = tokens.shape[0]
     accs = []
     for a, b in pairs:
@@ -114,7 +118,8 @@ def metrics(clips_tokens: Sequence[torch.Tensor], grid: tuple[int, int]) -> dict
     cyc = float(np.mean([cycle_accuracy(t, grid) for t in clips_tokens]))
     mid = [t[t.shape[0] // 2] for t in clips_tokens]
     intra = [intra_video_distance(t) for t in clips_tokens]
-    out: dict[str, Any] = {"cycle_acc": cyc, "effective_rank": effective_rank(torch.cat(mid))}
+    cyc_unit = float(np.mean([cycle_accuracy(t, grid, unit=True) for t in clips_tokens]))
+    out: dict[str, Any] = {"cycle_acc": cyc, "cycle_acc_unit": cyc_unit, "effective_rank": effective_rank(torch.cat(mid))}
     out.update(inter_video_distance(mid))
     for k in intra[0]:
         out[k] = float(np.mean([d[k] for d in intra]))

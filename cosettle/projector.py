@@ -20,7 +20,7 @@ from torch import nn
 from .errors import UserError
 
 VARIANTS = ("linear", "linear-ln", "mlp2", "mlp3")
-INITS = ("trunc_normal", "xavier", "torch")
+INITS = ("trunc_normal", "xavier", "torch", "orthogonal")
 
 
 def _layers(variant: str, c_in: int, c_out: int) -> list[tuple[str, nn.Module]]:
@@ -51,7 +51,8 @@ class Projector(nn.Module):
 
     def reset_parameters(self, init: str = "trunc_normal", seed: int | None = None) -> None:
         """Linear init per the authors' encoder files: trunc_normal(0.02) for DINO/DINOv2/iBOT/BLIP/
-        I-JEPA, xavier_uniform for MAE/MoCo v3, PyTorch's default for CLIP; biases 0, LN (1, 0)."""
+        I-JEPA, xavier_uniform for MAE/MoCo v3, PyTorch's default for CLIP; biases 0, LN (1, 0).
+        ``orthogonal`` (ours): singular values all 0.02*sqrt(C_in), the trunc_normal scale."""
         if init not in INITS:
             raise UserError(f"unknown projector init {init!r}", f"choose one of {', '.join(INITS)}")
         gen = None
@@ -69,6 +70,13 @@ class Projector(nn.Module):
                     nn.init.zeros_(m.bias)
                 elif init == "xavier":
                     nn.init.xavier_uniform_(m.weight, generator=gen)
+                    nn.init.zeros_(m.bias)
+                elif init == "orthogonal":
+                    # Our addition (not in the authors' files): a scaled isometry with the Frobenius norm of
+                    # trunc_normal(0.02). A square Gaussian matrix spreads its singular values from ~0 to
+                    # 2x, which already distorts the input's similarities before any training.
+                    gain = 0.02 * m.in_features ** 0.5
+                    nn.init.orthogonal_(m.weight, gain=gain, generator=gen)
                     nn.init.zeros_(m.bias)
                 elif init == "torch" and gen is not None:
                     # nn.Linear's own init, but reproducible

@@ -110,6 +110,24 @@ def test_trunc_normal_init_is_the_authors_std():
     assert float(w.abs().max()) > 0.04  # values beyond 2 sigma exist
 
 
+def test_orthogonal_init_is_a_scaled_isometry():
+    import torch
+
+    from cosettle.projector import Projector
+
+    C = 262  # dsift's width
+    w = Projector(C, init="orthogonal", seed=0).net.fc1.weight.detach().double()
+    s = torch.linalg.svdvals(w)
+    assert torch.allclose(s, torch.full_like(s, 0.02 * C ** 0.5), rtol=1e-5)  # every singular value
+    # the same Frobenius norm as trunc_normal(0.02), whose singular values spread from ~0 to ~2x
+    g = Projector(C, seed=0).net.fc1.weight.detach().double()
+    assert abs(float(w.norm() / g.norm()) - 1) < 0.01
+    sg = torch.linalg.svdvals(g)
+    assert float(sg.min()) < 0.1 * float(s[0]) < float(s[0]) < 0.6 * float(sg.max())
+    w2 = Projector(C, init="orthogonal", seed=0).net.fc1.weight.detach().double()
+    assert torch.equal(w, w2)
+
+
 def _ijepa_file(path: Path):
     from timm.models.vision_transformer import VisionTransformer
 

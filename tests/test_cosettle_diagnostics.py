@@ -27,6 +27,16 @@ def test_cycle_accuracy_orthogonal_vs_constant_nodes():
     assert cycle_accuracy(torch.ones(10, 16, 4), (4, 4)) == pytest.approx(0.25)
 
 
+def test_cycle_accuracy_unit_is_scale_free():
+    g = torch.Generator().manual_seed(0)
+    clip = torch.randn(10, 16, 8, generator=g) + 0.5 * torch.randn(1, 16, 8, generator=g)
+    unit = torch.nn.functional.normalize(clip, dim=-1)
+    raw = [cycle_accuracy(clip * s, (4, 4)) for s in (0.1, 1.0, 10.0)]
+    assert len(set(raw)) > 1  # the authors' raw score moves with the feature scale on this clip
+    for s in (0.1, 1.0, 10.0):  # the unit score does not: it is the raw score of unit tokens
+        assert cycle_accuracy(clip * s, (4, 4), unit=True) == cycle_accuracy(unit, (4, 4))
+
+
 def test_effective_rank_extremes():
     assert effective_rank(torch.eye(6, 10)) == pytest.approx(1.0)        # 6 equal singular values / 6
     rank1 = torch.ones(6, 1) @ torch.randn(1, 10)
@@ -92,7 +102,7 @@ def test_cli_base_and_projected_side_by_side(tiny_clips, tmp_path):
     assert rep["clips"] == 3 and rep["frames_per_clip"] == [10, 10, 10]
     for side in ("base", "projected"):
         m = rep["results"][side]
-        assert 0 <= m["cycle_acc"] <= 1 and 0 < m["effective_rank"] <= 1 and m["inter"] > 0
+        assert 0 <= m["cycle_acc"] <= 1 and 0 <= m["cycle_acc_unit"] <= 1 and 0 < m["effective_rank"] <= 1 and m["inter"] > 0
     assert "cycle_acc" in r.stderr  # the table
     assert json.loads((tmp_path / "d.json").read_text())["results"] == rep["results"]
 
