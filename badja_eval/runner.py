@@ -116,6 +116,7 @@ class Runner:
         # {tracker name: {config field: value}}, e.g. {"dino": {"iterations": 200}}
         self.tracker_overrides = {k: dict(v) for k, v in (tracker_overrides or {}).items()}
         self._backends: dict[str, Any] = {}
+        self._stamps: dict[str, list] = {}  # backend name -> _file_stamps, computed once per run
         self._loaded: tuple[str, Any] | None = None  # last task's frames, reused across methods
         self.computed = 0
 
@@ -176,6 +177,8 @@ class Runner:
                              "masks": self.use_masks}, sort_keys=True).encode())
         if method.backend and self.backend_kwargs:
             h.update(json.dumps(self.backend_kwargs, sort_keys=True, default=str).encode())
+        if method.backend and self._file_stamps(method.backend):  # none: keys as before
+            h.update(json.dumps(self._file_stamps(method.backend)).encode())
         if self.tracker_overrides.get(method.tracker):
             h.update(json.dumps(self.tracker_overrides[method.tracker], sort_keys=True, default=str).encode())
         cfg = self.tracker_config(method)
@@ -183,6 +186,26 @@ class Runner:
             h.update(json.dumps(_plain(cfg), sort_keys=True, default=str).encode())
         h.update(np.ascontiguousarray(task.queries, dtype=np.float64).tobytes())
         return h.hexdigest()[:20]
+
+    def _file_stamps(self, backend: str) -> list:
+        """What the backend's files hold: the projector's content digest (``NAME+cosettle:PATH``, small
+        files) and a local weights file's size and mtime (possibly GBs, so not hashed), so that a
+        projector retrained in place or a replaced weights file does not return old predictions."""
+        if backend not in self._stamps:
+            from cosettle.hashing import file_digest
+            from cosettle.projector_io import resolve_path
+
+            stamps = []
+            _, plus, rest = backend.partition("+cosettle")
+            proj = rest.lstrip(":") or (self.backend_kwargs.get("projector") if plus else None)
+            if proj and resolve_path(proj).is_file():  # a missing file is reported when it is loaded
+                stamps.append(["projector", file_digest(resolve_path(proj))])
+            weights = self.backend_kwargs.get("weights")
+            if weights and Path(str(weights)).expanduser().is_file():
+                st = Path(str(weights)).expanduser().stat()
+                stamps.append(["weights", st.st_size, st.st_mtime_ns])
+            self._stamps[backend] = stamps
+        return self._stamps[backend]
 
     def load_cached(self, task: Task, method: Method) -> Prediction | None:
         path = self.cache_path(task, method)

@@ -152,3 +152,27 @@ def test_rows_mean_and_gain_columns(tmp_path):
     rows2 = build_rows({("a", "static"): {"delta_seg": math.nan, "delta_3px": math.nan, "count": 0}},
                        ["a"], [Method("static")], ["delta_seg", "delta_3px"])
     assert " -" in format_table(rows2, ["delta_seg", "delta_3px"])
+
+
+def test_a_projector_retrained_in_place_is_recomputed(tmp_path):
+    """The cache key holds the projector file's content, not just its path."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "projector.safetensors").write_bytes(b"first projector")
+    tasks, m = _tasks(2), Method("features", f"dsift+cosettle:{proj}")
+    FakeTracker.calls = []
+    _runner(tmp_path).run(tasks, [m])
+    _runner(tmp_path).run(tasks, [m])
+    assert len(FakeTracker.calls) == 2  # the second run came from the cache
+    (proj / "projector.safetensors").write_bytes(b"retrained projector")
+    _runner(tmp_path).run(tasks, [m])
+    assert len(FakeTracker.calls) == 4  # both tasks recomputed
+    # a local weights file: replaced (other size) -> recomputed
+    w = tmp_path / "w.safetensors"
+    w.write_bytes(b"weights")
+    _runner(tmp_path, backend_kwargs={"weights": str(w)}).run(tasks, [Method("features", "dsift")])
+    _runner(tmp_path, backend_kwargs={"weights": str(w)}).run(tasks, [Method("features", "dsift")])
+    assert len(FakeTracker.calls) == 6
+    w.write_bytes(b"other weights")
+    _runner(tmp_path, backend_kwargs={"weights": str(w)}).run(tasks, [Method("features", "dsift")])
+    assert len(FakeTracker.calls) == 8
