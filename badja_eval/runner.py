@@ -177,8 +177,9 @@ class Runner:
                              "masks": self.use_masks}, sort_keys=True).encode())
         if method.backend and self.backend_kwargs:
             h.update(json.dumps(self.backend_kwargs, sort_keys=True, default=str).encode())
-        if method.backend and self._file_stamps(method.backend):  # none: keys as before
-            h.update(json.dumps(self._file_stamps(method.backend)).encode())
+        stamps = self._file_stamps(method.backend) if method.backend else []
+        if stamps:  # none: keys as before
+            h.update(json.dumps(stamps).encode())
         if self.tracker_overrides.get(method.tracker):
             h.update(json.dumps(self.tracker_overrides[method.tracker], sort_keys=True, default=str).encode())
         cfg = self.tracker_config(method)
@@ -192,17 +193,20 @@ class Runner:
         files) and a local weights file's size and mtime (possibly GBs, so not hashed), so that a
         projector retrained in place or a replaced weights file does not return old predictions."""
         if backend not in self._stamps:
+            from cosettle.backends.registry import split_projected_name
             from cosettle.hashing import file_digest
             from cosettle.projector_io import resolve_path
 
             stamps = []
-            _, plus, rest = backend.partition("+cosettle")
-            proj = rest.lstrip(":") or (self.backend_kwargs.get("projector") if plus else None)
-            if proj and resolve_path(proj).is_file():  # a missing file is reported when it is loaded
-                stamps.append(["projector", file_digest(resolve_path(proj))])
+            # the file load_backend will read (the same precedence: projector= over NAME+cosettle:PATH)
+            _, _, proj = split_projected_name(backend, self.backend_kwargs.get("projector"))
+            proj_file = resolve_path(proj) if proj else None
+            if proj_file is not None and proj_file.is_file():  # a missing file is reported when loaded
+                stamps.append(["projector", file_digest(proj_file)])
             weights = self.backend_kwargs.get("weights")
-            if weights and Path(str(weights)).expanduser().is_file():
-                st = Path(str(weights)).expanduser().stat()
+            weights_file = Path(str(weights)).expanduser() if weights else None
+            if weights_file is not None and weights_file.is_file():
+                st = weights_file.stat()
                 stamps.append(["weights", st.st_size, st.st_mtime_ns])
             self._stamps[backend] = stamps
         return self._stamps[backend]

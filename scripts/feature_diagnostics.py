@@ -39,23 +39,17 @@ def main(argv=None):
     args = ap.parse_args(argv)
     setup_logging(args.verbose)
 
-    from cosettle.backends.registry import load_backend
+    from cosettle.backends.registry import load_backend, split_projected_name
     from cosettle.data import discover_clips
     from cosettle.diagnostics import diagnose, format_table, prepare_frames
     from cosettle.io.atomic import write_json
     from cosettle.io.video import read_video
 
     t0 = time.perf_counter()
-    name = args.backend
-    projector = args.projector
-    if "+" in name:
-        name, _, rest = name.partition("+")
-        if rest.startswith("cosettle:"):
-            projector = projector or rest[len("cosettle:"):]
-        elif rest != "cosettle":
-            raise UserError(f"unknown projection in backend {args.backend!r}", "use NAME or NAME+cosettle")
-        if not projector:
-            raise UserError(f"{args.backend} needs --projector PATH")
+    name, named_projected, projector = split_projected_name(args.backend, args.projector)
+    projector = projector or args.projector  # a plain NAME with --projector is scored projected too
+    if named_projected and not projector:
+        raise UserError(f"{args.backend} needs --projector PATH")
     kw = {"precision": args.precision, "resolution": (args.size, args.size)}
     if args.weights:
         kw["weights"] = args.weights

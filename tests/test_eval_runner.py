@@ -10,6 +10,7 @@ import pytest
 from badja_eval.report import build_rows, format_table, write_report
 from badja_eval.runner import Method, Runner, Task, make_methods
 from cosettle.errors import UserError
+from cosettle.hashing import file_digest
 from cosettle.io.tracks import TrackResult
 
 
@@ -176,3 +177,14 @@ def test_a_projector_retrained_in_place_is_recomputed(tmp_path):
     w.write_bytes(b"other weights")
     _runner(tmp_path, backend_kwargs={"weights": str(w)}).run(tasks, [Method("features", "dsift")])
     assert len(FakeTracker.calls) == 8
+
+
+def test_the_stamped_projector_is_the_one_load_backend_reads(tmp_path):
+    """projector= wins over NAME+cosettle:PATH in load_backend, so the cache key follows that file."""
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    a.write_bytes(b"a")
+    b.write_bytes(b"b")
+    r = _runner(tmp_path, backend_kwargs={"projector": str(a)})
+    assert r._file_stamps(f"dsift+cosettle:{b}")[0][1] == file_digest(a)
+    assert _runner(tmp_path)._file_stamps(f"dsift+cosettle:{b}")[0][1] == file_digest(b)
+    assert r._file_stamps("dsift") == []  # a plain name is not projected, whatever projector= says

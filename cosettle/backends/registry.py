@@ -52,15 +52,23 @@ def list_backends() -> dict[str, str]:
     return dict(sorted(_DESCRIPTIONS.items()))
 
 
+def split_projected_name(name: str, projector: str | None = None) -> tuple[str, bool, str | None]:
+    """``NAME`` -> (NAME, False, None); ``NAME+cosettle[:PATH]`` -> (NAME, True, the projector path:
+    ``projector`` if given, else PATH, else None). Any other ``+suffix`` is an error."""
+    if "+" not in name:
+        return name, False, None
+    base_name, _, suffix = name.partition("+")
+    suffix, _, inline_path = suffix.partition(":")
+    if suffix != "cosettle":
+        raise UserError(f"unknown projection {suffix!r} in backend {name!r}", "use NAME+cosettle")
+    return base_name, True, projector or inline_path or None
+
+
 def load_backend(name: str, *, projector: str | None = None, **kwargs) -> FeatureBackend:
     """Build a backend by name. Extra keyword arguments go to its factory (stride, layer, weights,
     resolution, device, ...). ``NAME+cosettle`` needs ``projector=PATH``."""
-    if "+" in name:
-        base_name, _, suffix = name.partition("+")
-        suffix, _, inline_path = suffix.partition(":")
-        if suffix != "cosettle":
-            raise UserError(f"unknown projection {suffix!r} in backend {name!r}", "use NAME+cosettle")
-        projector = projector or inline_path or None
+    base_name, projected, projector = split_projected_name(name, projector)
+    if projected:
         if not projector:
             raise UserError(f"backend {name!r} needs a projector file",
                             "pass projector=PATH (CLI: --projector PATH) or NAME+cosettle:PATH")
