@@ -1,85 +1,189 @@
-"""Flow-guided fusion (tracker ``dino-flow``): hand-built flows and DINO predictions with known answers,
-and the tracker end to end on a translating clip."""
+"""Flow-guided fusion (tracker ``dino-flow``): hand-built flows, head predictions and textures with known
+answers for each branch of the evidence rule, verification of re-detections, and the tracker end to end
+on a translating clip."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from cosettle.backends.registry import load_backend
 from cosettle.io.tracks import TrackResult
-from tests._tracker_synth import gt_track, translating_clip
+from tests._tracker_synth import gt_track, texture, translating_clip
 from tracker import build_tracker
 from tracker.config import preset
-from tracker.flow_guided import FusionStats, fuse_step, fuse_tracks
+from tracker.flow_guided import FusionStats, TemplateVerifier, fuse_step, fuse_tracks
 
-torch.set_num_threads(1)
 H, W = 20, 30
 
 
-def _const_flow(dx, dy):
-    f = np.zeros((H, W, 2), np.float32)
+def _const_flow(dx, dy, h=H, w=W):
+    f = np.zeros((h, w, 2), np.float32)
     f[..., 0], f[..., 1] = dx, dy
     return f
 
 
-def test_step_follows_consistent_flow_near_dino():
-    p = np.array([[10.0, 10.0]], np.float32)
+def _step(p, fwd, bwd, d, dvis, run=0, left_fg=None, drift_frames=1):
+    return fuse_step(np.array(p, np.float32), fwd, bwd, np.array(d, np.float32), np.array(dvis),
+                     np.full(len(p), run), snap_px=3.0, fb_px=1.5, drift_frames=drift_frames, left_fg=left_fg)
+
+
+def test_consistent_flow_is_followed_whatever_the_head_says_without_evidence():
     fwd, bwd = _const_flow(2, 1), _const_flow(-2, -1)
-    d = np.array([[13.0, 11.0]], np.float32)  # 1 px from the flow candidate (12, 11)
-    p_b, use_flow, redet, cons, err = fuse_step(p, fwd, bwd, d, np.array([True]), snap_px=3.0, fb_px=1.5)
-    assert p_b.tolist() == [[12.0, 11.0]] and use_flow.all() and not redet.any() and err[0] == 0
+    # head 1 px from the flow candidate (12, 11), head 8.9 px away and seeing, head not seeing
+    dec = _step([[10, 10]] * 3, fwd, bwd, [[13, 11], [20, 15], [20, 15]], [True, True, False])
+    assert dec.flow.tolist() == [[12.0, 11.0]] * 3 and dec.consistent.all() and dec.fb_err.tolist() == [0, 0, 0]
+    assert dec.follow.all() and not dec.candidate.any()  # disagreement alone is no evidence
+    assert dec.run.tolist() == [0, 1, 0]  # frames in a row far from a seeing head
 
 
-def test_step_redetects_when_flow_strays_from_a_visible_dino_prediction():
-    p = np.array([[10.0, 10.0]], np.float32)
+def test_drift_is_a_candidate_only_off_the_foreground_and_after_drift_frames():
     fwd, bwd = _const_flow(2, 1), _const_flow(-2, -1)
-    d = np.array([[20.0, 15.0]], np.float32)  # 8.9 px away > snap 3
-    p_b, use_flow, redet, _, _ = fuse_step(p, fwd, bwd, d, np.array([True]), 3.0, 1.5)
-    assert p_b.tolist() == [[20.0, 15.0]] and redet.all() and not use_flow.any()
-    # the same disagreement with DINO marking the point occluded: flow is kept
-    p_b, use_flow, redet, _, _ = fuse_step(p, fwd, bwd, d, np.array([False]), 3.0, 1.5)
-    assert p_b.tolist() == [[12.0, 11.0]] and use_flow.all() and not redet.any()
+    off = lambda f: np.ones(len(f), bool)  # noqa: E731 -- flow left the foreground
+    on = lambda f: np.zeros(len(f), bool)  # noqa: E731
+    dec = _step([[10, 10]], fwd, bwd, [[20, 15]], [True], left_fg=off)
+    assert dec.candidate.all() and dec.drift.all() and not dec.follow.any()
+    assert not _step([[10, 10]], fwd, bwd, [[20, 15]], [True], left_fg=on).candidate.any()
+    assert not _step([[10, 10]], fwd, bwd, [[13, 11]], [True], left_fg=off).candidate.any()  # head agrees
+    # three frames in a row required: run 1 -> 2 is not enough, 2 -> 3 is
+    assert not _step([[10, 10]], fwd, bwd, [[20, 15]], [True], run=1, left_fg=off, drift_frames=3).candidate.any()
+    assert _step([[10, 10]], fwd, bwd, [[20, 15]], [True], run=2, left_fg=off, drift_frames=3).candidate.all()
 
 
-def test_step_inconsistent_flow():
-    p = np.array([[10.0, 10.0], [10.0, 10.0]], np.float32)
+def test_broken_flow_branches():
     fwd, bwd = _const_flow(2, 0), _const_flow(0, 0)  # back-projection misses by 2 px > 1.5
-    d = np.array([[12.5, 10.0], [12.5, 10.0]], np.float32)
-    p_b, use_flow, redet, cons, err = fuse_step(p, fwd, bwd, d, np.array([True, False]), 3.0, 1.5)
-    assert not cons.any() and err.tolist() == pytest.approx([2.0, 2.0])
-    assert p_b.tolist() == [[12.5, 10.0], [12.0, 10.0]]  # re-detected / coasting on flow
-    assert redet.tolist() == [True, False] and not use_flow.any()
+    # head agrees (0.5 px) / head far and seeing / head blind
+    dec = _step([[10, 10]] * 3, fwd, bwd, [[12.5, 10], [20, 10], [20, 10]], [True, True, False])
+    assert not dec.consistent.any() and dec.fb_err.tolist() == pytest.approx([2.0] * 3)
+    assert dec.follow.tolist() == [True, False, False]      # agreeing head: flow kept
+    assert dec.candidate.tolist() == [False, True, False]   # far seeing head: re-detection candidate
+    # leaving the frame breaks flow even when it is consistent
+    out = _step([[28.5, 10]], _const_flow(2, 0), _const_flow(-2, 0), [[28, 10]], [True])
+    assert not out.consistent.any() and not out.follow.any() and out.candidate.all()
 
 
-def test_fuse_tracks_forward_and_backward_counts():
-    """Two queries (frames 0 and 2) on a 4-frame clip with a constant +1 px/frame flow; DINO agrees
-    except one wrong, visible prediction 10 px off (re-detection) and one occluded frame."""
-    T = 4
-    fwd, bwd = _const_flow(1, 0), _const_flow(-1, 0)
-    q = np.array([[0, 5.0, 5.0], [2, 8.0, 6.0]], np.float32)
-    gt = np.stack([np.stack([q[i, 1] + np.arange(T) - q[i, 0], np.full(T, q[i, 2])], 1) for i in range(2)])
-    dino_tr = gt.copy()
-    dino_vis = np.ones((2, T), bool)
-    dino_tr[0, 3] += (10, 0)          # query 0, frame 3: DINO visible and far -> re-detect to it
-    dino_vis[1, 0] = False            # query 1, frame 0: DINO unsure -> flow
-    dino_tr[1, 0] += (6, 0)
-    dino = TrackResult(dino_tr, dino_vis, dino_vis.astype(np.float32), q)
+def _textured_clip(T=6, h=80, w=100, seed=4):
+    """Frame k = frame 0 shifted by (+k, 0) px: the scene point (x, y) of frame 0 is at (x + k, y)."""
+    f0 = texture(h, w, seed=seed)
+    return np.stack([np.roll(f0, shift=k, axis=1) for k in range(T)])
+
+
+def test_redetection_accepted_only_when_verified_and_a_failed_one_is_not_visible():
+    """Flow breaks at step 2 -> 3 for both queries. The head's candidate of query 0 is where its
+    texture is (accepted, pixel-exact); query 1's is on other texture (rejected): it is not visible at
+    frame 3 and stays not visible while it follows flow again (frames 4, 5)."""
+    T = 6
+    frames = _textured_clip(T)
+    q = np.array([[0, 40.0, 40.0], [0, 55.0, 30.0]], np.float32)
+    gt = np.stack([np.stack([q[i, 1] + np.arange(T), np.full(T, q[i, 2])], 1) for i in range(2)])
+    good, bad = _const_flow(1, 0, 80, 100), _const_flow(-1, 0, 80, 100)
+
+    def flow_pair(t):
+        return (good, _const_flow(3, 0, 80, 100)) if t == 2 else (good, bad)  # 2 -> 3: fb error 4 px
+
+    head = gt.copy()
+    head[0, 3] = gt[0, 3] + (5, 3)   # flow broke; the head sees query 0 5.8 px off its true position
+    head[1, 3] = (80.0, 60.0)        # query 1: the head points at other texture (best correlation 0.36)
+    vis = np.ones((2, T), bool)
+    dino = TrackResult(head.astype(np.float32), vis, vis.astype(np.float32), q)
     st = FusionStats()
-    tracks, vis, conf = fuse_tracks(dino, lambda t: (fwd, bwd), T, snap_px=3.0, fb_px=1.5, stats=st)
-    expect = gt.copy()
-    expect[0, 3] = dino_tr[0, 3]
-    np.testing.assert_allclose(tracks, expect, atol=1e-5)
-    assert vis.all()
-    # forward: q0 3 steps + q1 1 step; backward: q1 2 steps; one of the 6 is a re-detection
-    assert (st.flow_steps, st.redetections, st.coasting) == (5, 1, 0)
-    assert st.flow_calls == 2 * (3 + 2)  # forward pairs 0..2, backward pairs 1, 0 (q1 only)
-    assert conf[1, 2] == 1.0 and conf[0, 3] == 1.0
+    tracks, visible, conf = fuse_tracks(dino, flow_pair, T, snap_px=3.0, fb_px=1.5,
+                                        verifier=TemplateVerifier(frames, q, half=8, search_px=8),
+                                        verify_ncc=0.5, stats=st)
+    np.testing.assert_allclose(tracks[0], gt[0], atol=1e-4)   # verified: moved onto the true position
+    assert visible[0].all() and conf[0, 3] > 0.99
+    assert visible[1].tolist() == [True, True, True, False, False, False]
+    assert (conf[1, 3:] == 0).all()
+    # the lost point kept following flow (it is not parked on the head's wrong guess)
+    np.testing.assert_allclose(tracks[1, 3:], gt[1, 2] + np.array([[1, 0], [2, 0], [3, 0]]), atol=1e-4)
+    assert (st.redetections, st.rejected, st.lost_new) == (1, 1, 1)
+    assert st.not_visible == 3
 
 
-def test_dino_flow_tracker_end_to_end(tmp_path):
-    """On a clip translating by (-3, -1) px/frame the fused tracker is (near) exact and never worse
-    than the pure head on the same fitted model."""
+def test_without_a_verifier_every_seen_candidate_is_taken():
+    """The rule alone (verifier None): the same broken step re-detects both queries to the head."""
+    T = 4
+    q = np.array([[0, 40.0, 40.0]], np.float32)
+    good, bad = _const_flow(1, 0, 80, 100), _const_flow(-1, 0, 80, 100)
+    head = np.stack([np.stack([q[0, 1] + np.arange(T), np.full(T, q[0, 2])], 1)]).astype(np.float32)
+    head[0, 2] = (70.0, 20.0)
+    vis = np.ones((1, T), bool)
+    tracks, visible, _ = fuse_tracks(TrackResult(head, vis, vis.astype(np.float32), q),
+                                     lambda t: (good, _const_flow(3, 0, 80, 100)) if t == 1 else (good, bad),
+                                     T, 3.0, 1.5, verifier=None)
+    assert tracks[0, 2].tolist() == [70.0, 20.0] and visible[0].all()
+
+
+def test_drift_correction_needs_the_foreground_at_the_landing_point():
+    """Consistent flow (the background's, 0 px/frame) keeps a point queried on a moving object in place:
+    it leaves the object's mask at frame 2. The head sees it on the object: re-detected there. With the
+    head's candidate off the mask too, nothing is corrected."""
+    T = 4
+    frames = _textured_clip(T)
+    q = np.array([[0, 40.0, 40.0]], np.float32)
+    gt = np.stack([np.stack([q[0, 1] + 4 * np.arange(T), np.full(T, q[0, 2])], 1)]).astype(np.float32)
+    frames = np.stack([np.roll(frames[0], shift=4 * k, axis=1) for k in range(T)])  # object moves 4 px/frame
+    zero = _const_flow(0, 0, 80, 100)
+
+    def on_object(t, xy):  # the object's mask: a band 3 px either side of the moving point
+        return np.abs(xy[:, 0] - (q[0, 1] + 4 * t)) <= 3.0
+
+    vis = np.ones((1, T), bool)
+    dino = TrackResult(gt.copy(), vis, vis.astype(np.float32), q)
+    verifier = TemplateVerifier(frames, q, half=8, search_px=8)
+    st = FusionStats()
+    tracks, visible, _ = fuse_tracks(dino, lambda t: (zero, zero), T, 3.0, 1.5, verifier, 0.5,
+                                     foreground=on_object, stats=st)
+    # every step: flow stays 4 px behind, off the object, the head sees it 4 px (> 3) away -> verified
+    np.testing.assert_allclose(tracks[0], gt[0], atol=1e-4)
+    assert visible[0].all() and st.drift_redetections == T - 1
+    # a foreground that excludes everything at frames >= 1: the correction may not land there
+    none_after_0 = lambda t, xy: np.full(len(xy), t == 0)  # noqa: E731
+    tracks, _, _ = fuse_tracks(dino, lambda t: (zero, zero), T, 3.0, 1.5, verifier, 0.5, foreground=none_after_0)
+    assert tracks[0, 3].tolist() == [40.0, 40.0]
+    # no foreground known: drift is never corrected either
+    tracks, _, _ = fuse_tracks(dino, lambda t: (zero, zero), T, 3.0, 1.5, verifier, 0.5, foreground=None)
+    assert tracks[0, 3].tolist() == [40.0, 40.0]
+
+
+def test_backward_pass_starts_fresh_from_the_query():
+    """A query at frame 2 whose forward steps lose it is still followed (visible) backwards."""
+    T = 5
+    q = np.array([[2, 40.0, 40.0]], np.float32)
+    good, bad = _const_flow(1, 0, 80, 100), _const_flow(-1, 0, 80, 100)
+    head = np.stack([np.stack([q[0, 1] + np.arange(T) - 2, np.full(T, q[0, 2])], 1)]).astype(np.float32)
+    vis = np.ones((1, T), bool)
+    vis[0, 3:] = False  # head blind after the query; flow broken at 2 -> 3
+    dino = TrackResult(head, vis, vis.astype(np.float32), q)
+    st = FusionStats()
+    tracks, visible, _ = fuse_tracks(dino, lambda t: (good, _const_flow(3, 0, 80, 100)) if t == 2 else (good, bad),
+                                     T, 3.0, 1.5, verifier=None, stats=st)
+    assert visible[0].tolist() == [True, True, True, False, False]
+    np.testing.assert_allclose(tracks[0, :3], head[0, :3], atol=1e-4)
+    assert st.flow_calls == 2 * (2 + 2)  # forward pairs 2->3, 3->4; backward 1->0, 2->1
+
+
+def test_template_verifier_finds_a_known_shift_and_refuses_what_it_cannot_compare():
+    """Frame 1 = frame 0 shifted by (+5, -3) px: from 4.5 px off, the match is the true position with
+    correlation 1; a flat clip, or a window leaving the frame, gives -1; pure noise stays far below 0.5."""
+    f0 = texture(80, 100, seed=4)
+    f1 = np.roll(f0, shift=(-3, 5), axis=(0, 1))
+    q = np.array([[0, 40.0, 40.0]], np.float32)
+    ver = TemplateVerifier(np.stack([f0, f1]), q, half=8, search_px=10)
+    true = np.array([[45.0, 37.0]])
+    peak, xy = ver.match(np.array([0]), 1, true + np.array([[4.0, -2.0]]))
+    np.testing.assert_allclose(xy, true)
+    assert peak[0] == pytest.approx(1.0, abs=1e-4)
+    flat = TemplateVerifier(np.full((2, 80, 100, 3), 128, np.uint8), q, half=8, search_px=10)
+    assert flat.match(np.array([0]), 1, true)[0][0] == -1.0
+    assert ver.match(np.array([0]), 1, np.array([[3.0, 37.0]]))[0][0] == -1.0  # window leaves the frame
+    noise = np.random.default_rng(0).integers(0, 255, f0.shape, dtype=np.uint8)
+    strict = TemplateVerifier(np.stack([f0, noise]), q, half=8, search_px=10)
+    assert strict.match(np.array([0]), 1, true)[0][0] < 0.5
+
+
+def test_dino_flow_tracker_end_to_end(tmp_path, one_torch_thread):
+    """On a clip translating by (-3, -1) px/frame the fused tracker is (near) exact, every point visible,
+    and never worse than the pure head on the same fitted model."""
     T, dx, dy = 6, 3, 1
     clip = translating_clip(64, 96, T, dx, dy)
     cfg = preset("fast", iterations=20, batch_size=64, cyc_after=15, rbb_after=15, checkpoint_every=10,
@@ -89,32 +193,10 @@ def test_dino_flow_tracker_end_to_end(tmp_path):
     gt = gt_track(q, T, dx, dy)
     fused = build_tracker("dino-flow", backend, cfg, progress=False).fit(clip)
     pure = build_tracker("dino", backend, cfg, progress=False).fit(clip)
-    e_f = np.linalg.norm(fused.track(q).tracks - gt, axis=-1)
+    res = fused.track(q)
+    e_f = np.linalg.norm(res.tracks - gt, axis=-1)
     e_p = np.linalg.norm(pure.track(q).tracks - gt, axis=-1)
     assert e_f.max() < 1.0, e_f
+    assert res.visible.all()
     assert e_f.mean() <= e_p.mean() + 1e-6
     assert fused.fusion_stats.flow_calls > 0
-
-
-def test_template_refiner_recovers_a_known_shift():
-    """A textured frame 0 and frame 1 = frame 0 shifted by (+5, -3) px: a re-detection 6 px off the
-    true position is moved exactly onto it; a flat patch, or a match below min_ncc, stays put."""
-    from tests._tracker_synth import texture
-    from tracker.flow_guided import TemplateRefiner
-
-    f0 = texture(80, 100, seed=4)
-    f1 = np.roll(f0, shift=(-3, 5), axis=(0, 1))
-    frames = np.stack([f0, f1])
-    q = np.array([[0, 40.0, 40.0]], np.float32)
-    ref = TemplateRefiner(frames, q, half=8, search_px=10, min_ncc=0.6)
-    true = np.array([[45.0, 37.0]])
-    got = ref(np.array([0]), 1, true + np.array([[4.0, -2.0]]))  # 4.5 px off
-    np.testing.assert_allclose(got, true)
-    assert ref.refined == 1
-    flat = np.full_like(frames, 128)
-    ref_flat = TemplateRefiner(flat, q, half=8, search_px=10, min_ncc=0.6)
-    start = true + 4.0
-    np.testing.assert_allclose(ref_flat(np.array([0]), 1, start), start)  # no texture: unchanged
-    noise = np.random.default_rng(0).integers(0, 255, f0.shape, dtype=np.uint8)
-    ref_strict = TemplateRefiner(np.stack([f0, noise]), q, half=8, search_px=10, min_ncc=0.6)
-    np.testing.assert_allclose(ref_strict(np.array([0]), 1, start), start)  # nothing similar: unchanged

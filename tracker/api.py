@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 # fields that do not change the trained model (excluded from the training cache key)
 _INFERENCE_ONLY = {"occlusion", "anchor_cos", "visible_cos", "fb_thresh_cells", "infer_chunk_maps", "infer_block_frames",
                    "work_dir", "preprocess", "device", "log_every", "checkpoint_every",
-                   "fusion_snap_cells", "fusion_fb_px", "fusion_dis_preset", "fusion_refine_ncc"}
+                   "fusion_snap_cells", "fusion_fb_px", "fusion_dis_preset", "fusion_verify_ncc",
+                   "fusion_drift_frames"}
 
 
 def cache_root() -> Path:

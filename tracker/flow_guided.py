@@ -1,29 +1,42 @@
-"""``dino-flow``: DINO-Tracker's predictions fused with chained optical flow at the video's own resolution.
+"""``dino-flow``: chained optical flow at the video's own resolution, re-detected with DINO-Tracker's head
+only on evidence, and a re-detection accepted only when it is verified.
 
 Why: chained flow is pixel-precise over short spans but drifts and never recovers once it slips onto the
 background or the point is occluded; DINO-Tracker re-detects a point anywhere (long-range, occlusions)
-but is only cell-precise (one dsift cell at the CPU work size is 16 px of a 480p frame). On BADJA clips
-the two fail in different places (an oracle picking the better one per point-frame beats flow by +7
-delta_seg), so the fused tracker follows flow while flow is trustworthy and re-detects with the trained
-head where it is not. This is NOT part of the DINO-Tracker paper (which uses the head alone); the pure
-method stays available as tracker ``dino``.
+but is only cell-precise (one dsift cell at the CPU work size is 16 px of a 480p frame), and with weak
+features its re-detections on slow clips are wrong about as often as right. The first fusion rule
+re-detected whenever consistent flow strayed 3 cells from the head: +20 delta_seg over flow on
+horsejump-high (where flow breaks early), -8 on cows and -9.5 on average over unseen BADJA clips (slow
+motion, where flow is right and the head is not). So the default now follows flow unless flow is
+demonstrably broken or the head has disagreed for several frames, and takes the head's position only
+when the query's own appearance is found there. This is NOT part of the DINO-Tracker paper (which uses
+the head alone); the pure method stays available as tracker ``dino``.
 
 Rule, per query and step a -> b (forwards from the query frame, then backwards), in original pixels:
 
-* flow candidate ``f = p_a + F_ab(p_a)``; it is *consistent* when the forward-backward error is below
-  ``fusion_fb_px`` and ``f`` is inside the frame;
-* DINO candidate ``d`` = DINO-Tracker's prediction in frame b (tracked from the query feature, so it
-  never drifts) with its visibility decision;
-* take ``f`` when it is consistent and either within ``fusion_snap_cells`` feature cells of ``d`` or DINO
-  marks the point occluded in b; otherwise take ``d`` when DINO sees the point (re-detection: flow broke,
-  or drifted too far from where the features say the point is); otherwise keep ``f`` (propagate through
-  an occlusion so the point can come back).
-* a re-detected point (cell-precise) is moved to the best normalised cross-correlation match of its
-  query-frame patch (17x17 px) within one cell, when that match reaches ``fusion_refine_ncc``
-  (``TemplateRefiner``), so it is pixel-precise again when the appearance still matches;
-* visible = flow followed (consistent) or re-detected; a point coasting on inconsistent flow while DINO
-  does not see it is occluded. Confidence: DINO's where the point was re-detected, the larger of flow's
-  (1 / (1 + (err / fusion_fb_px)^2)) and DINO's where flow was followed, DINO's while coasting.
+* flow candidate ``f = p_a + F_ab(p_a)``; *consistent* when the forward-backward error is below
+  ``fusion_fb_px`` and ``f`` is inside the frame. Head candidate ``d`` = DINO-Tracker's prediction in b
+  (tracked from the query feature, so it never drifts) with its visibility decision (the head's own
+  forward-backward check); they *agree* when the head sees the point within ``fusion_snap_cells`` cells
+  of ``f``;
+* **follow flow** when it is consistent, or inconsistent but inside the frame and agreeing with the head;
+* **re-detection candidate** ``d`` when flow is inconsistent and does not agree with a head that sees the
+  point (flow broke), or when consistent flow has carried a point queried on the foreground off the
+  foreground mask (the user's masks, else the automatic ones) while the head sees it elsewhere, for
+  ``fusion_drift_frames`` frames in a row (flow drifted onto the background). Disagreement alone is no
+  evidence: with dsift the head's far predictions on slow clips (cows) are wrong as often as right,
+  and on one seed of cows two such corrections cost 3 delta_seg. A drift correction must also land on
+  the foreground;
+* a candidate is **verified** when the query's own patch (17x17 px of the query frame) is found by
+  normalised cross-correlation within one feature cell of ``d`` with correlation >=
+  ``fusion_verify_ncc``; the point moves to that match (pixel-precise again). A drift candidate that
+  fails keeps following flow; a break candidate that fails, or broken flow with a head that does not
+  see the point, makes the point **lost**: not visible, positioned where flow took it (clamped to the
+  frame), and it stays not visible (while still following flow, so it can come back) until a verified
+  re-detection. A query patch that leaves the frame or has no texture can never verify.
+* visible = followed flow and not lost, or verified re-detection. Confidence: the larger of flow's
+  (1 / (1 + (err / fusion_fb_px)^2)) and the head's where flow was followed, the verification
+  correlation where re-detected, 0 where not visible.
 
 Flows are computed on the fly, one frame pair at a time, so memory does not grow with clip length.
 """
@@ -32,8 +45,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 
+import cv2
 import numpy as np
+from tqdm.auto import tqdm
 
 from cosettle.io.tracks import TrackResult
 
@@ -45,51 +61,73 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FusionStats:
-    flow_steps: int = 0        # point-steps that followed flow
-    redetections: int = 0      # point-steps snapped to the DINO prediction
-    coasting: int = 0          # flow inconsistent and DINO unsure: flow kept, point marked occluded
+    flow_steps: int = 0        # point-steps that followed flow (visible or not)
+    redetections: int = 0      # verified re-detections (flow broke or drifted)
+    drift_redetections: int = 0  # ... of which flow was consistent but had drifted from the head
+    rejected: int = 0          # re-detection candidates that failed verification
+    lost_new: int = 0          # point-steps where flow broke and nothing verified: the point became lost
+    not_visible: int = 0       # point-steps reported not visible (lost, or following flow after a loss)
     flow_calls: int = 0
-    refined: int = 0           # re-detections moved by the template refinement
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        total = max(1, self.flow_steps + self.redetections + self.coasting)
-        return {"flow_steps": self.flow_steps, "redetections": self.redetections, "coasting": self.coasting,
-                "redetect_share": self.redetections / total, "refined": self.refined,
-                "flow_calls": self.flow_calls,
-                "seconds": round(self.seconds, 3)}
+        total = max(1, self.flow_steps + self.redetections + self.lost_new)
+        return {"flow_steps": self.flow_steps, "redetections": self.redetections,
+                "drift_redetections": self.drift_redetections, "rejected": self.rejected,
+                "lost": self.lost_new, "not_visible": self.not_visible,
+                "redetect_share": self.redetections / total, "not_visible_share": self.not_visible / total,
+                "flow_calls": self.flow_calls, "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class StepDecision:
+    """Per point of one step: where flow goes and what the rule wants to do there."""
+
+    flow: np.ndarray           # (M, 2) flow candidate f
+    fb_err: np.ndarray         # (M,) forward-backward error, px
+    consistent: np.ndarray     # (M,) bool
+    follow: np.ndarray         # (M,) bool: take f
+    candidate: np.ndarray      # (M,) bool: re-detect at d if verified
+    drift: np.ndarray          # (M,) bool: candidate because consistent flow drifted (else flow broke)
+    run: np.ndarray            # (M,) int: consecutive frames of consistent flow far from a seeing head
 
 
 def fuse_step(p_a: np.ndarray, flow_ab: np.ndarray, flow_ba: np.ndarray, d_b: np.ndarray, dvis_b: np.ndarray,
-              snap_px: float, fb_px: float):
-    """One fusion step for M points. Returns (p_b, flow_used, redetected, flow_consistent, fb_err)."""
+              run_a: np.ndarray, snap_px: float, fb_px: float, drift_frames: int,
+              left_fg: Callable[[np.ndarray], np.ndarray] | None = None) -> StepDecision:
+    """The evidence rule of one step for M points (see the module docstring); no verification here.
+    ``left_fg(f) -> (M,) bool``: the flow candidate has left the foreground of a query made on it;
+    None (no foreground known): drift is never a candidate."""
     h, w = flow_ab.shape[:2]
     f = p_a + sample_flow(flow_ab, p_a)
     back = f + sample_flow(flow_ba, f)
     err = np.linalg.norm(back - p_a, axis=1)
-    consistent = (err < fb_px) & inside(f, h, w)
-    agree = np.linalg.norm(f - d_b, axis=1) <= snap_px
-    use_flow = consistent & (agree | ~dvis_b)
-    redetect = ~use_flow & dvis_b
-    p_b = np.where(redetect[:, None], d_b, f).astype(np.float32)
-    return p_b, use_flow, redetect, consistent, err
+    in_frame = inside(f, h, w)
+    consistent = (err < fb_px) & in_frame
+    dist = np.linalg.norm(f - d_b, axis=1)
+    agree = dvis_b & (dist <= snap_px)
+    far = dvis_b & ~agree
+    run = np.where(consistent & far, run_a + 1, 0)
+    off_fg = np.zeros(len(f), bool) if left_fg is None else np.asarray(left_fg(f), bool)
+    drift = consistent & far & (run >= drift_frames) & off_fg
+    keep_agree = ~consistent & agree & in_frame
+    follow = (consistent & ~drift) | keep_agree
+    candidate = drift | (~consistent & ~keep_agree & dvis_b)
+    return StepDecision(f.astype(np.float32), err, consistent, follow, candidate, drift, run)
 
 
-class TemplateRefiner:
-    """Moves a re-detected point to the best normalised cross-correlation match of its query patch
-    within ``search_px`` of the head's (cell-precise) prediction; keeps the prediction when no match
-    reaches ``min_ncc``. Pixel precision after a re-detection, where the head alone is off by up to a
-    cell."""
+class TemplateVerifier:
+    """Finds query ``i``'s own patch (``2 * half + 1`` px square, grey, from its query frame) within
+    ``search_px`` of a position by normalised cross-correlation: ``match(idx, frame, xy)`` -> (peak
+    correlation (M,), best position (M, 2)). Peak -1 where no comparison is possible (the patch or the
+    search window leaves the frame, or the query patch is flat): such a point can never be verified."""
 
-    def __init__(self, frames: np.ndarray, queries: np.ndarray, half: int = 8, search_px: float = 16.0,
-                 min_ncc: float = 0.6):
-        import cv2
-
-        self.frames, self.half, self.search, self.min_ncc = frames, int(half), int(round(search_px)), min_ncc
-        gray = {int(t): cv2.cvtColor(frames[int(t)], cv2.COLOR_RGB2GRAY)
+    def __init__(self, frames: np.ndarray, queries: np.ndarray, half: int = 8, search_px: float = 16.0):
+        self.frames, self.half, self.search = frames, int(half), int(round(search_px))
+        gray = {int(t): cv2.cvtColor(np.asarray(frames[int(t)]), cv2.COLOR_RGB2GRAY)
                 for t in np.unique(np.round(queries[:, 0]))}
         self.templates = [self._patch(gray[int(round(t))], x, y, self.half) for t, x, y in queries]
-        self.refined = 0
+        self._gray: tuple[int, np.ndarray] | None = None
 
     @staticmethod
     def _patch(img, x, y, r):
@@ -98,11 +136,15 @@ class TemplateRefiner:
             return None
         return img[yi - r: yi + r + 1, xi - r: xi + r + 1]
 
-    def __call__(self, idx: np.ndarray, frame: int, xy: np.ndarray) -> np.ndarray:
-        import cv2
+    def _frame(self, t: int) -> np.ndarray:
+        if self._gray is None or self._gray[0] != t:  # steps ask for one frame many times in a row
+            self._gray = (t, cv2.cvtColor(np.asarray(self.frames[t]), cv2.COLOR_RGB2GRAY))
+        return self._gray[1]
 
-        img = cv2.cvtColor(self.frames[frame], cv2.COLOR_RGB2GRAY)
-        out = xy.copy()
+    def match(self, idx: np.ndarray, frame: int, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        img = self._frame(frame)
+        peaks = np.full(len(idx), -1.0, np.float32)
+        out = np.array(xy, np.float32, copy=True)
         r, s = self.half, self.search
         for k, (i, (x, y)) in enumerate(zip(idx, xy)):
             tpl = self.templates[i]
@@ -111,21 +153,23 @@ class TemplateRefiner:
                 continue
             res = cv2.matchTemplate(win, tpl, cv2.TM_CCOEFF_NORMED)
             _, peak, _, (dx, dy) = cv2.minMaxLoc(res)
-            if peak >= self.min_ncc:
-                out[k] = (int(round(x)) - s + dx, int(round(y)) - s + dy)
-                self.refined += 1
-        return out
+            peaks[k] = peak
+            out[k] = (int(round(x)) - s + dx, int(round(y)) - s + dy)
+        return peaks, out
 
 
 def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, fb_px: float,
-                progress: bool = False, stats: FusionStats | None = None, refine=None):
+                verifier: TemplateVerifier | None, verify_ncc: float = 0.5, drift_frames: int = 1,
+                foreground: Callable[[int, np.ndarray], np.ndarray] | None = None,
+                progress: bool = False, stats: FusionStats | None = None):
     """Fuse DINO predictions with flow. ``flow_pair(t) -> (F[t], B[t])``: flows t -> t+1 and t+1 -> t.
-    ``refine(query_idx, frame, xy) -> xy``: optional, applied to re-detected points (TemplateRefiner).
+    ``verifier``: a :class:`TemplateVerifier` of the queries; None accepts every re-detection candidate
+    that the head sees (no appearance check: for tests of the rule alone, never the tracker's default).
+    ``foreground(t, xy) -> (M,) bool``: points on the foreground mask of frame t (original pixels);
+    None: no drift re-detections (only broken flow is re-detected).
 
     Returns (tracks (N,T,2), visible (N,T), confidence (N,T)) in original pixels.
     """
-    from tqdm.auto import tqdm
-
     st = stats if stats is not None else FusionStats()
     q = np.asarray(dino.queries, np.float64)
     n, T = len(q), num_frames
@@ -136,20 +180,52 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
     tracks[np.arange(n), tq] = q[:, 1:3]
     vis[np.arange(n), tq] = True
     conf[np.arange(n), tq] = 1.0
+    lost = np.zeros(n, bool)
+    run = np.zeros(n, np.int64)
+    on_fg = np.zeros(n, bool)  # queries made on the foreground: only they can drift off it
+    if foreground is not None:
+        for t in np.unique(tq):
+            on_fg[tq == t] = foreground(int(t), q[tq == t, 1:3])
 
     def step(idx, a, b, flow_ab, flow_ba):
+        h, w = flow_ab.shape[:2]
         d_b, dvis_b, dconf_b = dino.tracks[idx, b], dino.visible[idx, b], dino.confidence[idx, b]
-        p_b, use_flow, redet, consistent, err = fuse_step(tracks[idx, a], flow_ab, flow_ba, d_b, dvis_b,
-                                                          snap_px, fb_px)
-        if refine is not None and redet.any():
-            p_b[redet] = refine(idx[redet], b, p_b[redet])
+        left_fg = None if foreground is None else (lambda f: on_fg[idx] & ~foreground(b, f))
+        dec = fuse_step(tracks[idx, a], flow_ab, flow_ba, d_b, dvis_b, run[idx], snap_px, fb_px, drift_frames,
+                        left_fg)
+        p_b = dec.flow.copy()
+        was_lost = lost[idx].copy()
+        v_b = dec.follow & ~was_lost
+        fconf = np.where(dec.consistent, 1.0 / (1.0 + (dec.fb_err / fb_px) ** 2), 0.0)
+        c_b = np.where(v_b, np.maximum(fconf, dconf_b), 0.0).astype(np.float32)
+        ok = np.zeros(len(idx), bool)
+        cand = np.nonzero(dec.candidate)[0]
+        if len(cand):
+            if verifier is None:
+                peaks, xy = np.ones(len(cand), np.float32), d_b[cand]
+            else:
+                peaks, xy = verifier.match(idx[cand], b, d_b[cand])
+            good = peaks >= verify_ncc
+            drift_c = dec.drift[cand]
+            if drift_c.any():  # a drift correction must land on the foreground that flow left
+                good[drift_c] &= foreground(b, xy[drift_c])
+            ok[cand[good]] = True
+            p_b[cand[good]] = xy[good]
+            c_b[cand[good]] = np.clip(peaks[good], 0.0, 1.0)
+            st.rejected += int((~good).sum())
+            st.drift_redetections += int((good & dec.drift[cand]).sum())
+        v_b |= ok
+        newly_lost = ~dec.follow & ~ok  # flow broke and nothing verified where the head looked
+        p_b[newly_lost] = np.clip(p_b[newly_lost], 0.0, [w - 1.0, h - 1.0])
+        lost[idx] = (was_lost & ~ok) | newly_lost
+        run[idx] = np.where(ok, 0, dec.run)
         tracks[idx, b] = p_b
-        fconf = np.where(consistent, 1.0 / (1.0 + (err / fb_px) ** 2), 0.0)
-        vis[idx, b] = use_flow | redet
-        conf[idx, b] = np.where(redet, dconf_b, np.where(use_flow, np.maximum(fconf, dconf_b), dconf_b))
-        st.flow_steps += int(use_flow.sum())
-        st.redetections += int(redet.sum())
-        st.coasting += int((~use_flow & ~redet).sum())
+        vis[idx, b] = v_b
+        conf[idx, b] = np.where(v_b, c_b, 0.0)
+        st.flow_steps += int((dec.follow & ~ok).sum())
+        st.redetections += int(ok.sum())
+        st.lost_new += int(newly_lost.sum())
+        st.not_visible += int((~v_b).sum())
 
     t0 = time.perf_counter()
     need_back = bool(len(q)) and tq.max() > 0
@@ -163,6 +239,8 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
             step(idx, t, t + 1, fwd, bwd)
         bar.update(1)
     if need_back:
+        lost[:] = False  # the backward pass starts again from the query point
+        run[:] = 0
         for t in range(T - 2, -1, -1):  # backwards: points queried at >= t+1 move t+1 -> t
             idx = np.nonzero(tq >= t + 1)[0]
             if len(idx):
@@ -193,6 +271,17 @@ class FlowGuidedTracker(Tracker):
         h, _ = self.geometry_image_hw
         return float(g.stride) * h / g.input_h
 
+    def _foreground(self, t: int, xy: np.ndarray) -> np.ndarray:
+        """(M,) bool: original-pixel points on frame t's foreground mask (the masks the fit used, at the
+        work resolution); points outside the frame are not."""
+        masks = self.prep.masks
+        p = np.rint(self.geometry.image_to_input(np.asarray(xy, np.float64))).astype(np.int64)
+        _, h, w = masks.shape
+        ok = (p[:, 0] >= 0) & (p[:, 0] < w) & (p[:, 1] >= 0) & (p[:, 1] < h)
+        out = np.zeros(len(p), bool)
+        out[ok] = masks[t, p[ok, 1], p[ok, 0]]
+        return out
+
     def track_head(self, queries, occlusion: str | None = None) -> TrackResult:
         """The pure DINO-Tracker result of the same fitted model (tracker ``dino``)."""
         return super().track(queries, occlusion)
@@ -209,12 +298,10 @@ class FlowGuidedTracker(Tracker):
 
         self.fusion_stats = FusionStats()
         cell = self._cell_px()
-        refine = (TemplateRefiner(frames, res.queries, search_px=cell, min_ncc=c.fusion_refine_ncc)
-                  if c.fusion_refine_ncc > 0 else None)
+        verifier = TemplateVerifier(frames, res.queries, search_px=cell)
         tracks, vis, conf = fuse_tracks(res, flow_pair, frames.shape[0], c.fusion_snap_cells * cell,
-                                        c.fusion_fb_px, progress=self.progress, stats=self.fusion_stats,
-                                        refine=refine)
-        self.fusion_stats.refined = refine.refined if refine is not None else 0
+                                        c.fusion_fb_px, verifier, c.fusion_verify_ncc, c.fusion_drift_frames,
+                                        self._foreground, progress=self.progress, stats=self.fusion_stats)
         self.timings["fusion"] = self.timings.get("fusion", 0.0) + self.fusion_stats.seconds
         log.info("flow+dino fusion: %s", self.fusion_stats.to_dict())
         return TrackResult(tracks, vis, conf, res.queries, res.names)
