@@ -268,9 +268,11 @@ def to_eval_resolution(xy: np.ndarray, size_hw: tuple[int, int], eval_hw: tuple[
 
 
 def evaluate_badja(seq: BadjaSequence, pred_xy: np.ndarray, query_frames: np.ndarray | None = None,
-                   masks: np.ndarray | None = None, eval_hw: tuple[int, int] = EVAL_HW) -> dict:
+                   masks: np.ndarray | None = None, eval_hw: tuple[int, int] = EVAL_HW,
+                   pred_visible: np.ndarray | None = None) -> dict:
     """δseg/δ3px of one sequence. ``pred_xy``: (20, S, 2) x,y at the read resolution. Distances and mask
-    areas are taken at ``eval_hw`` (854x480 by default), so δ3px means 3 px at 854x480."""
+    areas are taken at ``eval_hw`` (854x480 by default), so δ3px means 3 px at 854x480. With
+    ``pred_visible`` (20, S) also false_visible / visible (see ``badja_metrics``)."""
     from .metrics import badja_metrics
 
     if masks is None:
@@ -278,4 +280,4 @@ def evaluate_badja(seq: BadjaSequence, pred_xy: np.ndarray, query_frames: np.nda
     areas = np.array([resize_mask(m, eval_hw).sum() for m in masks], dtype=np.float64)
     pred = to_eval_resolution(pred_xy, seq.size_hw, eval_hw)
     gt = to_eval_resolution(seq.joints, seq.size_hw, eval_hw)
-    return badja_metrics(pred, gt, seq.visible, areas, query_frames)
+    return badja_metrics(pred, gt, seq.visible, areas, query_frames, pred_visible=pred_visible)

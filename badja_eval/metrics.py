@@ -31,12 +31,15 @@ def badja_eval_mask(visible: np.ndarray, query_frames: np.ndarray | None = None)
 
 def badja_metrics(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, mask_areas: np.ndarray,
                   query_frames: np.ndarray | None = None, px_threshold: float = 3.0,
-                  seg_factor: float = 0.2) -> dict:
+                  seg_factor: float = 0.2, pred_visible: np.ndarray | None = None) -> dict:
     """One video. ``pred``/``gt``: (N, S, 2) x,y at the evaluation resolution (854x480 in the project
     setting); ``visible``: (N, S) GT visibility (False on unannotated frames); ``mask_areas``: (S,)
     foreground pixel counts at the evaluation resolution.
 
-    δseg: ‖p̂ − p‖ < 0.2·√A_t ; δ3px: ‖p̂ − p‖ < 3 px (both strict). Occlusion predictions are ignored.
+    δseg: ‖p̂ − p‖ < 0.2·√A_t ; δ3px: ‖p̂ − p‖ < 3 px (both strict). Occlusion predictions are ignored
+    by both (the BADJA protocol). With ``pred_visible`` (N, S) two more, not in the protocol, over the
+    same entries: ``false_visible`` = predicted visible and outside the δseg radius (a wrong point shown
+    as right; lower is better) and ``visible`` = predicted visible (so hiding every point is seen).
     Returns percentages (×100) and the number of evaluated entries.
     """
     pred = np.asarray(pred, dtype=np.float64)
@@ -52,9 +55,17 @@ def badja_metrics(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, mask_ar
     px_ok = dist < px_threshold
     count = int(ev.sum())
     if count == 0:
-        return {"delta_seg": math.nan, "delta_3px": math.nan, "count": 0}
-    return {"delta_seg": 100.0 * float(seg_ok[ev].mean()), "delta_3px": 100.0 * float(px_ok[ev].mean()),
-            "count": count}
+        extra = {} if pred_visible is None else {"false_visible": math.nan, "visible": math.nan}
+        return {"delta_seg": math.nan, "delta_3px": math.nan, "count": 0, **extra}
+    out = {"delta_seg": 100.0 * float(seg_ok[ev].mean()), "delta_3px": 100.0 * float(px_ok[ev].mean()),
+           "count": count}
+    if pred_visible is not None:
+        pv = np.asarray(pred_visible, bool)
+        if pv.shape != ev.shape:
+            raise ValueError(f"pred_visible {pv.shape} must be {ev.shape}")
+        out["false_visible"] = 100.0 * float((pv & ~seg_ok)[ev].mean())
+        out["visible"] = 100.0 * float(pv[ev].mean())
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- TAP-Vid

@@ -37,11 +37,11 @@ DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"  # the project's shared data
 BENCHMARKS = ("badja", "tapvid", "synthetic", "davis-masks")
 QUERY_MODES = {"badja": ("clip0", "first-visible"), "tapvid": ("first", "strided"),
                "synthetic": ("first", "strided"), "davis-masks": ("frame0",)}
-HEADERS = {"delta_seg": "δseg", "delta_3px": "δ3px", "average_jaccard": "AJ",
+HEADERS = {"delta_seg": "δseg", "delta_3px": "δ3px", "false_visible": "wrong-visible↓", "average_jaccard": "AJ",
            "average_pts_within_thresh": "δavg", "occlusion_accuracy": "OA"}
 for _k in ("delta_seg", "delta_3px", "average_jaccard", "average_pts_within_thresh", "occlusion_accuracy"):
     HEADERS["gain_" + _k] = "Δ" + HEADERS[_k]
-METRICS = {"badja": ("delta_seg", "delta_3px"),
+METRICS = {"badja": ("delta_seg", "delta_3px", "false_visible", "visible"),
            "tapvid": ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")}
 METRICS["synthetic"] = METRICS["tapvid"]
 METRICS["davis-masks"] = ("in_mask", "in_mask_all", "visible", "jump")  # badja_eval/davis_masks.py
@@ -217,7 +217,8 @@ def badja_tasks(cfg: EvalConfig):
         content = ";".join(f"{p.name}:{p.stat().st_size}" for p in seq.frame_paths + seq.mask_paths)
         tasks.append(Task(name, lambda s=seq: (s.load_frames(), s.load_masks()), q,
                           (seq.num_frames, *seq.size_hw), hashlib.sha1(content.encode()).hexdigest()))
-        scorers[name] = (lambda pred, s=seq, qf=q[:, 0]: evaluate_badja(s, pred.tracks, qf))
+        scorers[name] = (lambda pred, s=seq, qf=q[:, 0]: evaluate_badja(s, pred.tracks, qf,
+                                                                         pred_visible=pred.visible))
     return tasks, scorers, {n: n for n in names}
 
 

@@ -132,3 +132,23 @@ def test_badja_frame_selection():
     m = badja_metrics(pred, gt, np.ones((1, 3), bool), np.array([1e6, 100.0, 2500.0]))
     assert m["delta_seg"] == 50.0  # t=1: 5 < 2 fails; t=2: 5 < 10 passes
     assert badja_metrics(pred, gt, np.zeros((1, 3), bool), np.ones(3))["count"] == 0
+
+
+def test_badja_false_visible_counts_wrong_points_shown_as_visible():
+    """2 joints x 4 frames, every entry after frame 0 evaluated (6 entries), mask area 100 -> δseg
+    radius 0.2 * 10 = 2 px. Joint 0 is right at frames 1, 2 and 5 px off at 3; joint 1 is 5 px off at 1
+    and right at 2, 3. Predicted visible: joint 0 all; joint 1 only frame 2.
+    Wrong and visible: joint 0 frame 3 -> 1 of 6 = 16.67 %; visible 4 of 6 = 66.67 %; δseg 4/6."""
+    gt = np.zeros((2, 4, 2))
+    pred = gt.copy()
+    pred[0, 3, 0] = 5.0
+    pred[1, 1, 1] = 5.0
+    vis_gt = np.ones((2, 4), bool)
+    pv = np.array([[True] * 4, [True, False, True, False]])
+    m = badja_metrics(pred, gt, vis_gt, np.full(4, 100.0), pred_visible=pv)
+    assert m["count"] == 6
+    assert m["delta_seg"] == pytest.approx(100 * 4 / 6)
+    assert m["false_visible"] == pytest.approx(100 / 6) and m["visible"] == pytest.approx(400 / 6)
+    assert "false_visible" not in badja_metrics(pred, gt, vis_gt, np.full(4, 100.0))  # protocol keys only
+    with pytest.raises(ValueError):
+        badja_metrics(pred, gt, vis_gt, np.full(4, 100.0), pred_visible=pv[:, :3])
