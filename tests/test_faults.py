@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import io
 import json
 import os
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -90,18 +92,66 @@ def test_out_under_a_file(clip, tmp_path, capsys):
     assert no_partials(tmp_path)
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write anywhere")
-def test_out_in_an_unwritable_folder(clip, tmp_path, capsys):
+NOBODY = 65534  # the conventional unprivileged uid/gid
+
+
+def _run_as_nobody(cli, argv) -> tuple[int, str]:
+    """``cli.main(argv)`` in a forked child that dropped root to uid/gid 65534 -> (exit code, stderr).
+
+    Root passes every permission check, so for root a folder it may not write is made by asking as a user
+    who may not. The fork shares the parent's imports, so the child reads no file of the repository or the
+    environment; it reports back through a pipe."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        res = {"code": None, "err": ""}
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            res["uid"] = os.geteuid()
+            buf, old = io.StringIO(), sys.stderr
+            sys.stderr = buf
+            try:
+                cli.main(argv)
+            except SystemExit as exc:
+                res["code"] = exc.code
+            finally:
+                sys.stderr = old
+            res["err"] = buf.getvalue()
+        except BaseException as exc:  # noqa: BLE001 -- report anything to the parent
+            res["err"] += f"child failed: {exc!r}"
+        finally:
+            os.write(w, json.dumps(res).encode())
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        res = json.loads(f.read().decode() or "{}")
+    os.waitpid(pid, 0)
+    assert res.get("uid") == NOBODY, res
+    return res["code"], res["err"]
+
+
+def test_out_in_an_unwritable_folder(clip, capsys):
+    """A folder without write permission, as the user the run is: run directly when not root, and as
+    root (CI) through a child that dropped to uid 65534 (root itself may write anywhere)."""
     video, pts = clip
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        code, _, err = run(TRACK, _static(video, pts, ro / "out"), capsys)
-    finally:
-        ro.chmod(0o700)
-    assert_one_line_error(code, err, "cannot write")
-    assert list(ro.iterdir()) == []
+    with tempfile.TemporaryDirectory() as base:
+        os.chmod(base, 0o755)  # traversable by the unprivileged child (its parents are /tmp-like)
+        ro = Path(base) / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        try:
+            argv = _static(video, pts, ro / "out")
+            if os.geteuid() == 0:
+                code, err = _run_as_nobody(TRACK, argv)
+            else:
+                code, _, err = run(TRACK, argv, capsys)
+        finally:
+            ro.chmod(0o755)
+        assert_one_line_error(code, err, "cannot write", str(ro))
+        assert list(ro.iterdir()) == []
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc (unwritable even for root)")
