@@ -12,7 +12,6 @@ import torch
 from cosettle.io.video import write_video
 from tests._tracker_synth import translating_clip
 
-torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 
 
