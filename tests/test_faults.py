@@ -13,7 +13,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -238,20 +237,44 @@ def test_a_failing_overlay_leaves_no_partial_set(clip, tmp_path, capsys, monkeyp
     assert no_partials(tmp_path)
 
 
+_KILL_CHILD = """
+import runpy, sys
+sys.path.insert(0, {repo!r})
+import tracker.train
+
+step = tracker.train.Trainer.step
+def step_then_wait(self, it):
+    if it == 1:  # inside training: the staging folder and the work folder exist, no output set yet
+        print("in training", flush=True)
+        sys.stdin.read()
+        raise SystemExit("stdin closed before the SIGKILL")
+    return step(self, it)
+tracker.train.Trainer.step = step_then_wait
+sys.argv = [{track!r}] + {argv!r}
+runpy.run_path({track!r}, run_name="__main__")
+"""
+
+
 def test_killed_run_leaves_no_output(clip, tmp_path, capsys):
+    """SIGKILL during training (the child says when it is there and blocks: no polling), then a re-run."""
     video, pts = clip
     out = tmp_path / "out"
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", COSETTLE_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "track.py"), "--video", str(video), "--points",
-                             str(pts), "--tracker", "dino", "--iterations", "100000", "--stride", "4",
-                             "--work-dir", str(tmp_path / "work"), "--out", str(out)],
-                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not list((tmp_path / "work").glob("train_*")):
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    argv = ["--video", str(video), "--points", str(pts), "--tracker", "dino", "--iterations", "50", "--stride", "4",
+            "--work-dir", str(tmp_path / "work"), "--out", str(out)]
+    child = _KILL_CHILD.format(repo=str(REPO), track=str(REPO / "scripts" / "track.py"), argv=argv)
+    proc = subprocess.Popen([sys.executable, "-c", child], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # blocks until the child is in training ('' if it died)
+        assert line.strip() == "in training", proc.stderr.read()[-2000:] if proc.poll() is not None else line
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
     assert not out.exists()  # only a hidden staging folder (never a half set under --out) ...
     assert len(list(tmp_path.glob(".out.partial-*"))) == 1
     code, _, err = run(TRACK, _static(video, pts, out, "--no-overlay"), capsys)
