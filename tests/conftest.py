@@ -51,17 +51,10 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-# A fit is bit-reproducible at a fixed seed and thread count only (README: 1 vs 2 threads differ). Tests that
-# compare a fit bit for bit with one made elsewhere (a child process that runs 1 thread) request one of
-# these; nothing sets the thread count for the whole session.
+# A fit is bit-reproducible at a fixed seed and thread count only (README: 1 vs 2 threads differ). A test that
+# compares a fit bit for bit with one made elsewhere (a child process that runs 1 thread) requests this;
+# nothing sets the thread count for the whole session.
 @pytest.fixture
 def one_torch_thread():
-    with torch_threads(1) as n:
-        yield n
-
-
-@pytest.fixture(scope="module")
-def one_torch_thread_module():
-    """The same for a module whose module-scoped fixtures fit (requested by those fixtures)."""
     with torch_threads(1) as n:
         yield n
