@@ -28,7 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
-DAVIS = REPO.parent / "shared" / "data" / "davis480" / "horsejump-high" / "JPEGImages"
+DAVIS = (Path(os.environ.get("COSETTLE_SHARED", REPO.parent / "shared")) / "data" / "davis480" / "horsejump-high"
+         / "JPEGImages")  # COSETTLE_SHARED: the shared folder elsewhere (as for the tests)
 
 
 class LoopedFrames:
@@ -49,7 +50,7 @@ class LoopedFrames:
         return iio.imread(self.files[i % len(self.files)])
 
 
-def worker(mode: str, stride: int, frames: int, layer: int | None) -> dict:
+def worker(mode: str, stride: int, frames: int, layer: int | None, size=(476, 854)) -> dict:
     import torch
 
     from cosettle.provenance import peak_rss_mb
@@ -70,14 +71,14 @@ def worker(mode: str, stride: int, frames: int, layer: int | None) -> dict:
         with torch.no_grad():
             for i in range(frames):
                 x = torch.from_numpy(video[i]).permute(2, 0, 1)[None].float() / 255
-                x = F.interpolate(x, size=(476, 854), mode="bilinear", antialias=True, align_corners=False)
+                x = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
                 outs.append(model.forward_features((x - mean) / std))
         seconds = time.perf_counter() - t0
     else:
         from cosettle import load_backend
         from cosettle.cache import FeatureCache
 
-        backend = load_backend("dinov2_vits14", weights="random", stride=stride, layer=layer)
+        backend = load_backend("dinov2_vits14", weights="random", stride=stride, layer=layer, resolution=tuple(size))
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             feats = FeatureCache(tmp).get_or_compute(backend, video)
@@ -90,8 +91,9 @@ def worker(mode: str, stride: int, frames: int, layer: int | None) -> dict:
             "threads": torch.get_num_threads()}
 
 
-def run_worker(mode, stride, frames, layer=None) -> dict:
-    cmd = [sys.executable, __file__, "--worker", mode, "--stride", str(stride), "--frames", str(frames)]
+def run_worker(mode, stride, frames, layer=None, size="854x476") -> dict:
+    cmd = [sys.executable, __file__, "--worker", mode, "--stride", str(stride), "--frames", str(frames),
+           "--size", size]
     if layer is not None:
         cmd += ["--layer", str(layer)]
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -106,29 +108,32 @@ def main():
     p.add_argument("--rss-frames", type=int, nargs=2, default=[50, 200])
     p.add_argument("--strides", type=int, nargs="+", default=[14, 7])
     p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument("--size", default="854x476", help="WxH the model runs at (default: the reference's 854x476; "
+                   "tests use a tiny one)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--stride", type=int, default=14, help=argparse.SUPPRESS)
     p.add_argument("--layer", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.stride, args.frames, args.layer)))
+        w, h = (int(v) for v in args.size.lower().split("x"))
+        print(json.dumps(worker(args.worker, args.stride, args.frames, args.layer, (h, w))))
         return
     import torch
 
     from cosettle.backends.timm_vit import cpu_bf16_supported
 
-    report = {"model": "ViT-S/14 (dinov2_vits14 architecture, random weights)", "resolution": "476x854",
+    report = {"model": "ViT-S/14 (dinov2_vits14 architecture, random weights)", "resolution": args.size,
               "cpu_count": os.cpu_count(), "torch": torch.__version__, "bf16_autocast": cpu_bf16_supported(),
               "speed": [], "rss": []}
     for s in args.strides:
-        naive = run_worker("naive", s, args.frames)
-        ours_full = run_worker("ours", s, args.frames, layer=-1)  # same depth as naive (all blocks)
-        ours_default = run_worker("ours", s, args.frames)  # default block (2/3 depth)
+        naive = run_worker("naive", s, args.frames, size=args.size)
+        ours_full = run_worker("ours", s, args.frames, layer=-1, size=args.size)  # same depth as naive (all blocks)
+        ours_default = run_worker("ours", s, args.frames, size=args.size)  # default block (2/3 depth)
         report["speed"].append({
             "stride": s, "naive": naive, "ours_all_blocks": ours_full, "ours_default_layer": ours_default,
             "speedup_all_blocks": round(ours_full["frames_per_s"] / naive["frames_per_s"], 2),
             "speedup_default_layer": round(ours_default["frames_per_s"] / naive["frames_per_s"], 2)})
-    small, large = (run_worker("ours", 14, n) for n in args.rss_frames)
+    small, large = (run_worker("ours", 14, n, size=args.size) for n in args.rss_frames)
     report["rss"] = {"frames": args.rss_frames, "peak_rss_mb": [small["peak_rss_mb"], large["peak_rss_mb"]],
                      "ratio": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3)}
     report["targets"] = {

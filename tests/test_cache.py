@@ -177,7 +177,6 @@ def test_tracker_recovers_from_truncated_checkpoint_and_refined(tmp_path, caplog
     from tests.test_tracker_api import Q, _backend, _cfg
     from tracker.api import Tracker
 
-    torch.set_num_threads(1)
     clip = translating_clip(64, 96, 6, 3, 1)
     cfg = _cfg(tmp_path, iterations=20, checkpoint_every=10, cyc_after=10, rbb_after=10)
     good = Tracker(_backend(), cfg, progress=False).fit(clip).track(Q)
@@ -194,7 +193,32 @@ def test_tracker_recovers_from_truncated_checkpoint_and_refined(tmp_path, caplog
 
 
 # -- one run per work folder ----------------------------------------------------------------------------
-def test_folder_lock_makes_a_second_run_wait(tmp_path, caplog):
+class _Announces(logging.Handler):
+    """Sets an event when the lock logs that a run is waiting: from then on that run is past its failed
+    non-blocking attempt, so the holder may release and the order of the two is fixed (no sleeps)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.waiting = threading.Event()
+
+    def emit(self, record):
+        if "waiting for it to finish" in record.getMessage():
+            self.waiting.set()
+
+
+@pytest.fixture
+def lock_waits():
+    h = _Announces()
+    lg = logging.getLogger("cosettle.io.lock")
+    before = lg.level
+    lg.setLevel(logging.INFO)
+    lg.addHandler(h)
+    yield h.waiting
+    lg.removeHandler(h)
+    lg.setLevel(before)
+
+
+def test_folder_lock_makes_a_second_run_wait(tmp_path, lock_waits):
     from cosettle.io.lock import folder_lock
 
     events = []
@@ -203,30 +227,28 @@ def test_folder_lock_makes_a_second_run_wait(tmp_path, caplog):
     def first():
         with folder_lock(tmp_path):
             first_in.set()
-            time.sleep(0.5)
+            events.append(("second was waiting", lock_waits.wait(60)))  # holds the lock until then
             events.append("first done")
 
     def second():
-        first_in.wait(5)
+        assert first_in.wait(60)
         with folder_lock(tmp_path):
             events.append("second in")
 
     t1, t2 = threading.Thread(target=first), threading.Thread(target=second)
-    with caplog.at_level(logging.INFO, logger="cosettle.io.lock"):
-        t1.start(), t2.start()
-        t1.join(10), t2.join(10)
-    assert events == ["first done", "second in"]  # never inside together
-    assert "waiting for it to finish" in caplog.text
+    t1.start(), t2.start()
+    t1.join(120), t2.join(120)
+    assert not t1.is_alive() and not t2.is_alive()
+    assert events == [("second was waiting", True), "first done", "second in"]  # never inside together
 
 
-def test_second_fit_on_a_locked_work_folder_waits_then_reuses(tmp_path, caplog):
+def test_second_fit_on_a_locked_work_folder_waits_then_reuses(tmp_path, caplog, lock_waits):
     """While another run holds the work folder, fit() waits; afterwards it reuses the cached stages."""
     from cosettle.io.lock import folder_lock
     from tests._tracker_synth import translating_clip
     from tests.test_tracker_api import _backend, _cfg
     from tracker.api import Tracker
 
-    torch.set_num_threads(1)
     clip = translating_clip(32, 48, 3, 2, 1)
     cfg = _cfg(tmp_path, iterations=2, checkpoint_every=1, cyc_after=1, rbb_after=1)
     Tracker(_backend(), cfg, progress=False).fit(clip)  # the "first run", finished
@@ -240,10 +262,9 @@ def test_second_fit_on_a_locked_work_folder_waits_then_reuses(tmp_path, caplog):
         with folder_lock(tmp_path):  # a first run still in progress
             t = threading.Thread(target=second)
             t.start()
-            time.sleep(1.0)
+            assert lock_waits.wait(120)  # the second run reached the lock and waits on it
             released = time.monotonic()
-            assert not done  # blocked
+            assert not done  # blocked: it cannot finish while the lock is held
         t.join(120)
-    assert done and done[0] >= released
-    assert "waiting for it to finish" in caplog.text
+    assert not t.is_alive() and done and done[0] >= released
     assert "training: 0 iterations" in caplog.text and "computed in" not in caplog.text.split("waited")[-1]

@@ -39,7 +39,15 @@ def test_reads_dict_list_and_jpeg_layouts(tmp_path):
     vids = tapvid.load_pickle(tmp_path / "kin.pkl")
     assert len(vids) == 2 and vids[0].hw == (32, 48) and vids[0].num_frames == 6
     assert vids[0].frames().shape == (6, 32, 48, 3)
-    assert np.abs(vids[0].frames().astype(int) - v["video"]).mean() < 60  # decoded JPEG
+    # decoded JPEG: what an independent decoder (OpenCV's libjpeg-turbo, BGR -> RGB) makes of the same
+    # bytes, frame by frame. (A bound against the original frames cannot tell: JPEG of 32x48 uniform
+    # noise is off by ~47 levels on average, and a flat grey frame by ~64.)
+    import cv2
+
+    decoded = vids[0].frames()
+    for k, buf in enumerate(jpgs):
+        ref = cv2.cvtColor(cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        assert np.abs(decoded[k].astype(int) - ref).max() <= 1, k  # ISLOW IDCT: equal up to libjpeg rounding
 
 
 def test_untrusted_pickle_is_refused(tmp_path):

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import io
 import json
 import os
 import signal
 import stat
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -90,18 +91,66 @@ def test_out_under_a_file(clip, tmp_path, capsys):
     assert no_partials(tmp_path)
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write anywhere")
-def test_out_in_an_unwritable_folder(clip, tmp_path, capsys):
+NOBODY = 65534  # the conventional unprivileged uid/gid
+
+
+def _run_as_nobody(cli, argv) -> tuple[int, str]:
+    """``cli.main(argv)`` in a forked child that dropped root to uid/gid 65534 -> (exit code, stderr).
+
+    Root passes every permission check, so for root a folder it may not write is made by asking as a user
+    who may not. The fork shares the parent's imports, so the child reads no file of the repository or the
+    environment; it reports back through a pipe."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        res = {"code": None, "err": ""}
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            res["uid"] = os.geteuid()
+            buf, old = io.StringIO(), sys.stderr
+            sys.stderr = buf
+            try:
+                cli.main(argv)
+            except SystemExit as exc:
+                res["code"] = exc.code
+            finally:
+                sys.stderr = old
+            res["err"] = buf.getvalue()
+        except BaseException as exc:  # noqa: BLE001 -- report anything to the parent
+            res["err"] += f"child failed: {exc!r}"
+        finally:
+            os.write(w, json.dumps(res).encode())
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        res = json.loads(f.read().decode() or "{}")
+    os.waitpid(pid, 0)
+    assert res.get("uid") == NOBODY, res
+    return res["code"], res["err"]
+
+
+def test_out_in_an_unwritable_folder(clip, capsys):
+    """A folder without write permission, as the user the run is: run directly when not root, and as
+    root (CI) through a child that dropped to uid 65534 (root itself may write anywhere)."""
     video, pts = clip
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        code, _, err = run(TRACK, _static(video, pts, ro / "out"), capsys)
-    finally:
-        ro.chmod(0o700)
-    assert_one_line_error(code, err, "cannot write")
-    assert list(ro.iterdir()) == []
+    with tempfile.TemporaryDirectory() as base:
+        os.chmod(base, 0o755)  # traversable by the unprivileged child (its parents are /tmp-like)
+        ro = Path(base) / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        try:
+            argv = _static(video, pts, ro / "out")
+            if os.geteuid() == 0:
+                code, err = _run_as_nobody(TRACK, argv)
+            else:
+                code, _, err = run(TRACK, argv, capsys)
+        finally:
+            ro.chmod(0o755)
+        assert_one_line_error(code, err, "cannot write", str(ro))
+        assert list(ro.iterdir()) == []
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc (unwritable even for root)")
@@ -188,20 +237,44 @@ def test_a_failing_overlay_leaves_no_partial_set(clip, tmp_path, capsys, monkeyp
     assert no_partials(tmp_path)
 
 
+_KILL_CHILD = """
+import runpy, sys
+sys.path.insert(0, {repo!r})
+import tracker.train
+
+step = tracker.train.Trainer.step
+def step_then_wait(self, it):
+    if it == 1:  # inside training: the staging folder and the work folder exist, no output set yet
+        print("in training", flush=True)
+        sys.stdin.read()
+        raise SystemExit("stdin closed before the SIGKILL")
+    return step(self, it)
+tracker.train.Trainer.step = step_then_wait
+sys.argv = [{track!r}] + {argv!r}
+runpy.run_path({track!r}, run_name="__main__")
+"""
+
+
 def test_killed_run_leaves_no_output(clip, tmp_path, capsys):
+    """SIGKILL during training (the child says when it is there and blocks: no polling), then a re-run."""
     video, pts = clip
     out = tmp_path / "out"
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", COSETTLE_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "track.py"), "--video", str(video), "--points",
-                             str(pts), "--tracker", "dino", "--iterations", "100000", "--stride", "4",
-                             "--work-dir", str(tmp_path / "work"), "--out", str(out)],
-                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not list((tmp_path / "work").glob("train_*")):
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    argv = ["--video", str(video), "--points", str(pts), "--tracker", "dino", "--iterations", "50", "--stride", "4",
+            "--work-dir", str(tmp_path / "work"), "--out", str(out)]
+    child = _KILL_CHILD.format(repo=str(REPO), track=str(REPO / "scripts" / "track.py"), argv=argv)
+    proc = subprocess.Popen([sys.executable, "-c", child], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # blocks until the child is in training ('' if it died)
+        assert line.strip() == "in training", proc.stderr.read()[-2000:] if proc.poll() is not None else line
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
     assert not out.exists()  # only a hidden staging folder (never a half set under --out) ...
     assert len(list(tmp_path.glob(".out.partial-*"))) == 1
     code, _, err = run(TRACK, _static(video, pts, out, "--no-overlay"), capsys)

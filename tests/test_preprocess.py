@@ -5,7 +5,7 @@ import pytest
 import tracker.preprocess as pp
 from cosettle.backends.registry import load_backend
 from cosettle.errors import UserError
-from tracker.preprocess import STAGES, PreprocessConfig, StageCache, preprocess_video
+from tracker.preprocess import STAGES, PreprocessConfig, StageCache, preprocess_video, reference_flow_calls
 
 
 def clip(T=4, h=40, w=56):
@@ -27,6 +27,16 @@ def cfg(**kw):
     return PreprocessConfig(**base)
 
 
+def test_reference_flow_calls_are_the_specification_counts():
+    """dino_tracker.md section 8 states the reference's RAFT calls as numbers: 196 consecutive + 2,450
+    direct-filter = 2,646 at T = 50, and about 40.6k at T = 200."""
+    assert reference_flow_calls(50) == 2646
+    assert 40_550 <= reference_flow_calls(200) < 40_650
+    # the 4-frame clip below, counted by hand: consecutive 3 pairs x 2 directions x 2 = 12 (the spec's
+    # 2 * (T - 1) * 2), direct filter 6 pairs s < t x 2 directions = 12
+    assert reference_flow_calls(4) == 24
+
+
 def test_shapes_and_second_run_loads(tmp_path, backend):
     video = clip()
     pre = preprocess_video(video, backend, cfg(), tmp_path, progress=False)
@@ -46,7 +56,7 @@ def test_shapes_and_second_run_loads(tmp_path, backend):
     assert np.median(t0[alive, 1, 0] - t0[alive, 0, 0]) == pytest.approx(-2.0, abs=0.3)
     # counted flow calls: 2*(T-1) consecutive + direct (s=0: k=2,3; s=1: k=2) * 2 = 6 + 6
     assert pre.stats["flow_calls_total"] == 12
-    assert pre.stats["flow_calls_reference"] == 2 * 3 * 2 + 4 * 3
+    assert pre.stats["flow_calls_reference"] == reference_flow_calls(T)
     assert not any(pre.stats[s]["cached"] for s in STAGES)
     # second run: everything loads, same results
     again = preprocess_video(video, backend, cfg(), tmp_path, progress=False)

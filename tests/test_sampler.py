@@ -1,4 +1,6 @@
 """What the trajectory sampler draws: valid frames, the FG/BG split, separate frame draws, seeding."""
+import itertools
+
 import numpy as np
 import pytest
 
@@ -93,12 +95,32 @@ def test_short_trajectories_are_never_drawn():
     store1 = TrajectoryStore([0, 5, 7, 9], [2, 3, 3, 1], np.zeros((9, 2)), 10)
     s = TrajectorySampler(store1, None, 8, 0.5, 4)
     assert s.ids.tolist() == [0, 1, 2]  # the 1-frame trajectory is dropped
+    # One try succeeds when its 4-of-10 frame draw leaves >= 2 trajectories with >= 2 valid frames.
+    # Counted here over all C(10, 4) = 210 draws (independently of the sampler): 31 succeed.
+    intervals = [(0, 2), (5, 8), (7, 10)]  # [start, end) of the three usable trajectories
+    good = sum(sum(sum(a <= f < e for f in c) >= 2 for a, e in intervals) >= 2
+               for c in itertools.combinations(range(10), 4))
+    assert good == 31
+    p, n = good / 210, 2000
     rng = np.random.default_rng(0)
-    for _ in range(20):
+    succeeded = 0
+    for _ in range(n):
         try:
-            assert 3 not in s.sample(rng, max_tries=50).traj
+            b = s.sample(rng, max_tries=1)
         except RuntimeError:
-            pass  # no usable draw among 50 tries is possible with 3 short trajectories
+            continue
+        succeeded += 1
+        assert 3 not in b.traj and len(b.traj) >= 2
+        assert store1.valid_at(b.traj, b.frames[b.src_fi]).all() and store1.valid_at(b.traj, b.frames[b.tgt_fi]).all()
+    # binomial(2000, 0.148): standard error 0.0079; 5 of them
+    assert abs(succeeded / n - p) < 5 * np.sqrt(p * (1 - p) / n), succeeded / n
+    # with 300 tries a batch always comes (all 300 fail with probability 0.852^300 < 1e-20)
+    for _ in range(50):
+        assert set(s.sample(rng, max_tries=300).traj.tolist()) <= {0, 1, 2}
+    # no 2-frame draw covers both [0, 2) and [8, 10): the sampler must say so, never return a batch
+    never = TrajectorySampler(TrajectoryStore([0, 8], [2, 2], np.zeros((4, 2)), 10), None, 8, 0.5, 2)
+    with pytest.raises(RuntimeError, match="no frame draw"):
+        never.sample(rng, max_tries=100)
 
 
 def test_frame_stride_draws_only_strided_frames():

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ from tests._tracker_synth import gt_track, translating_clip
 from tracker.api import Tracker
 from tracker.config import preset
 
-torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 DX, DY, T = 3, 1, 6
 Q = np.array([[0, 40.0, 30.0], [3, 50.0, 25.0], [5, 35.0, 38.0]])
@@ -41,33 +39,43 @@ def clip():
     return translating_clip(64, 96, T, DX, DY)
 
 
+# The accuracy target on this exact integer translation, the same as tests/test_tracker_inference.py's:
+# mean error < 2 px (half a dsift feature cell of 4 px). At 30 iterations the tracker is mid-training (a
+# median < 3 px was what it reached); trained to 120 it is well inside (seeds 1-5: 0.52-0.80 px).
+ITER_ACCURATE = dict(iterations=120, cyc_after=60, rbb_after=60, checkpoint_every=60, log_every=60)
+
+
+def _mean_error(res):
+    gt = gt_track(Q, T, DX, DY)
+    inside = (gt[..., 0] > 4) & (gt[..., 0] < 91) & (gt[..., 1] > 4) & (gt[..., 1] < 59)
+    return np.linalg.norm(res.tracks - gt, axis=-1)[inside]
+
+
 @pytest.fixture(scope="module")
 def fitted(clip, tmp_path_factory):
     work = tmp_path_factory.mktemp("work_a")
-    return Tracker(_backend(), _cfg(work), progress=False).fit(clip), work
+    return Tracker(_backend(), _cfg(work, **ITER_ACCURATE), progress=False).fit(clip), work
 
 
 def test_track_in_original_pixels_with_known_motion(fitted):
     tr, work = fitted
     res = tr.track(Q)
     assert res.tracks.shape == (3, T, 2) and res.visible.shape == (3, T) and res.confidence.shape == (3, T)
-    gt = gt_track(Q, T, DX, DY)
-    inside = (gt[..., 0] > 4) & (gt[..., 0] < 91) & (gt[..., 1] > 4) & (gt[..., 1] < 59)
-    err = np.linalg.norm(res.tracks - gt, axis=-1)[inside]
-    assert np.median(err) < 3.0 and (err < 5).mean() > 0.8, err
+    err = _mean_error(res)
+    assert err.mean() < 2.0, err
     for i, (t, x, y) in enumerate(Q):
         assert res.tracks[i, int(t)].tolist() == pytest.approx([x, y])
     assert (work / next(p.name for p in work.iterdir() if p.name.startswith("train_"))).is_dir()
 
 
-def test_same_seed_identical_and_cached_refit(fitted, clip, tmp_path, caplog):
-    tr, work = fitted
-    a = tr.track(Q)
-    b = Tracker(_backend(), _cfg(tmp_path), progress=False).fit(clip).track(Q)  # fresh work folder
+def test_same_seed_identical_and_cached_refit(clip, tmp_path, caplog):
+    cfg = _cfg(tmp_path / "a", iterations=12, cyc_after=6, rbb_after=6)
+    a = Tracker(_backend(), cfg, progress=False).fit(clip).track(Q)
+    b = Tracker(_backend(), cfg.replace(work_dir=str(tmp_path / "b")), progress=False).fit(clip).track(Q)
     np.testing.assert_array_equal(a.tracks, b.tracks)
     np.testing.assert_array_equal(a.visible, b.visible)
     with caplog.at_level(logging.INFO):
-        c = Tracker(_backend(), _cfg(work), progress=False).fit(clip).track(Q)  # everything cached
+        c = Tracker(_backend(), cfg, progress=False).fit(clip).track(Q)  # everything cached
     np.testing.assert_array_equal(a.tracks, c.tracks)
     assert "training: 0 iterations" in caplog.text
 
@@ -75,37 +83,51 @@ def test_same_seed_identical_and_cached_refit(fitted, clip, tmp_path, caplog):
 _CHILD = """
 import sys; sys.path.insert(0, {repo!r})
 import torch; torch.set_num_threads(1)
+import tracker.train
 from tests.test_tracker_api import _backend, _cfg, translating_clip, T, DX, DY
 from tracker.api import Tracker
+
+step = tracker.train.Trainer.step
+def step_then_stop(self, it):
+    if it == 7:  # iterations 1-7 done, the last checkpoint is ckpt 6: say so and wait for the SIGKILL
+        print("in iteration 8", flush=True)
+        sys.stdin.read()
+        raise SystemExit("stdin closed before the SIGKILL")
+    return step(self, it)
+tracker.train.Trainer.step = step_then_stop
 Tracker(_backend(), _cfg({work!r}, iterations=20, checkpoint_every=3), progress=False).fit(
     translating_clip(64, 96, T, DX, DY))
 """
 
 
-def test_killed_training_resumes_from_checkpoint(clip, tmp_path, caplog):
+def test_killed_training_resumes_from_checkpoint(clip, tmp_path, caplog, one_torch_thread):
     """SIGKILL mid-training, re-run: preprocessing comes from the cache, training resumes from the
-    last checkpoint, and the tracks equal those of an uninterrupted run."""
+    last checkpoint, and the tracks equal those of an uninterrupted run. The child says when it is in
+    iteration 8 (one iteration past ckpt 6) and blocks there, so the kill point is fixed, not a race with
+    a polling loop. One torch thread here and in the child: the resumed fit mixes the child's iterations
+    with this process's, bit-identical only at the same thread count."""
     work = tmp_path / "work"
     script = tmp_path / "child.py"
     script.write_text(_CHILD.format(repo=str(REPO), work=str(work)))
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    ckpts = []
-    while time.time() < deadline and proc.poll() is None:
-        ckpts = [p for p in work.glob("train_*/ckpt_*.pt") if p.name != "ckpt_0000000.pt"]
-        if ckpts:
-            break
-        time.sleep(0.1)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert ckpts, "no checkpoint written before the deadline"
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # blocks until the child is there (or '' if it died)
+        assert line.strip() == "in iteration 8", proc.stderr.read()[-2000:] if proc.poll() is not None else line
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in work.glob("train_*/ckpt_*.pt")) == ["ckpt_0000003.pt", "ckpt_0000006.pt"]
     cfg = _cfg(work, iterations=20, checkpoint_every=3)
     with caplog.at_level(logging.INFO):
         resumed = Tracker(_backend(), cfg, progress=False).fit(clip).track(Q)
-    assert "resuming training from ckpt_" in caplog.text
+    assert "resuming training from ckpt_0000006.pt" in caplog.text
     assert "stage features" in caplog.text and "cached" in caplog.text
     fresh = Tracker(_backend(), cfg.replace(work_dir=str(tmp_path / "fresh")), progress=False).fit(clip).track(Q)
     np.testing.assert_array_equal(resumed.tracks, fresh.tracks)
@@ -142,13 +164,13 @@ def test_user_supplied_backend(clip, tmp_path):
             grad = grad.view(x.shape[0], -1, x.shape[-2] // 4, x.shape[-1] // 4)[..., :h, :w]
             return torch.cat([col.view(x.shape[0], -1, h, w), grad], 1)
 
-    # 60 iterations, not the module's 30: at 30 this backend's tracker is still mid-training and the
-    # median error is a coin flip of the sampler's draws (OpenCV 4.14, seeds 1-5: 0.87-6.49 px). OpenCV 5's
-    # DIS flow differs by <= 0.01 px (same parameters), which changes the trajectory count (2606 -> 2679),
-    # hence the draws, and moved seed 5 from 0.87 to 3.2-3.9 px. At 60: 0.99-2.71 px for both versions.
-    cfg = _cfg(tmp_path, iterations=60)
-    res = Tracker(PatchColour(), cfg, progress=False).fit(clip).track(Q)
-    gt = gt_track(Q, T, DX, DY)
-    inside = (gt[..., 0] > 4) & (gt[..., 0] < 91) & (gt[..., 1] > 4) & (gt[..., 1] < 59)
-    err = np.linalg.norm(res.tracks - gt, axis=-1)[inside]
-    assert np.median(err) < 3.0, err
+    # The same target as the dsift tracker above: mean < 2 px on the exact translation. (It had been a median
+    # < 3 px set from the 0.99-2.71 px observed at 60 iterations, when 30 had given up to 6.49 px.) This raw
+    # colour backend needs longer than dsift: at 120 iterations seeds 1, 3, 4, 5 give 0.77-0.99 px but seed 2
+    # keeps a 36 px wrong match (mean 3.36); at 240 seeds 1-5 give 0.49-0.82 px. The late losses (cycle,
+    # refined best buddies) run the last 20 iterations only: the check is this backend plugging in, and they
+    # cost twice an early step (late from 120 on: 0.61-1.06 px, twice the time).
+    it = dict(iterations=240, cyc_after=220, rbb_after=220, checkpoint_every=120, log_every=120)
+    res = Tracker(PatchColour(), _cfg(tmp_path, **it), progress=False).fit(clip).track(Q)
+    err = _mean_error(res)
+    assert err.mean() < 2.0, err

@@ -12,8 +12,6 @@ from tracker.inference import TrackInference, refined_features
 from tracker.sampler import TrajectorySampler
 from tracker.train import Trainer, latest_checkpoint
 
-torch.set_num_threads(1)
-
 DX, DY, T = 3, 1, 6
 
 
@@ -37,7 +35,10 @@ def _fit(prep, cfg, ckpt=None, stop_after=None):
 
 @pytest.fixture(scope="module")
 def fitted(prep):
-    tr, model = _fit(prep, _cfg())
+    # 120 iterations: at 60 the tracker is still mid-training and one draw in five (seed 3, 1 thread) left a
+    # 33 px wrong match among the 24 points (mean 2.15 px; the median, 0.77 px, hid it). At 120: seeds 1-5 give
+    # means of 0.47-0.57 px on 1 thread, seeds 1/3/4 0.57/0.47/0.62 px on 2, the largest error 1.67 px.
+    tr, model = _fit(prep, _cfg(iterations=120, cyc_after=60, rbb_after=60, log_every=60, checkpoint_every=60))
     ref = refined_features(model, prep.frames, prep.features, tr.scale, prep.geometry)
     return tr, model, ref
 
@@ -55,20 +56,46 @@ def test_sampler_pairs_follow_trajectories(prep):
 
 
 @pytest.mark.parametrize("rule", ["fb", "anchors"])
-def test_known_motion_error_below_a_few_px(prep, fitted, rule):
+def test_known_motion_error_below_two_px(prep, fitted, rule):
+    """The mean error on an exact integer translation is below 2 px (half a dsift feature cell of 4 px):
+    the bound of the first version of this test, restored (it had become median < 2 and 85 % < 4 px)."""
     tr, model, ref = fitted
     inf = TrackInference(model, ref, prep.geometry, tr.cfg)
     tracks, vis, conf = inf.track(QUERIES, rule)
     gt = gt_track(QUERIES, T, DX, DY)
     inside = (gt[..., 0] > 4) & (gt[..., 0] < 91) & (gt[..., 1] > 4) & (gt[..., 1] < 59)
     err = np.linalg.norm(tracks - gt, axis=-1)[inside]
-    assert np.median(err) < 2.0 and (err < 4).mean() > 0.85, err
+    assert err.mean() < 2.0, err
     assert vis[inside].mean() > 0.8
     assert conf.shape == vis.shape and ((conf >= 0) & (conf <= 1)).all()
-    assert np.array_equal(vis, conf >= 0.5) or (vis == (conf >= 0.5)).mean() > 0.95
+    assert _visible_is_confidence_at_least_half(vis, conf)
     # the query frame keeps the query point
     for i, (t, x, y) in enumerate(QUERIES):
         assert tracks[i, int(t)].tolist() == pytest.approx([x, y])
+
+
+def _visible_is_confidence_at_least_half(vis, conf) -> bool:
+    """visible == (confidence >= 0.5) by construction (tracker.inference's docstring): both rules threshold
+    the quantity the confidence's sigmoid is centred on, so they may differ only where that sigmoid's
+    argument is within float32 rounding of 0, i.e. where the confidence is within 1e-6 of 0.5."""
+    differ = vis != (conf >= 0.5)
+    return bool((np.abs(conf[differ] - 0.5) < 1e-6).all())
+
+
+@pytest.mark.parametrize("rule", ["fb", "anchors"])
+def test_visible_is_confidence_at_least_half(prep, fitted, rule):
+    """On clips where points do get lost (the refined maps reversed in time, or drowned in noise), so that
+    both outcomes occur: every disagreement between visible and confidence >= 0.5 is a rounding tie."""
+    tr, model, ref = fitted
+    gen = torch.Generator().manual_seed(0)
+    vis_all, conf_all = [], []
+    for maps in (ref.flip(0), ref + 3 * ref.std() * torch.randn(ref.shape, generator=gen)):
+        _, vis, conf = TrackInference(model, maps, prep.geometry, tr.cfg).track(QUERIES, rule)
+        vis_all.append(vis)
+        conf_all.append(conf)
+    vis, conf = np.concatenate(vis_all), np.concatenate(conf_all)
+    assert vis.any() and (~vis).any(), vis  # the check below sees both outcomes
+    assert _visible_is_confidence_at_least_half(vis, conf), (vis.astype(int), conf)
 
 
 def test_head_evaluations_fb_linear_anchors_quadratic(prep, fitted):

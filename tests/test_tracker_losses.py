@@ -8,8 +8,6 @@ import torch
 
 from tracker import losses as L
 
-torch.set_num_threads(1)
-
 
 def test_huber_both_branches():
     d = 1 / 32

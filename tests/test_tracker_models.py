@@ -11,8 +11,6 @@ from cosettle.geometry import Geometry, snap_input_size
 from tracker.models import BlurPool2d, DeltaDINO, NormalizedConv2d, TrackerHead, soft_argmax
 from tracker.sampling import sample_points
 
-torch.set_num_threads(1)
-
 
 def _geom(patch, stride, h, w):
     ih, iw = snap_input_size(h, w, patch, stride)

@@ -12,7 +12,6 @@ from tracker.api import Tracker, with_resolution
 from tracker.config import preset
 from tracker.train import Coverage, Trainer
 
-torch.set_num_threads(1)
 T = 5
 
 

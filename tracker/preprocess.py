@@ -433,11 +433,18 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
     return _finish(geom, frames, features, trajectories, fg_masks, best_buddies, cache, stats, cfg, T)
 
 
+def reference_flow_calls(num_frames: int) -> int:
+    """RAFT calls of the reference's preprocessing on ``num_frames`` frames (dino_tracker.md section 8):
+    consecutive flows forward and backward, 2 * (T - 1) * 2, plus the direct-flow filter's T * (T - 1)."""
+    T = int(num_frames)
+    return 2 * (T - 1) * 2 + T * (T - 1)
+
+
 def _finish(geom, frames, features, trajectories, fg_masks, best_buddies, cache, stats, cfg, T) -> Preprocessed:
     traj_fg = trajectory_foreground(trajectories, fg_masks)
     stats["flow_calls_total"] = sum(int(stats[s].get("flow_calls", 0)) for s in
                                     ("flows", "trajectories", "trajectories_nodirect") if s in stats)
-    stats["flow_calls_reference"] = 2 * (T - 1) * 2 + T * (T - 1)  # spec section 8: 2646 for T = 50
+    stats["flow_calls_reference"] = reference_flow_calls(T)
     stats["config"] = asdict(cfg)
     log.info("preprocessing done: %d trajectories (%d fg), %d best-buddy pairs, %d flow calls "
              "(reference: %d)", len(trajectories), int(traj_fg.sum()), len(best_buddies),
