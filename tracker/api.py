@@ -15,6 +15,7 @@ re-running the same command is instant and an interrupted run resumes.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -98,6 +99,7 @@ class Tracker:
         t0 = time.perf_counter()
         self.work_dir = self._work_dir(video, masks)
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        os.utime(self.work_dir)  # "last used" for --cache-info and the LRU cap (tracker/workdirs.py)
         log.info("work folder %s", self.work_dir)
         # one run per work folder: a second run on the same video waits, then reuses the first's results
         with folder_lock(self.work_dir):
@@ -105,6 +107,7 @@ class Tracker:
         return self
 
     def _fit_locked(self, video, masks, t0: float) -> None:
+        from . import eta
         from .inference import TrackInference, refined_features
         from .preprocess import preprocess_video
         from .train import Trainer, latest_checkpoint
@@ -122,10 +125,12 @@ class Tracker:
         self.train_history = trainer.history
         self.train_coverage = trainer.coverage.summary() if trainer.coverage.iterations else None
         t0 = time.perf_counter()
+        eta.stage_begin("refine")
         last = latest_checkpoint(ckpt_dir)
         cache = ckpt_dir / "refined.pt"
         tag = last.name if last is not None else "untrained"
         refined = _load_refined(cache, tag)
+        was_cached = refined is not None
         if refined is None:
             # float16 from the start: the cached values, and what inference reads (as float32 per frame)
             refined = refined_features(self.model, self.prep.frames, self.prep.features, trainer.scale, geom,
@@ -135,6 +140,7 @@ class Tracker:
                 torch.save({"tag": tag, "refined": refined}, tmp)
             write_checksum(cache)
         self.timings["refine"] = time.perf_counter() - t0
+        eta.stage_finish("refine", self.timings["refine"], cached=was_cached)
         self.infer = TrackInference(self.model, refined, geom, cfg)
 
     # -- tracking ----------------------------------------------------------------------------------

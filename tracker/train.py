@@ -347,9 +347,13 @@ class Trainer:
         start = self.resume()
         if start == 0 and self.ckpt_dir is not None and c.iterations > 0:
             self.save(0)
+        from . import eta
+
         bar = tqdm(total=c.iterations, initial=start, desc="train", unit="it", disable=not progress,
                    leave=False)
         t0 = time.perf_counter()
+        # the time-left estimate counts only the iterations left after a resume, timed one by one
+        eta.stage_begin("train", done=start, units=c.iterations)
         for it in range(start, c.iterations):
             if stop_after is not None and it >= stop_after:
                 break
@@ -364,7 +368,10 @@ class Trainer:
                 self.save(done)
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
+            eta.stage_advance("train")
         bar.close()
+        if stop_after is None or stop_after >= c.iterations:
+            eta.stage_finish("train", cached=start >= c.iterations)
         log.info("training: %d iterations in %.1f s", max(0, c.iterations - start),
                  time.perf_counter() - t0)
         if self.coverage.iterations:
