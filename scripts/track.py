@@ -204,10 +204,15 @@ def main(argv=None):
 
     # --out is validated before any work; every file goes to a staging folder moved into place at the end
     with OutputStage(args.out or ("outputs/demo" if demo else "outputs/track")) as stage:
+        quiet_env = os.environ.get("TQDM_DISABLE")
         try:
             return run(args, demo, stage)
         finally:
             close_file_logging()
+            if quiet_env is None:  # in-process callers (tests) get their bars back
+                os.environ.pop("TQDM_DISABLE", None)
+            if "tracker.eta" in sys.modules:  # no estimate outlives its run (in-process callers)
+                sys.modules["tracker.eta"].begin_run(None)
 
 
 def cache_cap_gb(args) -> float | None:
@@ -397,7 +402,6 @@ def run(args, demo: bool, stage) -> int:
     log.info("finished in %.1f s; summary on stdout", summary["total_s"])
     close_file_logging()  # track.log complete before the set moves
     stage.commit()
-    eta.begin_run(None)
     emit_summary(summary, args.json)
     return 0
 
