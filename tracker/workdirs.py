@@ -91,7 +91,8 @@ def in_use(path: Path) -> bool:
     return False
 
 
-def remove_folders(folders: list[WorkFolder], keep: set[Path] = frozenset()) -> tuple[list[WorkFolder], list[WorkFolder]]:
+def remove_folders(folders: list[WorkFolder],
+                   keep: set[Path] = frozenset()) -> tuple[list[WorkFolder], list[WorkFolder]]:
     """Remove ``folders`` except those in ``keep`` or in use -> (removed, skipped)."""
     removed, skipped = [], []
     keep = {Path(p).resolve() for p in keep}

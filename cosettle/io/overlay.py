@@ -130,7 +130,8 @@ def draw_overlay_frames(video, result, trail: int = 10, style: str = "trails", r
 def _line_h(sz) -> int:
     import cv2
 
-    return max(2 * sz["r"] + 4, int(cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, sz["font"], sz["text"])[0][1] * 1.8))
+    text_h = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, sz["font"], sz["text"])[0][1]
+    return max(2 * sz["r"] + 4, int(text_h * 1.8))
 
 
 def _legend(frame, names, colors, sz, darken: bool = True) -> None:
