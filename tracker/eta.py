@@ -75,6 +75,7 @@ class RunETA:
         if units is not None:
             s.units = float(units)
         s.done = float(done)
+        s.timed_units, s.timed_s, s.first_s = 0.0, 0.0, None
         s.started = s.last = self.clock()
 
     def advance(self, stage: str, n: float = 1.0) -> str | None:
