@@ -53,15 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "upsampling), paper the native size")
     g = p.add_argument_group("tracking")
     g.add_argument("--points", default=None, help="query points, JSON or CSV (frame, x, y[, name])")
-    g.add_argument("--grid-size", type=int, default=None,
+    g.add_argument("--grid-size", type=int, default=None, metavar="N",
                    help="track an N x N grid of points instead (N at most the frame's short side)")
-    g.add_argument("--grid-mask", default=None,
+    g.add_argument("--grid-mask", default=None, metavar="MASK.png",
                    help="with --grid-size: keep only the grid points inside this object mask (png of the query "
                         "frame, the video's size)")
-    g.add_argument("--points-from-mask", default=None,
-                   help="track --num-points points spread over this object mask (png of the query frame; seeded)")
-    g.add_argument("--num-points", type=int, default=20, help="points for --points-from-mask (default %(default)s)")
-    g.add_argument("--grid-frame", "--query-frame", dest="grid_frame", type=int, default=0,
+    g.add_argument("--points-from-mask", default=None, metavar="MASK.png",
+                   help="track --num-points points spread over this object mask (png of the query frame; "
+                        "--seed picks the spread, default 0)")
+    g.add_argument("--num-points", type=int, default=20, metavar="K",
+                   help="points for --points-from-mask (default %(default)s)")
+    g.add_argument("--grid-frame", "--query-frame", dest="grid_frame", type=int, default=0, metavar="FRAME",
                    help="frame of the grid / mask points (default 0); tracks run forwards and backwards from it")
     g.add_argument("--tracker", default="dino-flow", choices=("dino-flow", "dino", "flow", "features", "static"),
                    help="dino-flow: DINO-Tracker fused with full-resolution optical flow (default); dino: the "
