@@ -48,6 +48,7 @@ def test_resume_counts_only_what_is_left_and_cache_hits_are_not_speed_samples():
     assert eta.speed_factor() == 1.0
     eta.begin("train", done=100)                                    # 100 of 300 iterations from a checkpoint
     assert eta.left() == pytest.approx(200 * 2.0)
+    assert eta.reports[-1].startswith("overall: train 100/300") and eta.reports[-1].endswith("about 7 min left")
     for _ in range(5):
         clock.tick(0.5)
         eta.advance("train")
@@ -78,6 +79,21 @@ def test_the_first_unit_is_warm_up_not_the_rate():
         clock.tick(1.5)
         eta.advance("train")
     assert eta.left() == pytest.approx(116 * 1.5)                   # the steady rate, not (9 + 4.5) / 4
+
+
+def test_the_rate_follows_the_last_units_when_the_machine_slows_down():
+    from tracker.eta import RECENT
+
+    clock = Clock()
+    eta = RunETA({"train": (100, 1.0)}, clock=clock, prior_weight_s=0)
+    eta.begin("train")
+    for _ in range(40):
+        clock.tick(1.0)
+        eta.advance("train")
+    for _ in range(RECENT):                                         # another job starts: 3x slower
+        clock.tick(3.0)
+        eta.advance("train")
+    assert eta.left() == pytest.approx((100 - 40 - RECENT) * 3.0)   # not the 1.33 s/it cumulative mean
 
 
 def test_a_tiny_stage_does_not_swing_the_estimate():
@@ -120,7 +136,9 @@ def test_plan_covers_every_stage_in_run_order_and_scales_with_the_work_size():
 
     cfg = preset("fast")
     plan = time_plan(50, 480, 854, load_backend("dsift"), cfg, "dino-flow")
-    assert list(plan)[-3:] == ["train", "refine", "track"]
-    assert plan["train"][0] == cfg.iterations and plan["features"][0] == 50
+    assert list(plan)[-4:] == ["train", "train+cyc", "refine", "track"]
+    # training splits where the cycle / refined best-buddy losses start (dearer iterations after it)
+    assert plan["train"][0] == cfg.cyc_after == 150 and plan["train+cyc"][0] == cfg.iterations - 150
+    assert plan["train+cyc"][1] > plan["train"][1] and plan["features"][0] == 50
     small = time_plan(50, 160, 284, load_backend("dsift"), cfg, "dino")  # below 240: never upsampled
     assert small["features"][1] == pytest.approx(plan["features"][1] * (160 * 280) / (240 * 424), rel=0.05)

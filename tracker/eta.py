@@ -6,8 +6,9 @@ training, which is most of a run, nor knew that a resumed run had only part of i
 
 * every stage has a plan: how many units of work (frames, frame pairs, iterations) and a prior
   seconds-per-unit (``tracker.memory.STAGE_RATES``, scaled to the work size);
-* the running stage's rate is measured from its own units (``advance``) as they finish -- training is
-  timed per iteration, so a few iterations in the estimate is this machine's, at its current load;
+* the running stage's rate is measured from its own last ``RECENT`` units (``advance``) as they finish --
+  training is timed per iteration, so a few iterations in the estimate is this machine's, at its current
+  load, and it follows the load as it drifts;
 * stages not started yet take their prior times the speed factor seen so far (measured seconds over
   prior seconds of every unit timed in this process, shrunk towards 1 by ``prior_weight_s`` seconds of
   prior evidence: a 0.02-s stage must not swing the whole estimate 5x, as the demo's first stage did),
@@ -22,10 +23,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Callable
 
 log = logging.getLogger(__name__)
+RECENT = 20  # a running stage's rate is its last 20 units: the machine's load drifts during a 10-min fit
 
 
 @dataclass
@@ -38,6 +41,7 @@ class _Stage:
     started: float | None = None  # clock at begin (None: pending)
     last: float | None = None     # clock at the last timed unit
     first_s: float | None = None  # seconds of the first unit timed by ``advance`` (warm-up: not a rate sample)
+    recent: deque = field(default_factory=lambda: deque(maxlen=RECENT))  # (seconds, units) of the last units
     finished: bool = False
 
 
@@ -76,7 +80,10 @@ class RunETA:
             s.units = float(units)
         s.done = float(done)
         s.timed_units, s.timed_s, s.first_s = 0.0, 0.0, None
+        s.recent.clear()
         s.started = s.last = self.clock()
+        if done > 0:  # a resume: say at once that only the rest is left
+            self.report(stage)
 
     def advance(self, stage: str, n: float = 1.0) -> str | None:
         """``n`` more units of ``stage`` finished now (timed since the previous one)."""
@@ -87,6 +94,8 @@ class RunETA:
         dt = now - (s.last if s.last is not None else now)
         if s.first_s is None:
             s.first_s = dt
+        else:
+            s.recent.append((dt, n))
         s.timed_s += dt
         s.timed_units += n
         s.done += n
@@ -125,8 +134,8 @@ class RunETA:
         rate = None
         if s.first_s is None and s.timed_units > 0:  # timed as a whole (finish)
             rate = s.timed_s / s.timed_units
-        elif s.first_s is not None and s.timed_units >= 2:  # per unit, the warm-up unit left out (the
-            rate = (s.timed_s - s.first_s) / (s.timed_units - 1)  # demo's first iteration: 9 s, then 1.5 s)
+        elif s.recent:  # per unit: the last RECENT units, the warm-up unit left out (the demo's first
+            rate = sum(t for t, _ in s.recent) / sum(u for _, u in s.recent)  # iteration: 9 s, then 1.5 s)
         if rate is not None:
             # the unit in progress: part of it has elapsed already
             in_progress = self.clock() - s.last if s.last is not None else 0.0

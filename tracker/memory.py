@@ -164,7 +164,9 @@ STAGE_RATES = {"frames": 0.015, "features": 0.06, "flows": 0.035, "masks": 0.03,
                "trajectories_nodirect": 0.05, "best_buddies": 0.0, "train": 1.4, "refine": 0.05,
                "track": 0.03}
 RATE_PIXELS = 424 * 240
-FUSION_RATE = 0.06        # s per frame pair at 854x480: dino-flow's two full-resolution DIS flows (in track)
+TRAIN_CYC_COST = 1.5      # an iteration with the cycle + refined-BB losses vs one without (measured 1.0-2.0)
+FUSION_RATE = 0.5         # s per frame pair at 854x480: dino-flow's full-resolution flows + refinement (in track;
+                          # demo at 256x192: 1.6 s for 23 pairs, x8.3 pixels; cows 50 frames: 44.7 s at load ~15)
 FUSION_PIXELS = 854 * 480
 
 
@@ -176,14 +178,26 @@ def time_plan(num_frames: int, image_h: int, image_w: int, backend, cfg, tracker
     g, _ = _work_geometry(backend, cfg, image_h, image_w)
     scale = g.input_h * g.input_w / RATE_PIXELS
     plan = {k: (float(num_frames), v * scale) for k, v in STAGE_RATES.items() if k != "train"}
-    plan["train"] = (float(cfg.iterations), STAGE_RATES["train"] * scale)
+    # training in two stages: from cyc_after / rbb_after on, the cycle and refined best-buddy losses run
+    # too and an iteration costs more (DAVIS cows, 50 frames at 424x240: 1.35 -> 2.7 s; the demo: no change)
+    switch = train_switch(cfg)
+    plan["train"] = (float(switch), STAGE_RATES["train"] * scale)
+    if cfg.iterations > switch:
+        plan["train+cyc"] = (float(cfg.iterations - switch), STAGE_RATES["train"] * TRAIN_CYC_COST * scale)
     # refine and track run after training: keep the stage order of a run
     plan = {k: plan[k] for k in [k for k in plan if k not in ("refine", "track")] + ["refine", "track"]}
+    plan = {k: v for k, v in plan.items() if k != "train" or v[0] > 0}
     if tracker == "dino-flow":  # the fusion's flows run inside track(): one stage, timed as one
         units, rate = plan["track"]
         fusion = FUSION_RATE * image_h * image_w / FUSION_PIXELS * max(num_frames - 1, 0) / max(num_frames, 1)
         plan["track"] = (units, rate + fusion)
     return plan
+
+
+def train_switch(cfg) -> int:
+    """The iteration from which the cycle / refined best-buddy losses are on (``cfg.iterations`` if never)."""
+    on = [a for a, lam in ((cfg.cyc_after, cfg.lambda_cyc), (cfg.rbb_after, cfg.lambda_rbb)) if lam]
+    return int(min([cfg.iterations] + [max(0, a) for a in on]))
 
 
 def estimate_time(num_frames: int, image_h: int, image_w: int, backend, cfg, tracker: str = "dino") -> dict:
