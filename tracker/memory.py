@@ -164,7 +164,7 @@ STAGE_RATES = {"frames": 0.015, "features": 0.06, "flows": 0.035, "masks": 0.03,
                "trajectories_nodirect": 0.05, "best_buddies": 0.0, "train": 1.4, "refine": 0.05,
                "track": 0.03}
 RATE_PIXELS = 424 * 240
-TRAIN_CYC_COST = 1.5      # an iteration with the cycle + refined-BB losses vs one without (measured 1.0-2.0)
+TRAIN_CYC_COST = 1.3      # an iteration with the cycle + refined-BB losses vs one without (demo 1.0, cows 50 frames 2.0)
 FUSION_RATE = 0.5         # s per frame pair at 854x480: dino-flow's full-resolution flows + refinement (in track;
                           # demo at 256x192: 1.6 s for 23 pairs, x8.3 pixels; cows 50 frames: 44.7 s at load ~15)
 FUSION_PIXELS = 854 * 480
