@@ -55,6 +55,19 @@ def test_resume_counts_only_what_is_left_and_cache_hits_are_not_speed_samples():
     assert eta.left() == pytest.approx(195 * 0.5)
 
 
+def test_a_checkpoint_found_before_preprocessing_counts_at_once():
+    import tracker.eta as eta
+
+    clock = Clock()
+    run = eta.begin_run({"frames": (50, 0.1), "train": (150, 2.0), "train+cyc": (150, 3.0)}, clock=clock)
+    try:
+        eta.training_resumes_at(200, switch=150)                    # ckpt_0000200.pt in the work folder
+        assert run.left() == pytest.approx(50 * 0.1 + 100 * 3.0)
+        assert run.reports[-1].endswith("about 5 min left")
+    finally:
+        eta.begin_run(None)
+
+
 def test_stage_timed_as_a_whole_and_elapsed_time_of_a_running_stage():
     clock = Clock()
     eta = RunETA({"a": (4, 1.0), "b": (6, 1.0)}, clock=clock, prior_weight_s=0)

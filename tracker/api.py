@@ -109,15 +109,17 @@ class Tracker:
     def _fit_locked(self, video, masks, t0: float) -> None:
         from . import eta
         from .inference import TrackInference, refined_features
+        from .memory import train_switch
         from .preprocess import preprocess_video
         from .train import Trainer, latest_checkpoint
 
         cfg = self.cfg
+        ckpt_dir = self.work_dir / f"train_{training_key(cfg)}"
+        eta.training_resumes_at(_checkpoint_hint(ckpt_dir), train_switch(cfg))
         self.prep = preprocess_video(video, self.work_backend, self.prep_cfg, self.work_dir, masks=masks,
                                      progress=self.progress)
         self.timings["preprocess"] = time.perf_counter() - t0
         geom = self.prep.geometry
-        ckpt_dir = self.work_dir / f"train_{training_key(cfg)}"
         t0 = time.perf_counter()
         trainer = Trainer(self.prep, cfg, ckpt_dir)
         self.model = trainer.run(progress=self.progress)
@@ -168,6 +170,18 @@ class Tracker:
         for i, (tq, x, y) in enumerate(q):
             tracks_img[i, int(round(tq))] = (x, y)
         return TrackResult(tracks_img, vis, conf, q.astype(np.float32), names)
+
+
+def _checkpoint_hint(ckpt_dir: Path) -> int:
+    """The newest checkpoint's iteration from the file names alone (for the time estimate; the trainer
+    verifies and loads the checkpoints itself)."""
+    its = []
+    for p in Path(ckpt_dir).glob("ckpt_*.pt"):
+        try:
+            its.append(int(p.stem.split("_", 1)[1]))
+        except ValueError:
+            continue
+    return max(its, default=0)
 
 
 def _load_refined(cache: Path, tag: str) -> torch.Tensor | None:

@@ -85,6 +85,12 @@ class RunETA:
         if done > 0:  # a resume: say at once that only the rest is left
             self.report(stage)
 
+    def note_done(self, stage: str, done: float) -> None:
+        """Before ``stage`` begins: ``done`` of its units are already finished (a checkpoint found)."""
+        s = self._get(stage)
+        if s.started is None and not s.finished:
+            s.done = min(float(done), s.units)
+
     def advance(self, stage: str, n: float = 1.0) -> str | None:
         """``n`` more units of ``stage`` finished now (timed since the previous one)."""
         s = self._get(stage)
@@ -201,6 +207,15 @@ def current() -> RunETA | None:
 def stage_begin(stage: str, done: float = 0.0, units: float | None = None) -> None:
     if _RUN is not None:
         _RUN.begin(stage, done, units)
+
+
+def training_resumes_at(iterations: int, switch: int) -> None:
+    """A checkpoint at ``iterations`` exists (``Tracker.fit`` looks before preprocessing): the estimate
+    counts only the iterations after it from the start of a resumed run, not from when training begins."""
+    if _RUN is not None and iterations > 0:
+        _RUN.note_done("train", min(iterations, switch))
+        _RUN.note_done("train+cyc", max(0, iterations - switch))
+        _RUN.report()
 
 
 def stage_advance(stage: str, n: float = 1.0) -> None:
