@@ -114,6 +114,24 @@ def list_sequences(root: str | Path) -> list[str]:
     return [s for s in BADJA_SEQUENCES if (ann / f"{s}.json").is_file() and _frame_dirs(root, s)]
 
 
+def skipped_sequences(root: str | Path) -> dict[str, str]:
+    """{sequence: why} for every annotated sequence under ``root`` that ``list_sequences`` leaves out:
+    a run over "every sequence" must say what it did not evaluate (it once scored 1 of 10 silently)."""
+    root = Path(root)
+    ann = find_annotation_dir(root)
+    if ann is None:
+        return {}
+    out = {}
+    for f in sorted(ann.glob("*.json")):
+        seq = f.stem
+        if seq not in BADJA_SEQUENCES:
+            out[seq] = "not a DAVIS clip (the evaluator reads the DAVIS-based BADJA sequences only)"
+        elif not _frame_dirs(root, seq):
+            out[seq] = (f"frames missing -- put them in {root / 'davis480' / seq / 'JPEGImages'} "
+                        f"(masks in .../Annotations) or {root / 'DAVIS' / 'JPEGImages' / '480p' / seq}")
+    return out
+
+
 def _frame_dirs(root: Path, seq: str) -> tuple[Path, Path, str] | None:
     """(frames dir, masks dir, layout name) for ``seq``, or None when no frame folder exists."""
     cands = [(root / "davis480" / seq / "JPEGImages", root / "davis480" / seq / "Annotations", "flat")]
@@ -196,8 +214,8 @@ def load_sequence(root: str | Path, name: str, full_hw: tuple[int, int] | None =
         joints[:, t, 0] = rc[:, 1] * sx
         joints[:, t, 1] = rc[:, 0] * sy
         visible[:, t] = np.asarray(e["visibility"], dtype=bool)[list(BADJA_JOINTS)]
-    log.debug("BADJA %s: clip frames %d..%d (%d), %d annotated, %d visible entries, %s layout, %dx%d",
-             name, first, last, S, int(annotated.sum()), int(visible.sum()), layout, size_hw[1], size_hw[0])
+    log.debug("BADJA %s: clip frames %d..%d (%d), %d annotated, %d visible entries, %s layout, %dx%d (HxW)",
+             name, first, last, S, int(annotated.sum()), int(visible.sum()), layout, size_hw[0], size_hw[1])
     return BadjaSequence(name, frame_paths, mask_paths, indices, joints, visible, annotated,
                          (int(size_hw[0]), int(size_hw[1])), layout)
 
@@ -226,8 +244,8 @@ def read_frame(path: Path, expect_hw: tuple[int, int] | None = None) -> np.ndarr
         img = np.repeat(img[..., None], 3, axis=-1)
     img = np.ascontiguousarray(img[..., :3]).astype(np.uint8)
     if expect_hw is not None and img.shape[:2] != tuple(expect_hw):
-        raise UserError(f"frame {path} is {img.shape[1]}x{img.shape[0]}, expected "
-                        f"{expect_hw[1]}x{expect_hw[0]}", "all frames of a sequence must have one size")
+        raise UserError(f"frame {path} is {img.shape[0]}x{img.shape[1]} (HxW), expected "
+                        f"{expect_hw[0]}x{expect_hw[1]}", "all frames of a sequence must have one size")
     return img
 
 

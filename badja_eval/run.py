@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Evaluate trackers x backends on BADJA, TAP-Vid pickles or the synthetic TAP benchmark.
 
-    python badja_eval/run.py                                   # BADJA, every sequence under ../shared/data
+    python badja_eval/run.py                                   # BADJA, every sequence with frames under ../shared/data
+                                                               # (static, flow, dino-flow; names the ones skipped)
     python badja_eval/run.py --data-root DIR --sequences horsejump-high --trackers static,flow,dino \\
         --backends dsift,dsift+cosettle:proj.safetensors --preset fast --out runs/eval/badja
     python badja_eval/run.py --benchmark tapvid --pickle tapvid_davis.pkl --query-mode strided
@@ -46,6 +47,15 @@ METRICS = {"badja": ("delta_seg", "delta_3px", "false_visible", "visible"),
 METRICS["synthetic"] = METRICS["tapvid"]
 METRICS["davis-masks"] = ("in_mask", "in_mask_all", "visible", "jump")  # badja_eval/davis_masks.py
 HEADERS.update(in_mask="in-mask", in_mask_all="in-mask(all)", visible="visible", jump="jump↓")
+# the baselines and the project's default tracker; dino-flow trains per sequence (fast preset: about 8 min
+# per sequence on 2 CPU cores), so the run states it up front
+DEFAULT_TRACKERS = ("static", "flow", "dino-flow")
+TRAINED = ("dino", "dino-flow")
+TRACKER_HELP = {"dino-flow": "DINO-Tracker fused with optical flow, the project default (trains per sequence: "
+                             "~8 min each on 2 CPU cores with the fast preset)",
+                "dino": "the pure DINO-Tracker (same training as dino-flow, shared)",
+                "flow": "chained DIS optical flow", "features": "nearest-neighbour features, no training",
+                "static": "points stay where they were queried"}
 
 
 @dataclass
@@ -55,7 +65,7 @@ class EvalConfig:
     benchmark: str = "badja"
     data_root: str | None = None
     sequences: list[str] = field(default_factory=list)
-    trackers: list[str] = field(default_factory=lambda: ["static", "flow"])
+    trackers: list[str] = field(default_factory=lambda: list(DEFAULT_TRACKERS))
     backends: list[str] = field(default_factory=lambda: ["dsift"])
     backend_args: dict = field(default_factory=dict)
     tracker_args: dict = field(default_factory=dict)
@@ -117,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", choices=BENCHMARKS, default="badja")
     p.add_argument("--data-root", help=f"BADJA data root (default: {DEFAULT_DATA_ROOT} when it exists)")
     p.add_argument("--sequences", type=_csv, default=[], help="comma list (BADJA sequences / video names)")
-    p.add_argument("--trackers", type=_csv, default=["static", "flow"], help="comma list of static,flow,features,dino")
+    p.add_argument("--trackers", type=_csv, default=list(DEFAULT_TRACKERS),
+                   help="comma list (default: %s). Every tracker: %s" % (
+                       ",".join(DEFAULT_TRACKERS), "; ".join(f"{k}: {v}" for k, v in TRACKER_HELP.items())))
     p.add_argument("--backends", type=_csv, default=["dsift"],
                    help="backends for dino/features, e.g. dsift,dsift+cosettle:PATH (gain = projected - base)")
     p.add_argument("--backend-args", type=_kv, default={},
@@ -207,6 +219,11 @@ def badja_tasks(cfg: EvalConfig):
     root = Path(cfg.data_root)
     found = list_sequences(root)
     names = cfg.sequences or found
+    if not cfg.sequences:  # "every sequence": say which annotated ones are not evaluated, and why
+        from badja_eval.badja import skipped_sequences
+
+        for line in skipped_lines(skipped_sequences(root), len(found)):
+            print(line)
     if not names:
         raise UserError(f"no BADJA sequences with frames under {root}",
                         "expected badja/joint_annotations/<seq>.json + davis480/<seq>/ (see docs/evaluation.md)")
@@ -220,6 +237,25 @@ def badja_tasks(cfg: EvalConfig):
         scorers[name] = (lambda pred, s=seq, qf=q[:, 0]: evaluate_badja(s, pred.tracks, qf,
                                                                          pred_visible=pred.visible))
     return tasks, scorers, {n: n for n in names}
+
+
+def skipped_lines(skipped: dict[str, str], n_found: int) -> list[str]:
+    """stdout lines: the annotated sequences not evaluated, grouped by reason (one line per reason)."""
+    if not skipped:
+        return []
+    total = n_found + len(skipped)
+    lines = [f"BADJA: evaluating {n_found} of {total} annotated sequences; skipped {len(skipped)}:"]
+    by_why: dict[str, list[str]] = {}
+    for seq, why in skipped.items():
+        key = "frames missing" if why.startswith("frames missing") else why
+        by_why.setdefault(key, []).append(seq)
+    for why, seqs in by_why.items():
+        if why == "frames missing":
+            for seq in seqs:
+                lines.append(f"  skipped {seq}: {skipped[seq]}")
+        else:
+            lines.append(f"  skipped {', '.join(seqs)}: {why}")
+    return lines
 
 
 def tapvid_tasks(cfg: EvalConfig, pickles: list[Path]):
@@ -300,6 +336,8 @@ def main(argv=None):
         tasks, scorers, groups = tapvid_tasks(cfg, pickles)
     if not tasks:
         raise UserError("nothing to evaluate", "check --sequences / the pickle")
+    if shard == (0, 1):
+        print(what_runs(cfg, len(tasks)))
     out = Path(cfg.out)
     runner = Runner(out / "cache", cfg.preset, cfg.device, use_masks=cfg.masks,
                     progress=not args.quiet, max_new=cfg.max_new, backend_kwargs=cfg.backend_args,
@@ -336,6 +374,19 @@ def main(argv=None):
                                      "newly_computed": runner.computed})
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def what_runs(cfg: EvalConfig, n_videos: int) -> str:
+    """One stdout line before the work: trackers, backends, videos, and the training cost if any."""
+    trained = [t for t in cfg.trackers if t in TRAINED]
+    cost = ""
+    if trained:
+        fits = n_videos * len(cfg.backends)  # dino and dino-flow share one fit per video and backend
+        cost = (f"; {'/'.join(trained)} train{'s' if len(trained) == 1 else ''} once per video and backend "
+                f"({fits} fit(s), ~8 min each on 2 CPU cores with the fast preset; cached in "
+                f"{Path(cfg.out) / 'cache'}; --trackers static,flow skips training)")
+    return (f"{cfg.benchmark}: trackers {', '.join(cfg.trackers)} on {n_videos} video(s)"
+            + (f", backends {', '.join(cfg.backends)}" if trained or "features" in cfg.trackers else "") + cost)
 
 
 def protocol(cfg: EvalConfig, n_videos: int) -> str:

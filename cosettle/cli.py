@@ -181,7 +181,7 @@ def _warn_unused_flags(args: argparse.Namespace, name: str) -> None:
 def check_grid_size(grid_size: int, height: int, width: int) -> None:
     """An N x N grid must fit the frame (one point per pixel at most): checked before any allocation."""
     if grid_size < 1 or grid_size > min(height, width):
-        raise UserError(f"--grid-size {grid_size} does not fit the {width}x{height} video",
+        raise UserError(f"--grid-size {grid_size} does not fit the {height}x{width} (HxW) video",
                         f"use 1..{min(height, width)} (N x N points)")
 
 

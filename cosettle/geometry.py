@@ -135,7 +135,7 @@ class Geometry:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
     def __str__(self) -> str:  # concise for logs
-        return (f"Geometry(image {self.image_w}x{self.image_h} -> input {self.input_w}x{self.input_h}, "
+        return (f"Geometry(HxW: image {self.image_h}x{self.image_w} -> input {self.input_h}x{self.input_w}, "
                 f"patch {self.patch_size}, stride {self.stride}, offset {self.offset:g}, "
                 f"grid {self.grid_h}x{self.grid_w})")
 

@@ -59,9 +59,12 @@ def write_run_info(out_dir: str | Path, extra: dict[str, Any] | None = None) -> 
     return path
 
 
-def setup_logging(verbose: bool = False, log_file: str | Path | None = None) -> None:
-    """Console logging (INFO, or DEBUG with --verbose) plus an optional log file."""
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
+def setup_logging(verbose: bool = False, log_file: str | Path | None = None, quiet: bool = False) -> None:
+    """Console logging on stderr (INFO, DEBUG with --verbose, only warnings with --quiet) plus an
+    optional log file that always gets INFO (DEBUG with --verbose): stdout stays for what a person reads."""
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING if quiet else logging.NOTSET)
+    handlers: list[logging.Handler] = [console]
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file))

@@ -115,14 +115,3 @@ def test_preflight_refuses_before_any_work(tmp_path, capsys, monkeypatch):
     assert errors[0].startswith("error: this run needs about") and "GB is available -- pass" in errors[0]
     assert "--resolution" in errors[0]
     assert not out.exists() and not work.exists()
-
-
-def test_overall_eta_rescales_by_the_observed_speed():
-    from tracker.memory import OverallETA
-
-    eta = OverallETA({"a": 10.0, "b": 20.0, "c": 30.0, "total": 60.0})
-    # stage a took twice its estimate: the remaining 50 s estimate doubles
-    assert eta.finished("a", 20.0).endswith("about 100 s left")
-    # b loaded from the cache (0.5 s): not a speed sample; c alone remains, still at 2x
-    assert eta.finished("b", 0.5, cached=True).endswith("about 60 s left")
-    assert eta.finished("c", 15.0).startswith("overall: 3/3 stages done, 36 s so far")

@@ -46,7 +46,7 @@ def clip_files(tmp_path_factory):
 def test_dino_run_writes_every_output(clip_files, tmp_path, capsys):
     video, pts = clip_files
     out = tmp_path / "out"
-    code, _, err = run(["--video", str(video), "--points", str(pts), "--out", str(out), "--iterations", "6",
+    code, stdout, err = run(["--video", str(video), "--points", str(pts), "--out", str(out), "--iterations", "6",
                         "--work-dir", str(tmp_path / "work"), "--stride", "4", "--seed", "1"], capsys)
     assert code == 0, err
     for name in ("tracks.npz", "tracks.json", "tracks.csv", "overlay.mp4", "config.yaml", "run_info.json",
@@ -59,7 +59,7 @@ def test_dino_run_writes_every_output(clip_files, tmp_path, capsys):
     assert {"preprocess", "train", "track"} <= set(info["stages_s"])
     assert info["torch_threads"] == torch.get_num_threads()  # a fit is reproducible at the same count
     assert "iterations: 6" in (out / "config.yaml").read_text()
-    assert "done in" in err and "tracks.npz" in err  # the summary
+    assert "done in" in stdout and "tracks.npz" in stdout and "done in" not in err  # the summary: stdout
 
 
 def test_static_tracker_grid(clip_files, tmp_path, capsys):
@@ -121,8 +121,8 @@ def test_bad_inputs_exit_2_one_line_no_outputs(clip_files, tmp_path, capsys, mon
 
 def test_demo_mode_without_video(tmp_path, capsys):
     out = tmp_path / "demo_out"
-    code, _, err = run(["--out", str(out), "--iterations", "3", "--no-overlay",
-                        "--work-dir", str(tmp_path / "work")], capsys)
+    code, stdout, err = run(["--out", str(out), "--iterations", "3", "--no-overlay",
+                             "--work-dir", str(tmp_path / "work")], capsys)
     assert code == 0, err
     assert (out / "demo" / "demo.mp4").is_file() and (out / "tracks.npz").is_file()
     info = json.loads((out / "run_info.json").read_text())
@@ -134,4 +134,4 @@ def test_demo_mode_without_video(tmp_path, capsys):
     assert tracks.shape == gt.shape and gt.shape[1] == 24
     mine = float(np.linalg.norm(tracks - gt, axis=-1)[:, 1:].mean())
     assert info["demo_mean_error_px"] == pytest.approx(mine, abs=5e-4), (info["demo_mean_error_px"], mine)
-    assert f"demo: mean error vs ground truth {mine:.2f} px (frames 1..23)" in err
+    assert f"demo: mean error vs ground truth {info['demo_mean_error_px']:.2f} px (frames 1..23)" in stdout  # summary

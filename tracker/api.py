@@ -15,6 +15,7 @@ re-running the same command is instant and an interrupted run resumes.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -99,6 +100,7 @@ class Tracker:
         t0 = time.perf_counter()
         self.work_dir = self._work_dir(video, masks)
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        os.utime(self.work_dir)  # "last used" for --cache-info and the LRU cap (tracker/workdirs.py)
         log.info("work folder %s", self.work_dir)
         # one run per work folder: a second run on the same video waits, then reuses the first's results
         with folder_lock(self.work_dir):
@@ -106,16 +108,19 @@ class Tracker:
         return self
 
     def _fit_locked(self, video, masks, t0: float) -> None:
+        from . import eta
         from .inference import TrackInference, refined_features
+        from .memory import train_switch
         from .preprocess import preprocess_video
         from .train import Trainer, latest_checkpoint
 
         cfg = self.cfg
+        ckpt_dir = self.work_dir / f"train_{training_key(cfg)}"
+        eta.training_resumes_at(_checkpoint_hint(ckpt_dir), train_switch(cfg))
         self.prep = preprocess_video(video, self.work_backend, self.prep_cfg, self.work_dir, masks=masks,
                                      progress=self.progress)
         self.timings["preprocess"] = time.perf_counter() - t0
         geom = self.prep.geometry
-        ckpt_dir = self.work_dir / f"train_{training_key(cfg)}"
         t0 = time.perf_counter()
         trainer = Trainer(self.prep, cfg, ckpt_dir)
         self.model = trainer.run(progress=self.progress)
@@ -123,10 +128,12 @@ class Tracker:
         self.train_history = trainer.history
         self.train_coverage = trainer.coverage.summary() if trainer.coverage.iterations else None
         t0 = time.perf_counter()
+        eta.stage_begin("refine")
         last = latest_checkpoint(ckpt_dir)
         cache = ckpt_dir / "refined.pt"
         tag = last.name if last is not None else "untrained"
         refined = _load_refined(cache, tag)
+        was_cached = refined is not None
         if refined is None:
             # float16 from the start: the cached values, and what inference reads (as float32 per frame)
             refined = refined_features(self.model, self.prep.frames, self.prep.features, trainer.scale, geom,
@@ -136,6 +143,7 @@ class Tracker:
                 torch.save({"tag": tag, "refined": refined}, tmp)
             write_checksum(cache)
         self.timings["refine"] = time.perf_counter() - t0
+        eta.stage_finish("refine", self.timings["refine"], cached=was_cached)
         self.infer = TrackInference(self.model, refined, geom, cfg)
 
     # -- tracking ----------------------------------------------------------------------------------
@@ -163,6 +171,18 @@ class Tracker:
         for i, (tq, x, y) in enumerate(q):
             tracks_img[i, int(round(tq))] = (x, y)
         return TrackResult(tracks_img, vis, conf, q.astype(np.float32), names)
+
+
+def _checkpoint_hint(ckpt_dir: Path) -> int:
+    """The newest checkpoint's iteration from the file names alone (for the time estimate; the trainer
+    verifies and loads the checkpoints itself)."""
+    its = []
+    for p in Path(ckpt_dir).glob("ckpt_*.pt"):
+        try:
+            its.append(int(p.stem.split("_", 1)[1]))
+        except ValueError:
+            continue
+    return max(its, default=0)
 
 
 def _load_refined(cache: Path, tag: str) -> torch.Tensor | None:

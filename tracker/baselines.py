@@ -101,7 +101,7 @@ class FlowTracker(_Fitted):
             fwd, bwd = self._flows
             if fwd.shape != (self._T - 1, self._H, self._W, 2):
                 raise UserError(f"precomputed flows {fwd.shape} do not match the video "
-                                f"({self._T} frames {self._W}x{self._H})")
+                                f"({self._T} frames {self._H}x{self._W} HxW)")
         else:
             c = self.config
             est = make_flow_estimator(c.flow, c.dis_preset, c.raft_weights, c.device, c.dis_finest_scale)

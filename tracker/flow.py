@@ -237,6 +237,8 @@ def write_consecutive_flows(frames, estimator: FlowEstimator, fwd_path, bwd_path
     from .lazy_array import NpyWriter
 
     n = len(frames)
+    from . import eta
+
     h, w = np.asarray(frames[0]).shape[:2]
     shape = (max(n - 1, 0), h, w, 2)
     with NpyWriter(fwd_path, shape, np.float32) as wf, NpyWriter(bwd_path, shape, np.float32) as wb:
@@ -247,3 +249,4 @@ def write_consecutive_flows(frames, estimator: FlowEstimator, fwd_path, bwd_path
             wf.write(estimator(prev, cur)[None])
             wb.write(estimator(cur, prev)[None])
             prev = cur
+            eta.stage_advance("flows")  # per frame pair, for the run's time-left estimate

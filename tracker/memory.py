@@ -145,73 +145,76 @@ def check_memory(num_frames: int, image_h: int, image_w: int, backend, cfg, num_
     limit = available_mb()
     log.info("estimated peak memory %.0f MB (%s phase; %s MB available)", est["peak_mb"], est["phase"],
              "unknown" if limit is None else f"{limit:.0f}")
-    secs = estimate_time(num_frames, image_h, image_w, backend, cfg)
-    log.info("estimated time about %.0f s (%s)", secs["total"],
-             ", ".join(f"{k} {v:.0f}" for k, v in secs.items() if k != "total"))
     if limit is not None and est["peak_mb"] * MARGIN > limit:
         fit = frames_that_fit(limit, image_h, image_w, backend, cfg, num_queries)
         fix = (f"pass --max-frames {fit} (or --frame-stride {math.ceil(num_frames / max(fit, 1))}), or a smaller "
                f"--resolution" if fit >= 2 else "pass a smaller --resolution")
         raise UserError(f"this run needs about {est['peak_mb'] / 1024:.1f} GB of memory ({num_frames} frames, "
                         f"{est['phase']} peak) but {limit / 1024:.1f} GB is available", fix)
-    est["time_s"] = secs
     return est
 
 
 # -- time -----------------------------------------------------------------------------------------------
-# Seconds per frame (per training iteration for "train") of each stage with the defaults (fast preset,
-# dsift, 424x240 work size, stride-2 trajectories, direct window 8), measured on the 2 shared CPU cores
-# of the development machine (scripts/bench_scale.py, parkour looped to 200 frames, load average ~14).
-# They scale with the work size's pixel count; the overall ETA rescales them by what a run observes.
-STAGE_RATES = {"frames": 0.010, "features": 0.114, "flows": 0.081, "masks": 0.046, "trajectories": 0.714,
-               "trajectories_nodirect": 0.093, "best_buddies": 0.0, "train": 4.3, "refine": 0.163,
-               "track": 0.27}
+# Prior seconds per frame (per frame pair for "fusion", per training iteration for "train") of each stage
+# with the defaults (fast preset, dsift, 424x240 work size, stride-2 trajectories, direct window 8). They
+# only seed the estimate until this run has timed its own work (tracker/eta.py): re-measured on the
+# 2 shared CPU cores at load average ~6 (the demo, 256x192 work size, and the first 50 frames of DAVIS
+# cows, 424x240; docs/tracking-cli.md "Time estimate"); the previous table (load ~14) was 3-5x too high.
+STAGE_RATES = {"frames": 0.015, "features": 0.06, "flows": 0.035, "masks": 0.03, "trajectories": 0.2,
+               "trajectories_nodirect": 0.05, "best_buddies": 0.0, "train": 1.4, "refine": 0.05,
+               "track": 0.03}
 RATE_PIXELS = 424 * 240
+TRAIN_CYC_COST = 1.3      # an iteration with the cycle + refined-BB losses vs one without (demo 1.0, cows 50 frames 2.0)
+FUSION_RATE = 0.5         # s per frame pair at 854x480: dino-flow's full-resolution flows + refinement (in track;
+                          # demo at 256x192: 1.6 s for 23 pairs, x8.3 pixels; cows 50 frames: 44.7 s at load ~15)
+FUSION_PIXELS = 854 * 480
 
 
-def estimate_time(num_frames: int, image_h: int, image_w: int, backend, cfg) -> dict:
-    """Rough seconds per stage and in total (see ``STAGE_RATES``); training does not grow with T."""
+def time_plan(num_frames: int, image_h: int, image_w: int, backend, cfg, tracker: str = "dino") -> dict:
+    """{stage: (units, prior seconds per unit)} of a DINO-Tracker run, the input of ``tracker.eta.RunETA``.
+
+    Per-frame stages scale with the work size's pixel count; training does not grow with T; the
+    ``dino-flow`` fusion adds full-resolution flows per frame pair, scaled with the original size."""
     g, _ = _work_geometry(backend, cfg, image_h, image_w)
     scale = g.input_h * g.input_w / RATE_PIXELS
-    out = {k: v * num_frames * scale for k, v in STAGE_RATES.items() if k not in ("train",)}
-    out["train"] = STAGE_RATES["train"] * cfg.iterations * scale
+    plan = {k: (float(num_frames), v * scale) for k, v in STAGE_RATES.items() if k != "train"}
+    # training in two stages: from cyc_after / rbb_after on, the cycle and refined best-buddy losses run
+    # too and an iteration costs more (DAVIS cows, 50 frames at 424x240: 1.35 -> 2.7 s; the demo: no change)
+    switch = train_switch(cfg)
+    plan["train"] = (float(switch), STAGE_RATES["train"] * scale)
+    if cfg.iterations > switch:
+        plan["train+cyc"] = (float(cfg.iterations - switch), STAGE_RATES["train"] * TRAIN_CYC_COST * scale)
+    # refine and track run after training: keep the stage order of a run
+    plan = {k: plan[k] for k in [k for k in plan if k not in ("refine", "track")] + ["refine", "track"]}
+    plan = {k: v for k, v in plan.items() if k != "train" or v[0] > 0}
+    if tracker == "dino-flow":  # the fusion's flows run inside track(): one stage, timed as one
+        units, rate = plan["track"]
+        fusion = FUSION_RATE * image_h * image_w / FUSION_PIXELS * max(num_frames - 1, 0) / max(num_frames, 1)
+        plan["track"] = (units, rate + fusion)
+    return plan
+
+
+def train_switch(cfg) -> int:
+    """The iteration from which the cycle / refined best-buddy losses are on (``cfg.iterations`` if never)."""
+    on = [a for a, lam in ((cfg.cyc_after, cfg.lambda_cyc), (cfg.rbb_after, cfg.lambda_rbb)) if lam]
+    return int(min([cfg.iterations] + [max(0, a) for a in on]))
+
+
+def estimate_time(num_frames: int, image_h: int, image_w: int, backend, cfg, tracker: str = "dino") -> dict:
+    """Prior seconds per stage and in total (see ``STAGE_RATES``): the first, rough estimate."""
+    out = {k: u * r for k, (u, r) in time_plan(num_frames, image_h, image_w, backend, cfg, tracker).items()}
     out["total"] = sum(out.values())
     return {k: round(v, 1) for k, v in out.items()}
 
 
-class OverallETA:
-    """Overall progress of a long run: after each finished stage, the time left is the model's estimate
-    for the stages still to run times (observed / estimated) over the stages computed so far (cached
-    stages count as done, not as a speed measurement)."""
-
-    def __init__(self, estimate: dict):
-        self.estimate = {k: float(v) for k, v in estimate.items() if k != "total"}
-        self.done: dict[str, float] = {}
-        self.timed: dict[str, float] = {}
-
-    def finished(self, stage: str, seconds: float, cached: bool = False) -> str:
-        self.done[stage] = float(seconds)
-        if not cached:
-            self.timed[stage] = float(seconds)
-        est = sum(self.estimate.get(k, 0.0) for k in self.timed)
-        ratio = sum(self.timed.values()) / est if est > 0 else 1.0
-        left = ratio * sum(v for k, v in self.estimate.items() if k not in self.done)
-        msg = (f"overall: {len(self.done)}/{len(self.estimate)} stages done, {sum(self.done.values()):.0f} s "
-               f"so far, about {left:.0f} s left")
-        log.info(msg)
-        return msg
-
-
-_RUN_ETA: OverallETA | None = None
-
-
-def begin_run(estimate: dict | None) -> OverallETA | None:
-    """Start the overall ETA of this process's run (``scripts/track.py`` does, after the pre-flight)."""
-    global _RUN_ETA
-    _RUN_ETA = OverallETA(estimate) if estimate else None
-    return _RUN_ETA
-
-
 def stage_done(stage: str, seconds: float, cached: bool = False) -> str | None:
-    """Report a finished stage to the run's overall ETA (no-op without ``begin_run``)."""
-    return None if _RUN_ETA is None else _RUN_ETA.finished(stage, seconds, cached)
+    """Report a finished stage to the run's time-left estimate (no-op without ``tracker.eta.begin_run``)."""
+    from .eta import stage_finish
+
+    return stage_finish(stage, seconds, cached)
+
+
+def stage_started(stage: str) -> None:
+    from .eta import stage_begin
+
+    stage_begin(stage)

@@ -207,11 +207,12 @@ class StageCache:
 
 
 class _ReportingCache(StageCache):
-    """StageCache whose finished stages are reported to the run's overall ETA (``tracker.memory``)."""
+    """StageCache whose stages are reported to the run's time-left estimate (``tracker.eta``)."""
 
     def run(self, name, fields, compute, load):
-        from .memory import stage_done
+        from .memory import stage_done, stage_started
 
+        stage_started(name)
         result, info = super().run(name, fields, compute, load)
         stage_done(name, info.get("seconds", 0.0), bool(info.get("cached")))
         return result, info
@@ -280,8 +281,8 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
     vid_key = array_digest(frames0)
     stats: dict = {"video": {"frames": T, "height": H0, "width": W0, "content": vid_key},
                    "geometry": geom.to_dict()}
-    log.info("preprocessing %d frames %dx%d -> work %dx%d (%s), cache %s", T, W0, H0, geom.input_w,
-             geom.input_h, backend.name, cache.root)
+    log.info("preprocessing %d frames %dx%d -> work %dx%d (HxW; %s), cache %s", T, H0, W0, geom.input_h,
+             geom.input_w, backend.name, cache.root)
 
     # 1. frames at the work resolution
     def c_frames(d):

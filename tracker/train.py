@@ -347,9 +347,22 @@ class Trainer:
         start = self.resume()
         if start == 0 and self.ckpt_dir is not None and c.iterations > 0:
             self.save(0)
+        from . import eta
+
         bar = tqdm(total=c.iterations, initial=start, desc="train", unit="it", disable=not progress,
                    leave=False)
         t0 = time.perf_counter()
+        # the time-left estimate counts only the iterations left after a resume, timed one by one, in two
+        # stages: before and after the cycle / refined best-buddy losses start (dearer iterations)
+        from .memory import train_switch
+
+        switch = train_switch(c)
+
+        def eta_stage(i):
+            return ("train", i) if i < switch else ("train+cyc", i - switch)
+
+        name, done0 = eta_stage(start)
+        eta.stage_begin(name, done=done0)
         for it in range(start, c.iterations):
             if stop_after is not None and it >= stop_after:
                 break
@@ -364,7 +377,14 @@ class Trainer:
                 self.save(done)
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
+            eta.stage_advance(name)
+            if name == "train" and done == switch and done < c.iterations:
+                eta.stage_finish("train")
+                name = "train+cyc"
+                eta.stage_begin(name)
         bar.close()
+        if stop_after is None or stop_after >= c.iterations:
+            eta.stage_finish(name, cached=start >= c.iterations)
         log.info("training: %d iterations in %.1f s", max(0, c.iterations - start),
                  time.perf_counter() - t0)
         if self.coverage.iterations:

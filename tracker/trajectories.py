@@ -103,6 +103,9 @@ def chain_trajectories(fwd, bwd, frames=None, estimator: FlowEstimator | None = 
     bar = tqdm(range(T), desc="trajectories" + (" (direct filter)" if direct else ""), unit="frame",
                disable=not progress, leave=False)
     next_id = 0
+    from . import eta
+
+    eta_stage = "trajectories" if use_direct else "trajectories_nodirect"  # the preprocessing stage name
     for t in bar:
         if t > 0 and len(ids):
             ids, pos, seeds = _advance(fwd, bwd, frames, estimator, t, ids, pos, seeds, start_of,
@@ -127,6 +130,7 @@ def chain_trajectories(fwd, bwd, frames=None, estimator: FlowEstimator | None = 
         if len(ids):
             chunks.append((t, ids.astype(np.int32), pos))  # pos is never modified in place
         bar.set_postfix(live=len(ids))
+        eta.stage_advance(eta_stage)  # the time-left estimate times the longest preprocessing stage per frame
     bar.close()
 
     store, per_start = _pack(chunks, np.concatenate(start_of) if start_of else np.zeros(0, np.int32),

@@ -177,7 +177,7 @@ class FeatureBackend(abc.ABC):
         h, w = snap_input_size(th, tw, self.patch_size, self.stride)
         if h < self.patch_size or w < self.patch_size:
             raise UserError(
-                f"resolution {image_w}x{image_h} is too small for backend {self.name} "
+                f"resolution {image_h}x{image_w} (HxW) is too small for backend {self.name} "
                 f"(patch size {self.patch_size})",
                 f"use a video or --resolution of at least {self.patch_size}x{self.patch_size} px")
         return h, w

@@ -87,7 +87,8 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     Errors (UserError): ``path`` is an existing file, lies under a file, or its nearest existing
     folder is not writable.
     """
-    path = Path(path).expanduser().absolute()
+    # normalised (no "repo/../out"): the path every message and summary prints
+    path = Path(os.path.abspath(Path(path).expanduser()))
     if os.path.lexists(path) and not path.is_dir():
         raise UserError(f"{flag} {path} is an existing file, not a folder",
                         f"pass a folder (new or existing) as {flag}")

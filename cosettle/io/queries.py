@@ -117,7 +117,7 @@ def validate_queries(q: Queries, num_frames: int, height: int, width: int, sourc
                             f"[0, {num_frames - 1}]", "use a 0-based frame index of the video as read")
         if not (-0.5 <= x <= width - 0.5 and -0.5 <= y <= height - 0.5):
             raise UserError(f"point {i} ({q.names[i]}) in {source}: (x={x:g}, y={y:g}) is outside the "
-                            f"{width}x{height} frame", "coordinates are pixels of the original video")
+                            f"{height}x{width} (HxW) frame", "coordinates are pixels of the original video")
 
 
 def grid_queries(height: int, width: int, grid_size: int, frame: int = 0,
@@ -133,7 +133,7 @@ def grid_queries(height: int, width: int, grid_size: int, frame: int = 0,
     if mask is not None:
         m = np.asarray(mask)
         if m.shape[:2] != (height, width):
-            raise UserError(f"grid mask is {m.shape[1]}x{m.shape[0]}, video is {width}x{height}",
+            raise UserError(f"grid mask is {m.shape[0]}x{m.shape[1]}, video is {height}x{width} (HxW)",
                             "use a mask of the video's size")
         keep = m[np.clip(np.round(xy[:, 1]).astype(int), 0, height - 1),
                  np.clip(np.round(xy[:, 0]).astype(int), 0, width - 1)] > 0

@@ -1,4 +1,4 @@
-"""Track results and their files: ``tracks.npz``, ``tracks.json``, ``tracks.csv``, ``overlay.mp4``.
+"""Track results and their files: ``tracks.npz``, ``tracks.json``, ``tracks.csv`` (overlays: ``overlay.py``).
 
 Layout (point-major, like TAP-Vid and DINO-Tracker):
     tracks      (N, T, 2) float32, (x, y) in original-video pixels, integer = pixel centre
@@ -101,35 +101,16 @@ def point_colors(n: int) -> np.ndarray:
             * 255).astype(np.uint8)[:n]
 
 
-def draw_overlay_frames(video, result: TrackResult, trail: int = 10, radius: int | None = None):
-    """Yield frames with markers: filled circle = visible, hollow = occluded, fading trails."""
-    import cv2
+def draw_overlay_frames(video, result: TrackResult, trail: int = 10, radius: int | None = None,
+                        style: str = "trails"):
+    """Frames with the tracks drawn; see ``cosettle.io.overlay`` (the rules and styles live there)."""
+    from .overlay import draw_overlay_frames as draw
 
-    colors = point_colors(result.num_points)
-    for t in range(len(video)):
-        frame = np.ascontiguousarray(np.asarray(video[t]).copy())
-        h, w = frame.shape[:2]
-        r = radius or max(2, round(min(h, w) / 120))
-        for i in range(result.num_points):
-            c = tuple(int(v) for v in colors[i])
-            for k in range(max(0, t - trail), t):
-                p0, p1 = result.tracks[i, k], result.tracks[i, k + 1]
-                if np.isfinite(p0).all() and np.isfinite(p1).all():
-                    alpha = (k - t + trail + 1) / (trail + 1)
-                    col = tuple(int(v * alpha) for v in c)
-                    cv2.line(frame, _pt(p0), _pt(p1), col, max(1, r // 2), cv2.LINE_AA)
-            p = result.tracks[i, t]
-            if np.isfinite(p).all():
-                cv2.circle(frame, _pt(p), r, c, -1 if result.visible[i, t] else max(1, r // 2),
-                           cv2.LINE_AA)
-        yield frame
+    return draw(video, result, trail, style, radius)
 
 
-def _pt(p) -> tuple[int, int]:
-    return int(round(float(p[0]))), int(round(float(p[1])))
+def write_overlay(path: str | os.PathLike, video, result: TrackResult, fps: float, trail: int = 10,
+                  style: str = "trails") -> Path:
+    from .overlay import write_overlay as write
 
-
-def write_overlay(path: str | os.PathLike, video, result: TrackResult, fps: float, trail: int = 10) -> Path:
-    from .video import write_video
-
-    return write_video(path, draw_overlay_frames(video, result, trail), fps)
+    return write(path, video, result, fps, trail, style)

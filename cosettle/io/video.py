@@ -100,7 +100,7 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None, frame_str
         video.fps = DEFAULT_FPS
     elif frame_stride > 1:
         video.fps = video.fps / frame_stride
-    log.info("video %s: %d frames, %dx%d, %.2f fps", path, len(video), video.width, video.height,
+    log.info("video %s: %d frames, %dx%d (HxW), %.2f fps", path, len(video), video.height, video.width,
              video.fps)
     return video
 
@@ -147,8 +147,8 @@ def _read_image(path: Path, expect_hw) -> np.ndarray:
     if img.dtype != np.uint8:
         img = (img.astype(np.float64) / np.iinfo(img.dtype).max * 255).round().astype(np.uint8)
     if expect_hw is not None and img.shape[:2] != tuple(expect_hw):
-        raise UserError(f"frame {path} is {img.shape[1]}x{img.shape[0]}, others are "
-                        f"{expect_hw[1]}x{expect_hw[0]}", "all frames of a folder must have one size")
+        raise UserError(f"frame {path} is {img.shape[0]}x{img.shape[1]} (HxW), others are "
+                        f"{expect_hw[0]}x{expect_hw[1]}", "all frames of a folder must have one size")
     return np.ascontiguousarray(img)
 
 
@@ -262,8 +262,8 @@ def _write_mp4(tmp: Path, frames, fps: float) -> int:
                          "-an", "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", "15", str(tmp)],
                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errlog)
                 if frame.shape[:2] != size:
-                    raise UserError(f"frame {n} is {frame.shape[1]}x{frame.shape[0]}, the first was "
-                                    f"{size[1]}x{size[0]}", "every frame of a video must have one size")
+                    raise UserError(f"frame {n} is {frame.shape[0]}x{frame.shape[1]} (HxW), the first was "
+                                    f"{size[0]}x{size[1]}", "every frame of a video must have one size")
                 try:
                     proc.stdin.write(np.ascontiguousarray(frame).tobytes())
                 except BrokenPipeError:  # ffmpeg died: its exit status and message are reported below

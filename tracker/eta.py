@@ -1,0 +1,227 @@
+"""The time-left estimate of a tracking run, from the throughput measured on this machine.
+
+Why: reference rates measured once on another machine (or on this one under a different load) were
+3-5x off (the demo estimated 266 s and took 62 s), and a stage-level estimate never looked inside
+training, which is most of a run, nor knew that a resumed run had only part of it left. Here
+
+* every stage has a plan: how many units of work (frames, frame pairs, iterations) and a prior
+  seconds-per-unit (``tracker.memory.STAGE_RATES``, scaled to the work size);
+* the running stage's rate is measured from its own last ``RECENT`` units (``advance``) as they finish --
+  training is timed per iteration, so a few iterations in the estimate is this machine's, at its current
+  load, and it follows the load as it drifts;
+* stages not started yet take their prior times the speed factor seen so far (measured seconds over
+  prior seconds of every unit timed in this process, shrunk towards 1 by ``prior_weight_s`` seconds of
+  prior evidence: a 0.02-s stage must not swing the whole estimate 5x, as the demo's first stage did),
+  so a fast or a loaded machine shows after the first stages;
+* cached stages and units finished before a resume (``begin(stage, done=...)``) count as done, never as
+  a measurement (a cache hit says nothing about speed); a planned stage that a run skips (masks given,
+  say) counts as done once a later stage begins.
+
+The clock is injectable so the arithmetic is tested with a fake clock (``tests/test_eta.py``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+log = logging.getLogger(__name__)
+RECENT = 20  # a running stage's rate is its last 20 units: the machine's load drifts during a 10-min fit
+
+
+@dataclass
+class _Stage:
+    units: float             # work in this stage (frames, pairs, iterations)
+    prior: float             # prior seconds per unit
+    done: float = 0.0        # units finished (including those finished before a resume)
+    timed_units: float = 0.0  # units finished and timed in this process
+    timed_s: float = 0.0     # seconds those took
+    started: float | None = None  # clock at begin (None: pending)
+    last: float | None = None     # clock at the last timed unit
+    first_s: float | None = None  # seconds of the first unit timed by ``advance`` (warm-up: not a rate sample)
+    recent: deque = field(default_factory=lambda: deque(maxlen=RECENT))  # (seconds, units) of the last units
+    finished: bool = False
+
+
+class RunETA:
+    """Time left in a run of named stages; see the module docstring.
+
+    ``plan``: ordered {stage: (units, prior seconds per unit)}. ``report_every``: the least seconds
+    between two progress log lines from ``advance`` (stage ends always report)."""
+
+    def __init__(self, plan: dict[str, tuple[float, float]], clock: Callable[[], float] = time.monotonic,
+                 report_every: float = 20.0, prior_weight_s: float = 5.0):
+        self.stages = {k: _Stage(float(u), float(p)) for k, (u, p) in plan.items()}
+        self.clock = clock
+        self.report_every = float(report_every)
+        self.prior_weight_s = float(prior_weight_s)
+        self.t_start = clock()
+        self._last_report = self.t_start
+        self.reports: list[str] = []
+        self.history: list[tuple[float, float]] = []  # (elapsed, estimated left) at every report
+
+    # -- events ------------------------------------------------------------------------------------
+    def _get(self, stage: str) -> _Stage:
+        if stage not in self.stages:  # an unplanned stage: no prior, measured only
+            self.stages[stage] = _Stage(0.0, 0.0)
+        return self.stages[stage]
+
+    def begin(self, stage: str, done: float = 0.0, units: float | None = None) -> None:
+        """``stage`` starts now; ``done`` units were finished before (a resume); ``units`` re-plans it."""
+        s = self._get(stage)
+        for name, other in self.stages.items():  # stages run in plan order: one never begun was skipped
+            if name == stage:
+                break
+            if other.started is None and not other.finished:
+                other.finished = True
+        if units is not None:
+            s.units = float(units)
+        s.done = float(done)
+        s.timed_units, s.timed_s, s.first_s = 0.0, 0.0, None
+        s.recent.clear()
+        s.started = s.last = self.clock()
+        if done > 0:  # a resume: say at once that only the rest is left
+            self.report(stage)
+
+    def note_done(self, stage: str, done: float) -> None:
+        """Before ``stage`` begins: ``done`` of its units are already finished (a checkpoint found)."""
+        s = self._get(stage)
+        if s.started is None and not s.finished:
+            s.done = min(float(done), s.units)
+
+    def advance(self, stage: str, n: float = 1.0) -> str | None:
+        """``n`` more units of ``stage`` finished now (timed since the previous one)."""
+        s = self._get(stage)
+        now = self.clock()
+        if s.started is None:
+            s.started = s.last = now
+        dt = now - (s.last if s.last is not None else now)
+        if s.first_s is None:
+            s.first_s = dt
+        else:
+            s.recent.append((dt, n))
+        s.timed_s += dt
+        s.timed_units += n
+        s.done += n
+        s.last = now
+        if now - self._last_report >= self.report_every:
+            return self.report(stage)
+        return None
+
+    def finish(self, stage: str, seconds: float | None = None, cached: bool = False) -> str:
+        """``stage`` is complete. A computed stage without per-unit timing is timed as a whole here
+        (``seconds``, else the clock since ``begin``); a cached one counts as done, untimed."""
+        s = self._get(stage)
+        now = self.clock()
+        if not cached and s.timed_units == 0 and s.units > 0:
+            took = seconds if seconds is not None else (now - s.started if s.started is not None else 0.0)
+            s.timed_s, s.timed_units = float(took), s.units - s.done
+        s.done, s.finished = s.units, True
+        return self.report(stage)
+
+    # -- arithmetic ----------------------------------------------------------------------------------
+    def speed_factor(self) -> float:
+        """Measured seconds / prior seconds over every unit timed in this process, with
+        ``prior_weight_s`` seconds at factor 1 added to both (1 before any); warm-up units left out."""
+        timed = [(s.timed_s - (s.first_s or 0.0), s.timed_units - (s.first_s is not None), s.prior)
+                 for s in self.stages.values() if s.prior > 0]  # warm-up units left out
+        measured = sum(t for t, _, _ in timed)
+        prior = sum(u * p for _, u, p in timed)
+        w = self.prior_weight_s
+        return (measured + w) / (prior + w) if prior + w > 0 and measured + w > 0 else 1.0
+
+    def stage_left(self, name: str) -> float:
+        s = self.stages[name]
+        if s.finished:
+            return 0.0
+        left_units = max(0.0, s.units - s.done)
+        rate = None
+        if s.first_s is None and s.timed_units > 0:  # timed as a whole (finish)
+            rate = s.timed_s / s.timed_units
+        elif s.recent:  # per unit: the last RECENT units, the warm-up unit left out (the demo's first
+            rate = sum(t for t, _ in s.recent) / sum(u for _, u in s.recent)  # iteration: 9 s, then 1.5 s)
+        if rate is not None:
+            # the unit in progress: part of it has elapsed already
+            in_progress = self.clock() - s.last if s.last is not None else 0.0
+            return max(0.0, left_units * rate - min(in_progress, rate))
+        est = left_units * s.prior * self.speed_factor()
+        since = s.last if s.last is not None else s.started
+        if since is not None:  # running, no rate yet: what has elapsed of the current unit is spent
+            est = max(est - (self.clock() - since), 0.0)
+        return est
+
+    def left(self) -> float:
+        """Seconds left in the run."""
+        return sum(self.stage_left(k) for k in self.stages)
+
+    def elapsed(self) -> float:
+        return self.clock() - self.t_start
+
+    def record(self) -> float:
+        """Seconds left now, kept in ``history`` (run_info.json shows how the estimate fared)."""
+        left = self.left()
+        self.history.append((self.elapsed(), left))
+        return left
+
+    def report(self, stage: str | None = None) -> str:
+        left = self.record()
+        done = sum(1 for s in self.stages.values() if s.finished)
+        where = ""
+        if stage is not None and not self.stages[stage].finished and self.stages[stage].units:
+            s = self.stages[stage]
+            where = f"{stage} {s.done:.0f}/{s.units:.0f}, "
+        msg = (f"overall: {where}{done}/{len(self.stages)} stages done, {self.elapsed():.0f} s so far, "
+               f"about {fmt_seconds(left)} left")
+        self._last_report = self.clock()
+        self.reports.append(msg)
+        log.info(msg)
+        return msg
+
+
+def fmt_seconds(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# -- the run's estimate (one per process; scripts/track.py starts it) -----------------------------------
+_RUN: RunETA | None = None
+
+
+def begin_run(plan: dict[str, tuple[float, float]] | None, clock: Callable[[], float] = time.monotonic,
+              report_every: float = 20.0) -> RunETA | None:
+    global _RUN
+    _RUN = RunETA(plan, clock, report_every) if plan else None
+    return _RUN
+
+
+def current() -> RunETA | None:
+    return _RUN
+
+
+def stage_begin(stage: str, done: float = 0.0, units: float | None = None) -> None:
+    if _RUN is not None:
+        _RUN.begin(stage, done, units)
+
+
+def training_resumes_at(iterations: int, switch: int) -> None:
+    """A checkpoint at ``iterations`` exists (``Tracker.fit`` looks before preprocessing): the estimate
+    counts only the iterations after it from the start of a resumed run, not from when training begins."""
+    if _RUN is not None and iterations > 0:
+        _RUN.note_done("train", min(iterations, switch))
+        _RUN.note_done("train+cyc", max(0, iterations - switch))
+        _RUN.report()
+
+
+def stage_advance(stage: str, n: float = 1.0) -> None:
+    if _RUN is not None:
+        _RUN.advance(stage, n)
+
+
+def stage_finish(stage: str, seconds: float | None = None, cached: bool = False) -> str | None:
+    return None if _RUN is None else _RUN.finish(stage, seconds, cached)
