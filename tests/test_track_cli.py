@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,29 @@ def test_demo_mode_without_video(tmp_path, capsys):
     mine = float(np.linalg.norm(tracks - gt, axis=-1)[:, 1:].mean())
     assert info["demo_mean_error_px"] == pytest.approx(mine, abs=5e-4), (info["demo_mean_error_px"], mine)
     assert f"demo: mean error vs ground truth {info['demo_mean_error_px']:.2f} px (frames 1..23)" in stdout  # summary
+
+
+def test_automatic_masks_that_find_nothing_warn_once_naming_masks(clip_files, tmp_path, capsys):
+    """The test clip is one rigid pan: the motion masks find no independently moving object (DIS noise
+    leaves ~1 % of the frame). The run still finishes and tracks, with one warning line that names --masks; with the
+    user's masks (the whole frame here) there is no such line."""
+    video, pts = clip_files
+    argv = ["--video", str(video), "--points", str(pts), "--iterations", "3", "--no-overlay", "--stride", "4",
+            "--tracker", "dino"]
+    code, _, err = run(argv + ["--out", str(tmp_path / "o1"), "--work-dir", str(tmp_path / "w1")], capsys)
+    assert code == 0, err
+    warn = [ln for ln in err.splitlines() if "--masks" in ln]
+    assert len(warn) == 1, err
+    share = re.search(r"motion masks cover only (\d+\.\d)% of the frame", warn[0])
+    assert share and float(share.group(1)) < 2.0, warn  # the warning's own 2 % floor
+    assert np.isfinite(np.load(tmp_path / "o1" / "tracks.npz")["tracks"]).all()
+    import imageio.v3 as iio
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for i in range(6):
+        iio.imwrite(masks / f"{i:05d}.png", np.full((64, 96), 255, np.uint8))
+    code, _, err = run(argv + ["--masks", str(masks), "--out", str(tmp_path / "o2"), "--work-dir", str(tmp_path / "w2")],
+                       capsys)
+    assert code == 0, err
+    assert not [ln for ln in err.splitlines() if "--masks" in ln], err

@@ -172,7 +172,14 @@ def _motion_masks(fwd, bwd, threshold, min_residual, min_area, seed, window, war
     for t in range(T):
         score = np.zeros((h, w), np.float32)
         count = 0
-        for span in (_chain(fwd, t, min(t + window, T - 1), True), _chain(bwd, t, max(t - window, 0), False)):
+        # forward to t + window, backward to t - window; near the clip's ends one side is cut short and
+        # carries less motion: only the longest available span(s) vote (window 1: both pairs inside)
+        ends = {True: min(t + window, T - 1), False: max(t - window, 0)}
+        longest = max(abs(e - t) for e in ends.values())
+        for forward, end in ends.items():
+            if end == t or abs(end - t) < longest:
+                continue
+            span = _chain(fwd if forward else bwd, t, end, forward)
             if span is not None:
                 r, fit = _motion_residual(span, threshold, min_px, seed)
                 score += r
