@@ -2,12 +2,19 @@
 
 The expensive part of ``dino-flow`` -- training DINO-Tracker on each video -- does not depend on the
 fusion settings, so this tool takes the pure ``dino`` predictions that ``badja_eval/run.py`` cached, computes
-each video's full-resolution flows once, and scores every (snap_cells, fb_px) setting with the benchmark's
-own scorer. It is the development protocol for the ``dino-flow`` defaults: run it on horsejump-high
-(BADJA), the synthetic levels and the DAVIS mask-only clips, and choose settings that hold on all three.
+each video's full-resolution flows once, and scores every setting (snap cells, forward-backward px, drift
+frames, verification NCC and search cells) with the benchmark's own scorer, wrong-visible included. It is
+the development protocol for the ``dino-flow`` defaults: run it on BOTH labelled clips (horsejump-high,
+cows) for several tracker seeds (one ``--out`` per seed), and keep a setting only if it holds on both.
 
-    python badja_eval/run.py --benchmark badja --trackers flow,dino --out runs/eval/badja   # caches dino
-    python scripts/tune_fusion.py --benchmark badja --out runs/eval/badja --snap 1,2,3,4 --fb 1,1.5,2.5
+    python badja_eval/run.py --sequences horsejump-high,cows --trackers flow,dino \
+        --tracker-args dino.seed=0 --out runs/eval/badja_s0                       # caches dino, seed 0
+    python scripts/tune_fusion.py --sequences horsejump-high,cows --tracker-args dino.seed=0 \
+        --out runs/eval/badja_s0 --snap 3,6 --verify-cells 1,2
+
+The foreground for drift corrections is the task's masks at the video's resolution (the tracker uses
+the same masks at its work resolution, nearest-neighbour: the two can differ by a pixel at the mask's
+edge, so confirm a chosen setting with ``badja_eval/run.py --trackers dino-flow``).
 """
 from __future__ import annotations
 
@@ -36,11 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = ev.build_parser()
     p.description = __doc__.split("\n")[0]
-    p.add_argument("--snap", type=_floats, default=[1.0, 2.0, 3.0, 4.0, 6.0],
-                   help="fusion_snap_cells values to try")
-    p.add_argument("--fb", type=_floats, default=[1.0, 1.5, 2.5], help="fusion_fb_px values to try")
-    p.add_argument("--refine", type=_floats, default=[0.0],
-                   help="template refinement after a re-detection: min NCC values to try (0 = off)")
+    p.add_argument("--snap", type=_floats, default=[3.0, 6.0], help="fusion_snap_cells values to try")
+    p.add_argument("--fb", type=_floats, default=[1.5], help="fusion_fb_px values to try")
+    p.add_argument("--drift", type=_floats, default=[1.0], help="fusion_drift_frames values to try")
+    p.add_argument("--verify-ncc", type=_floats, default=[0.5], help="fusion_verify_ncc values to try")
+    p.add_argument("--verify-cells", type=_floats, default=[2.0], help="fusion_verify_cells values to try")
     p.add_argument("--dino-tracker", default="dino", help="cached tracker whose predictions are fused")
     p.add_argument("--json", dest="json_out", help="also write the JSON here")
     return p
@@ -66,21 +73,37 @@ def _tasks(cfg):
     return ev.tapvid_tasks(cfg, pickles)
 
 
-def sweep(cfg, snaps, fbs, dino_tracker="dino", refines=(0.0,)):
+def _mask_lookup(masks):
+    """(T, H, W) bool masks at the video's resolution -> foreground(t, xy) for the fusion."""
+    def foreground(t, xy):
+        p = np.rint(np.asarray(xy, np.float64)).astype(np.int64)
+        h, w = masks.shape[1:]
+        ok = (p[:, 0] >= 0) & (p[:, 0] < w) & (p[:, 1] >= 0) & (p[:, 1] < h)
+        out = np.zeros(len(p), bool)
+        out[ok] = masks[t, p[ok, 1], p[ok, 0]]
+        return out
+    return foreground
+
+
+SETTING_KEYS = ("snap_cells", "fb_px", "drift_frames", "verify_ncc", "verify_cells")
+
+
+def sweep(cfg, grid: dict, dino_tracker="dino"):
+    """``grid``: {setting key: list of values} (keys of SETTING_KEYS)."""
     from badja_eval.runner import Method, Prediction, Runner
     from cosettle.io.tracks import TrackResult
     from tracker.config import preset
     from tracker.flow import make_flow_estimator
-    from tracker.flow_guided import FusionStats, TemplateRefiner, fuse_tracks
+    from tracker.flow_guided import FusionStats, TemplateVerifier, fuse_tracks
 
     tasks, scorers, groups = _tasks(cfg)
     runner = Runner(Path(cfg.out) / "cache", cfg.preset, cfg.device, use_masks=cfg.masks, progress=False,
                     backend_kwargs=cfg.backend_args, tracker_overrides=cfg.tracker_args)
     tcfg = preset(cfg.preset)
     est = make_flow_estimator("dis", tcfg.fusion_dis_preset, None, "cpu", 0)
-    settings = list(itertools.product(snaps, fbs, refines))
-    scores: dict = {s: {} for s in settings}
-    counts: dict = {s: FusionStats() for s in settings}
+    settings = [dict(zip(SETTING_KEYS, vals)) for vals in itertools.product(*(grid[k] for k in SETTING_KEYS))]
+    scores: list[dict] = [{} for _ in settings]
+    counts = [FusionStats() for _ in settings]
     for backend_name in cfg.backends:
         method = Method(dino_tracker, backend_name)
         backend = runner.backend(backend_name)
@@ -89,23 +112,23 @@ def sweep(cfg, snaps, fbs, dino_tracker="dino", refines=(0.0,)):
             if pred is None:
                 raise UserError(f"no cached {method.label} prediction for {task.key} in {cfg.out}",
                                 f"run badja_eval/run.py --benchmark {cfg.benchmark} --trackers {dino_tracker} first")
-            frames, _ = task.load()
+            frames, masks = task.load()
             T, h, w = frames.shape[:3]
             pairs = [(est(frames[t], frames[t + 1]), est(frames[t + 1], frames[t])) for t in range(T - 1)]
             cell = _cell_px(backend, h, w, tcfg.resolution)
+            foreground = _mask_lookup(np.asarray(masks, bool)) if (cfg.masks and masks is not None) else None
             dino = TrackResult(pred.tracks, pred.visible, pred.visible.astype(np.float32), task.queries)
-            for s in settings:
-                ref = TemplateRefiner(frames, task.queries, search_px=cell, min_ncc=s[2]) if s[2] > 0 else None
-                tr, vis, _ = fuse_tracks(dino, lambda t: pairs[t], T, s[0] * cell, s[1], stats=counts[s],
-                                         refine=ref)
-                scores[s][(backend_name, task.key)] = scorers[task.key](Prediction(tr, vis))
+            for k, s in enumerate(settings):
+                ver = TemplateVerifier(frames, task.queries, search_px=s["verify_cells"] * cell)
+                tr, vis, _ = fuse_tracks(dino, lambda t: pairs[t], T, s["snap_cells"] * cell, s["fb_px"], ver,
+                                         s["verify_ncc"], int(s["drift_frames"]), foreground, stats=counts[k])
+                scores[k][(backend_name, task.key)] = scorers[task.key](Prediction(tr, vis))
             log.info("%s: %d settings scored", task.key, len(settings))
     rows = []
-    for s in settings:
-        per = scores[s]
+    for s, per, st in zip(settings, scores, counts):
         keys = sorted({k for v in per.values() for k in v if isinstance(v[k], (int, float))})
         mean = {k: float(np.mean([v[k] for v in per.values() if k in v])) for k in keys}
-        rows.append({"snap_cells": s[0], "fb_px": s[1], "refine_ncc": s[2], "mean": mean, "fusion": counts[s].to_dict(),
+        rows.append({**s, "mean": mean, "fusion": st.to_dict(),
                      "per_video": {f"{b}/{k}": v for (b, k), v in per.items()}})
     return {"benchmark": cfg.benchmark, "tracker": dino_tracker, "preset": cfg.preset, "rows": rows}
 
@@ -118,7 +141,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = ev.resolve(args)
-    out = sweep(cfg, args.snap, args.fb, args.dino_tracker, args.refine)
+    grid = {"snap_cells": args.snap, "fb_px": args.fb, "drift_frames": args.drift, "verify_ncc": args.verify_ncc,
+            "verify_cells": args.verify_cells}
+    out = sweep(cfg, grid, args.dino_tracker)
     text = json.dumps(out, indent=1, default=float)
     if args.json_out:
         from cosettle.io.atomic import write_text

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 _INFERENCE_ONLY = {"occlusion", "anchor_cos", "visible_cos", "fb_thresh_cells", "infer_chunk_maps", "infer_block_frames",
                    "work_dir", "preprocess", "device", "log_every", "checkpoint_every",
                    "fusion_snap_cells", "fusion_fb_px", "fusion_dis_preset", "fusion_verify_ncc",
-                   "fusion_drift_frames"}
+                   "fusion_drift_frames", "fusion_verify_cells"}
 
 
 def cache_root() -> Path:

@@ -87,12 +87,13 @@ class TrackerConfig:
     infer_chunk_maps: int = 2048    # cost volumes per head call at inference (memory bound)
     infer_block_frames: int = 32    # frames whose normalised maps are held at once at inference (memory bound)
     # --- flow-guided inference (tracker ``dino-flow`` only; not in the paper, see tracker/flow_guided.py)
-    fusion_snap_cells: float = 3.0  # the head "agrees" with flow within this many feature cells
+    fusion_snap_cells: float = 6.0  # the head "agrees" with flow within this many feature cells
     fusion_fb_px: float = 1.5       # forward-backward error (original px) above which flow is broken
     fusion_drift_frames: int = 1    # frames in a row that consistent flow must stay off the foreground
     #                                 (while the head sees the point elsewhere) before a drift candidate
     fusion_verify_ncc: float = 0.5  # a candidate is accepted only where the query's own patch correlates
-    #                                 at least this much within one cell (else the point is lost)
+    #                                 at least this much within fusion_verify_cells (else the point is lost)
+    fusion_verify_cells: float = 2.0  # search radius of that patch around the head's candidate, in cells
     fusion_dis_preset: str = "medium"  # DIS preset of the full-resolution flow
     scale_preprocess_px: bool = True  # preprocessing px thresholds are at 476 px height: scale them
     # --- files --------------------------------------------------------------------------------
@@ -117,8 +118,8 @@ class TrackerConfig:
             self.resolution = tuple(self.resolution)
         if self.occlusion not in ("fb", "anchors"):
             raise UserError(f"unknown occlusion rule {self.occlusion!r}", "use 'fb' or 'anchors'")
-        if self.fusion_drift_frames < 1 or not -1.0 <= self.fusion_verify_ncc <= 1.0:
-            raise UserError("fusion_drift_frames must be >= 1 and fusion_verify_ncc in [-1, 1]")
+        if self.fusion_drift_frames < 1 or not -1.0 <= self.fusion_verify_ncc <= 1.0 or self.fusion_verify_cells < 0:
+            raise UserError("fusion_drift_frames must be >= 1, fusion_verify_ncc in [-1, 1], fusion_verify_cells >= 0")
         if self.iterations < 0 or self.batch_size < 1 or self.batch_n_frames < 2:
             raise UserError("iterations must be >= 0, batch_size >= 1 and batch_n_frames >= 2")
 

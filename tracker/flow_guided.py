@@ -28,8 +28,8 @@ Rule, per query and step a -> b (forwards from the query frame, then backwards),
   and on one seed of cows two such corrections cost 3 delta_seg. A drift correction must also land on
   the foreground;
 * a candidate is **verified** when the query's own patch (17x17 px of the query frame) is found by
-  normalised cross-correlation within one feature cell of ``d`` with correlation >=
-  ``fusion_verify_ncc``; the point moves to that match (pixel-precise again). A drift candidate that
+  normalised cross-correlation within ``fusion_verify_cells`` feature cells of ``d`` with correlation
+  >= ``fusion_verify_ncc``; the point moves to that match (pixel-precise again). A drift candidate that
   fails keeps following flow; a break candidate that fails, or broken flow with a head that does not
   see the point, makes the point **lost**: not visible, positioned where flow took it (clamped to the
   frame), and it stays not visible (while still following flow, so it can come back) until a verified
@@ -298,7 +298,7 @@ class FlowGuidedTracker(Tracker):
 
         self.fusion_stats = FusionStats()
         cell = self._cell_px()
-        verifier = TemplateVerifier(frames, res.queries, search_px=cell)
+        verifier = TemplateVerifier(frames, res.queries, search_px=c.fusion_verify_cells * cell)
         tracks, vis, conf = fuse_tracks(res, flow_pair, frames.shape[0], c.fusion_snap_cells * cell,
                                         c.fusion_fb_px, verifier, c.fusion_verify_ncc, c.fusion_drift_frames,
                                         self._foreground, progress=self.progress, stats=self.fusion_stats)
