@@ -109,3 +109,20 @@ def test_tune_fusion_tiny(tmp_path):
     for row in r["rows"]:
         assert len(row["per_video"]) == 1
         assert all(np.isfinite(v) for v in row["mean"].values()) and row["mean"]
+
+
+def test_bench_motion_masks_tiny(shared_dir, tmp_path):
+    """6 frames of cows at 212x120: scores are shares in [0, 1] that follow from each other (IoU <= both
+    recall and precision), and a fixed window is reported as given."""
+    p = _run([REPO / "scripts" / "bench_motion_masks.py", "--shared", shared_dir, "--sequences", "cows",
+              "--max-frames", "6", "--size", "212x120", "--window", "2", "--out", tmp_path / "m.json"])
+    r = _json_out(p)
+    assert json.loads((tmp_path / "m.json").read_text()) == r
+    row = r["clips"]["cows"]
+    assert row["frames"] == 6 and row["window"] == 2 and r["size_wh"] == [212, 120]
+    for k in ("recall", "precision", "iou", "true_share", "mask_share"):
+        assert 0.0 <= row[k] <= 1.0
+    assert row["iou"] <= min(row["recall"], row["precision"]) + 1e-12
+    bad = subprocess.run([sys.executable, REPO / "scripts" / "bench_motion_masks.py", "--size", "abc"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error:")
