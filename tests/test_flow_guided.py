@@ -33,7 +33,7 @@ def test_consistent_flow_is_followed_whatever_the_head_says_without_evidence():
     dec = _step([[10, 10]] * 3, fwd, bwd, [[13, 11], [20, 15], [20, 15]], [True, True, False])
     assert dec.flow.tolist() == [[12.0, 11.0]] * 3 and dec.consistent.all() and dec.fb_err.tolist() == [0, 0, 0]
     assert dec.follow.all() and not dec.candidate.any()  # disagreement alone is no evidence
-    assert dec.run.tolist() == [0, 1, 0]  # frames in a row far from a seeing head
+    assert dec.run.tolist() == [0, 0, 0]  # no foreground known: nothing counts towards drift
 
 
 def test_drift_is_a_candidate_only_off_the_foreground_and_after_drift_frames():
@@ -41,7 +41,7 @@ def test_drift_is_a_candidate_only_off_the_foreground_and_after_drift_frames():
     off = lambda f: np.ones(len(f), bool)  # noqa: E731 -- flow left the foreground
     on = lambda f: np.zeros(len(f), bool)  # noqa: E731
     dec = _step([[10, 10]], fwd, bwd, [[20, 15]], [True], left_fg=off)
-    assert dec.candidate.all() and dec.drift.all() and not dec.follow.any()
+    assert dec.candidate.all() and dec.drift.all() and not dec.follow.any() and dec.run.tolist() == [1]
     assert not _step([[10, 10]], fwd, bwd, [[20, 15]], [True], left_fg=on).candidate.any()
     assert not _step([[10, 10]], fwd, bwd, [[13, 11]], [True], left_fg=off).candidate.any()  # head agrees
     # three frames in a row required: run 1 -> 2 is not enough, 2 -> 3 is

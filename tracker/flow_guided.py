@@ -89,7 +89,8 @@ class StepDecision:
     follow: np.ndarray         # (M,) bool: take f
     candidate: np.ndarray      # (M,) bool: re-detect at d if verified
     drift: np.ndarray          # (M,) bool: candidate because consistent flow drifted (else flow broke)
-    run: np.ndarray            # (M,) int: consecutive frames of consistent flow far from a seeing head
+    run: np.ndarray            # (M,) int: steps in a row that consistent flow was off the foreground
+    #                            while a seeing head was far
 
 
 def fuse_step(p_a: np.ndarray, flow_ab: np.ndarray, flow_ba: np.ndarray, d_b: np.ndarray, dvis_b: np.ndarray,
@@ -107,9 +108,9 @@ def fuse_step(p_a: np.ndarray, flow_ab: np.ndarray, flow_ba: np.ndarray, d_b: np
     dist = np.linalg.norm(f - d_b, axis=1)
     agree = dvis_b & (dist <= snap_px)
     far = dvis_b & ~agree
-    run = np.where(consistent & far, run_a + 1, 0)
     off_fg = np.zeros(len(f), bool) if left_fg is None else np.asarray(left_fg(f), bool)
-    drift = consistent & far & (run >= drift_frames) & off_fg
+    run = np.where(consistent & far & off_fg, run_a + 1, 0)
+    drift = run >= drift_frames
     keep_agree = ~consistent & agree & in_frame
     follow = (consistent & ~drift) | keep_agree
     candidate = drift | (~consistent & ~keep_agree & dvis_b)
