@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cosettle.errors import UserError, cli_entry  # noqa: E402
+from cosettle.io.atomic import write_text  # noqa: E402
 from tracker.flow import make_flow_estimator  # noqa: E402
 from tracker.masks import motion_masks  # noqa: E402
 
@@ -83,8 +84,6 @@ def main(argv=None):
            "opencv": cv2.__version__, "clips": rows, "mean": mean}
     text = json.dumps(out, indent=1)
     if args.out:
-        from cosettle.io.atomic import write_text
-
         write_text(args.out, text)
     print(text)
     return 0

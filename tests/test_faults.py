@@ -8,7 +8,6 @@ import importlib.util
 import io
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 import torch
 
 from cosettle.io.video import write_video
+from tests._subproc import kill_when_announced
 from tests._tracker_synth import translating_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -265,16 +265,7 @@ def test_killed_run_leaves_no_output(clip, tmp_path, capsys):
     child = _KILL_CHILD.format(repo=str(REPO), track=str(REPO / "scripts" / "track.py"), argv=argv)
     proc = subprocess.Popen([sys.executable, "-c", child], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()  # blocks until the child is in training ('' if it died)
-        assert line.strip() == "in training", proc.stderr.read()[-2000:] if proc.poll() is not None else line
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_announced(proc, "in training")  # the child prints it from inside training, then blocks
     assert not out.exists()  # only a hidden staging folder (never a half set under --out) ...
     assert len(list(tmp_path.glob(".out.partial-*"))) == 1
     code, _, err = run(TRACK, _static(video, pts, out, "--no-overlay"), capsys)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from cosettle.backends.registry import load_backend
+from tests._subproc import kill_when_announced
 from tests._tracker_synth import gt_track, translating_clip
 from tracker.api import Tracker
 from tracker.config import preset
@@ -112,17 +112,7 @@ def test_killed_training_resumes_from_checkpoint(clip, tmp_path, caplog, one_tor
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     proc = subprocess.Popen([sys.executable, str(script)], env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()  # blocks until the child is there (or '' if it died)
-        assert line.strip() == "in iteration 8", proc.stderr.read()[-2000:] if proc.poll() is not None else line
-        assert proc.poll() is None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_announced(proc, "in iteration 8")  # the child prints it inside iteration 8, then blocks
     assert sorted(p.name for p in work.glob("train_*/ckpt_*.pt")) == ["ckpt_0000003.pt", "ckpt_0000006.pt"]
     cfg = _cfg(work, iterations=20, checkpoint_every=3)
     with caplog.at_level(logging.INFO):
