@@ -93,6 +93,20 @@ def measure_offset(model: nn.Module, stride: int, max_len: int = 4096) -> float:
     return (stride - 1) / 2
 
 
+def _truncate_after_stage(model: nn.Module) -> None:
+    """timm's ``EfficientNetFeatures`` (efficientnet*, mobilenetv3, ...) builds and runs every block
+    whatever ``out_indices`` is (FeatureListNet models are truncated by timm itself): drop the blocks
+    after the last requested stage, so the stride-8 stage does not pay for the stride-32 ones (same
+    output: those blocks only ran after the feature was taken)."""
+    idx = getattr(model, "_stage_out_idx", None)
+    blocks = getattr(model, "blocks", None)
+    if not idx or not isinstance(blocks, nn.Sequential) or getattr(model, "feature_hooks", None) is not None:
+        return
+    last = max(idx)  # keys: block count; block i's output is taken when i + 1 is a key
+    if 0 < last < len(blocks):
+        model.blocks = blocks[:last]
+
+
 class TimmCNNBackend(TimmBackend):
     position_encoding = None
 
@@ -100,7 +114,7 @@ class TimmCNNBackend(TimmBackend):
                  weights: str | None = None, resolution=None, precision: str = "auto",
                  device: str | torch.device = "cpu", seed: int = 0, allow_pickle: bool = False,
                  chunk_size: int = 4, stride: int | None = None, norm: bool | None = None,
-                 model_kwargs: dict | None = None):
+                 model_kwargs: dict | None = None, filter_fn=None):
         import timm
 
         self.timm_name = timm_name
@@ -128,7 +142,8 @@ class TimmCNNBackend(TimmBackend):
         self.norm = False
         kw = dict(features_only=True, out_indices=(self.layer,), **(model_kwargs or {}))
         model = create_timm_model(timm_name, self.weights, seed=seed, allow_pickle=allow_pickle,
-                                  filter_fn=_cnn_filter, required="", **kw)
+                                  filter_fn=filter_fn or _cnn_filter, required="", **kw)
+        _truncate_after_stage(model)
         self.model = model.eval().requires_grad_(False)
         self.stride = self.patch_size = reductions[self.layer]
         if stride is not None and int(stride) != self.stride:
