@@ -152,6 +152,8 @@ def load_projected_backend(base_name: str, path: str | Path, **backend_kwargs):
             backend_kwargs["layer"] = int(meta["layer"])
         if meta.get("norm") is not None and backend_kwargs.get("norm") is None:
             backend_kwargs["norm"] = bool(meta["norm"])
+        if meta.get("hypercolumn") and backend_kwargs.get("hypercolumn") is None:  # CNN stage combination
+            backend_kwargs["hypercolumn"] = "+".join(str(int(k)) for k in meta["hypercolumn"])
         enc = meta.get("encoder_weights")
         w = meta.get("weights")
         if "weights" in backend_kwargs or base_name != recorded:

