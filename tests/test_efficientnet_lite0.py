@@ -87,9 +87,9 @@ def test_listed_and_loads_offline_from_the_package(package_file, monkeypatch):
     assert "efficientnet_lite0" in list_backends()
     b = load_backend("efficientnet_lite0")
     assert b.weights == package_file and b.weights_source == "package"
-    # default: the stride-8 hypercolumn of stages 2 (40 ch) + 3 (112 ch); cell (0, 0) centred on input
-    # pixel 7 (see below); layer=2 alone: the plain stride-8 stage
-    assert (b.layer, b.stride, b.feat_dim, b.offset, b.hypercolumn) == (2, 8, 152, 7.0, (2, 3))
+    # default: the stride-8 hypercolumn of stages 2 (40 ch) + 3 (112 ch) + 4 (320 ch); cell (0, 0)
+    # centred on input pixel 7 (see below); layer=2 alone: the plain stride-8 stage
+    assert (b.layer, b.stride, b.feat_dim, b.offset, b.hypercolumn) == (2, 8, 472, 7.0, (2, 3, 4))
     one = load_backend("efficientnet_lite0", layer=2)
     assert (one.stride, one.feat_dim, one.hypercolumn) == (8, 40, None)
     assert b.mean == b.std == (0.5, 0.5, 0.5)  # timm's pretrained config for tf_efficientnet_lite0
@@ -146,7 +146,7 @@ def test_hypercolumn_samples_stage_3_at_the_stride_8_cell_centres(package_file, 
     (unit-normalised) feature, and fine column 2m is the midpoint of coarse columns m - 1 and m. Each
     part is unit-normalised and scaled by 1/sqrt(2)."""
     frame = davis_frame(shared_dir, "cows")[:, :848]  # 480 x 848: multiples of 16, no padding or resize
-    hc = load_backend("efficientnet_lite0", precision="fp32").extract(frame[None]).features[0]
+    hc = load_backend("efficientnet_lite0", hypercolumn="2+3", precision="fp32").extract(frame[None]).features[0]
     s2 = load_backend("efficientnet_lite0", layer=2, precision="fp32").extract(frame[None]).features[0]
     s3 = load_backend("efficientnet_lite0", layer=3, precision="fp32").extract(frame[None]).features[0]
     unit = lambda f: f / f.norm(dim=0, keepdim=True) / 2 ** 0.5  # noqa: E731
@@ -306,7 +306,7 @@ def real_clips(tmp_path_factory, shared_dir) -> Path:
 
 def test_a_few_co_settle_steps_on_real_features(package_file, real_clips, tmp_path):
     """Co-Settle trains on the real stride-8 features: the file records the package weights' default
-    (the 2+3 hypercolumn on stage 2's grid, stride 8, no PEA), the cycle walk on real features is far
+    (the 2+3+4 hypercolumn on stage 2's grid, stride 8, no PEA), the cycle walk on real features is far
     above chance, and the projected backend rebuilds those features from the package file."""
     from cosettle.projector_io import load_projector
     from cosettle.train import TrainConfig, Trainer
@@ -318,13 +318,13 @@ def test_a_few_co_settle_steps_on_real_features(package_file, real_clips, tmp_pa
     assert real.use_pea is False and real.encoder.weights == package_file
     hist = real.run()
     assert all(np.isfinite(h["loss"]) for h in hist) and len(hist) == 3
-    nodes = (96 // 8 // 2) ** 2  # 2x2-pooled stride-8 cells: chance = 1/36 (default: the 2+3 hypercolumn)
+    nodes = (96 // 8 // 2) ** 2  # 2x2-pooled stride-8 cells: chance = 1/36 (default: the 2+3+4 hypercolumn)
     # (random weights walk even better at this tiny size -- 0.995 vs 0.94 measured: smooth random
     # features are nearly positional -- so the real/random order is not asserted)
     assert np.mean([h["acc"] for h in hist]) > 10 / nodes
     path = tmp_path / "real" / "projector.safetensors"
     _, meta = load_projector(path)
-    assert (meta["layer"], meta["hypercolumn"], meta["stride"], meta["pea"]) == (2, [2, 3], 8, False)
+    assert (meta["layer"], meta["hypercolumn"], meta["stride"], meta["pea"]) == (2, [2, 3, 4], 8, False)
     pb = load_backend(f"efficientnet_lite0+cosettle:{path}", layer=None)
-    assert pb.base.weights == package_file and pb.stride == 8 and pb.feat_dim == 152
-    assert pb.base.hypercolumn == (2, 3)
+    assert pb.base.weights == package_file and pb.stride == 8 and pb.feat_dim == 472
+    assert pb.base.hypercolumn == (2, 3, 4)
