@@ -78,7 +78,7 @@ def davis_frame(shared_dir, seq: str, index: int = 0) -> np.ndarray:
     path = shared_dir / "data" / "davis480" / seq / "JPEGImages" / f"{index:05d}.jpg"
     if not path.is_file():
         pytest.skip(f"{path} missing")
-    return np.asarray(Image.open(path).convert("RGB"))
+    return np.array(Image.open(path).convert("RGB"))  # writable copy
 
 
 def test_listed_and_loads_offline_from_the_package(package_file, monkeypatch):
