@@ -45,6 +45,9 @@ def _cnn_filter(state, model):
     return state
 
 
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
 def measure_offset(model: nn.Module, stride: int, max_len: int = 4096, which: int = -1) -> float:
     """Input-pixel centre of output cell (0, 0) along x, from the exact receptive-field support.
 
@@ -59,7 +62,13 @@ def measure_offset(model: nn.Module, stride: int, max_len: int = 4096, which: in
         if not name:
             continue
         repl = None
-        if "Norm" in type(mod).__name__:
+        if isinstance(mod, _NORMS) or type(mod).__name__.endswith(("Norm", "Norm2d", "NormAct2d")):
+            # norm layers only: a name test ("Norm" in the name) also removed timm's ConvNormAct, i.e.
+            # the convs themselves (regnety's measured offset was -96 once its SE no longer hid it)
+            repl = nn.Identity()
+        elif "SqueezeExcite" in type(mod).__name__ or type(mod).__name__.endswith(("SEModule", "SqueezeExcitation")):
+            # a channel gate from a global pool: it rescales, it moves no pixel, but its gradient reaches
+            # the whole input (efficientnet_b0 / regnety fell back to (s - 1)/2 instead of the true 0)
             repl = nn.Identity()
         elif isinstance(mod, nn.MaxPool2d):  # max routes the gradient to one input: use its average
             repl = nn.AvgPool2d(mod.kernel_size, mod.stride, mod.padding, ceil_mode=mod.ceil_mode)
