@@ -99,7 +99,7 @@ def add_backend_args(parser: argparse.ArgumentParser, default: str = "dsift",
     g.add_argument("--stride", type=positive_int, default=None,
                    help="feature stride in input pixels (default: the backend's: dsift 8 = half its 16 px "
                         "patch, ViTs their patch size)")
-    g.add_argument("--layer", type=int, default=None, help="ViT block to read (negative = from the end)")
+    g.add_argument("--layer", type=int, default=None, help="ViT block / CNN stage to read (default: the backend's, or the one a projector file records; negative = from the end)")
     g.add_argument("--resolution", type=_resolution, default=None,
                    help=f"backend input size: HxW or short side in px, at most {MAX_SIDE} a side "
                         f"(default: {resolution_default})")

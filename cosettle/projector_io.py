@@ -147,10 +147,13 @@ def load_projected_backend(base_name: str, path: str | Path, **backend_kwargs):
     force = bool(backend_kwargs.pop("force_layer", False))
     if base_name != "dsift":
         check_recorded_tokens(p, meta, backend_kwargs, force)
-        if meta.get("layer") is not None:
-            backend_kwargs.setdefault("layer", int(meta["layer"]))
-        if meta.get("norm") is not None:
-            backend_kwargs.setdefault("norm", bool(meta["norm"]))
+        # no layer/norm asked (absent or None, as CLIs pass an unset --layer): the recorded ones
+        if meta.get("layer") is not None and backend_kwargs.get("layer") is None:
+            backend_kwargs["layer"] = int(meta["layer"])
+        if meta.get("norm") is not None and backend_kwargs.get("norm") is None:
+            backend_kwargs["norm"] = bool(meta["norm"])
+        if meta.get("hypercolumn") and backend_kwargs.get("hypercolumn") is None:  # CNN stage combination
+            backend_kwargs["hypercolumn"] = "+".join(str(int(k)) for k in meta["hypercolumn"])
         enc = meta.get("encoder_weights")
         w = meta.get("weights")
         if "weights" in backend_kwargs or base_name != recorded:

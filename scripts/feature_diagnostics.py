@@ -30,6 +30,8 @@ def main(argv=None):
     ap.add_argument("--videos", nargs="+", required=True,
                     help="video files, frame folders, folders of either, or a list file (score held-out clips)")
     ap.add_argument("--weights", default=None, help="encoder weights (hub, PATH or random)")
+    ap.add_argument("--layer", type=int, default=None,
+                    help="ViT block / CNN stage of the base (default: the backend's, or the projector file's)")
     ap.add_argument("--max-frames", type=int, default=40, help="read at most this many frames per clip (default: %(default)s)")
     ap.add_argument("--max-clips", type=int, default=None, help="score at most this many clips (default: all)")
     ap.add_argument("--size", type=int, default=224, help="center-crop size (after resizing the short side)")
@@ -53,6 +55,8 @@ def main(argv=None):
     kw = {"precision": args.precision, "resolution": (args.size, args.size)}
     if args.weights:
         kw["weights"] = args.weights
+    if args.layer is not None:
+        kw["layer"] = args.layer
     projected = None
     if projector:
         projected = load_backend(f"{name}+cosettle", projector=projector, **kw)

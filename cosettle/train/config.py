@@ -22,7 +22,12 @@ class TrainConfig:
     weights: Optional[str] = field(default=None, metadata={"help": "encoder weights: hub (default), PATH or 'random'"})
     data: list = field(default_factory=list, metadata={"help": "list file(s) of frame folders, video folder(s) or frame folders"})
     out: str = field(default="runs/cosettle", metadata={"help": "output folder (checkpoints, logs, projector)"})
-    layer: int = field(default=-1, metadata={"help": "encoder block (CNN: feature stage) whose tokens are projected (-1 = last)"})
+    # None = the backend's own default (ViT/DINOv3: the block at DINO-Tracker's relative depth; CNN: the
+    # stride-8 stage), the tokens the tracker reads from NAME without --layer; the file records the
+    # resolved index and NAME+cosettle uses it. Differs from the authors, who project the last block
+    # (pass --layer -1 for that): a last-block default silently changed a CNN's stride 8 -> 32.
+    layer: Optional[int] = field(default=None, metadata={"help": "encoder block (CNN: feature stage) whose tokens "
+                                                         "are projected (default: the backend's default; -1 = last)"})
     norm: bool = field(default=True, metadata={"help": "apply the encoder's final LayerNorm to those tokens (ViTs)"})
     input_size: int = field(default=224, metadata={"help": "square training input size"})
     # projector

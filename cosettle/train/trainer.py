@@ -222,6 +222,7 @@ class Trainer:
         tok = self.encoder.token_metadata()
         meta = {"base_backend": self.cfg.backend, "timm_name": tok["timm_name"], "weights": self.cfg.weights,
                 "layer": tok["layer"], "depth": tok["depth"], "norm": tok["norm"],
+                "hypercolumn": tok.get("hypercolumn"),
                 "patch_size": tok["patch_size"], "stride": tok["stride"],
                 "position_encoding": tok["position_encoding"], "pea": self.use_pea,
                 "train_input_size": self.cfg.input_size,
