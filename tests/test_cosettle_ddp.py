@@ -40,7 +40,8 @@ def test_torchrun_two_processes_gloo(video_dir, tmp_path):
     assert ck["world_size"] == 2 and ck["step"] == 2
     assert (out / "projector.safetensors").is_file()
     meta = json.loads((out / "projector.json").read_text())
-    assert meta["base_backend"] == "timm:vit_tiny_patch16_224" and meta["layer"] == 11 and meta["norm"] is True
+    # no --layer: the backend's default block is recorded (issue 17): 2/3 of 12 blocks, round(12 * 16/24) - 1 = 7
+    assert meta["base_backend"] == "timm:vit_tiny_patch16_224" and meta["layer"] == 7 and meta["norm"] is True
 
 
 def _cli(args, capsys):
