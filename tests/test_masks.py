@@ -45,7 +45,7 @@ def test_user_mask_checks():
     assert out.dtype == bool and out.sum() == 4 * 12
     with pytest.raises(UserError, match="3 masks for a video of 4 frames"):
         check_masks(m[:3], 4, 10, 12)
-    with pytest.raises(UserError, match="masks are 12x10, the video is 12x11"):
+    with pytest.raises(UserError, match=r"masks are 10x12 \(HxW\), the video is 11x12"):
         check_masks(m, 4, 11, 12)
 
 
@@ -62,7 +62,7 @@ def test_png_round_trip_and_folder_checks(tmp_path):
     np.testing.assert_array_equal(load_mask_folder(folder, 3, 10, 12), m)
     with pytest.raises(UserError, match="has 3 images, the video 4 frames"):
         load_mask_folder(folder, 4, 10, 12)
-    with pytest.raises(UserError, match="is 12x10, the video is 12x20"):
+    with pytest.raises(UserError, match=r"is 10x12 \(HxW\), the video is 20x12"):
         load_mask_folder(folder, 3, 20, 12)
 
 

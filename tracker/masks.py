@@ -54,7 +54,7 @@ def check_masks(masks, num_frames: int, height: int, width: int) -> np.ndarray:
         raise UserError(f"got {m.shape[0]} masks for a video of {num_frames} frames",
                         "give one mask per frame (same count and order as the frames)")
     if m.shape[1:] != (height, width):
-        raise UserError(f"masks are {m.shape[2]}x{m.shape[1]}, the video is {width}x{height}",
+        raise UserError(f"masks are {m.shape[1]}x{m.shape[2]} (HxW), the video is {height}x{width}",
                         "masks must have the video's size")
     return m > 0
 
@@ -76,7 +76,7 @@ def load_mask_folder(folder, num_frames: int, height: int, width: int) -> np.nda
         if img.ndim == 3:
             img = img[..., :3].max(-1)
         if img.shape != (height, width):
-            raise UserError(f"mask {f} is {img.shape[1]}x{img.shape[0]}, the video is {width}x{height}",
+            raise UserError(f"mask {f} is {img.shape[0]}x{img.shape[1]} (HxW), the video is {height}x{width}",
                             "masks must have the video's size")
         out[i] = img > 0
     return out
