@@ -75,14 +75,9 @@ def _tasks(cfg):
 
 def _mask_lookup(masks):
     """(T, H, W) bool masks at the video's resolution -> foreground(t, xy) for the fusion."""
-    def foreground(t, xy):
-        p = np.rint(np.asarray(xy, np.float64)).astype(np.int64)
-        h, w = masks.shape[1:]
-        ok = (p[:, 0] >= 0) & (p[:, 0] < w) & (p[:, 1] >= 0) & (p[:, 1] < h)
-        out = np.zeros(len(p), bool)
-        out[ok] = masks[t, p[ok, 1], p[ok, 0]]
-        return out
-    return foreground
+    from tracker.masks import points_on_mask
+
+    return lambda t, xy: points_on_mask(masks[t], xy)
 
 
 SETTING_KEYS = ("snap_cells", "fb_px", "drift_frames", "verify_ncc", "verify_cells")

@@ -182,3 +182,14 @@ def test_empty_automatic_masks_warn_naming_masks(caplog):
     assert not m.any() and info["window"] == 8
     warn = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warn) == 1 and "--masks" in warn[0] and "0.0%" in warn[0]
+
+
+def test_points_on_mask_nearest_pixel_and_outside_is_off():
+    from tracker.masks import points_on_mask
+
+    m = np.zeros((4, 5), bool)
+    m[1, 2] = True
+    xy = np.array([[2.0, 1.0], [2.4, 0.6], [2.6, 1.0], [-0.4, 0.0], [4.6, 1.0], [2.0, 3.6]])
+    # on / rounds to (2, 1) / rounds to (3, 1) / rounds to 0 but is on the frame's edge pixel (0, 0) (off)
+    # / rounds to x = 5, outside / rounds to y = 4, outside
+    assert points_on_mask(m, xy).tolist() == [True, True, False, False, False, False]

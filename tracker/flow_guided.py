@@ -55,6 +55,7 @@ from cosettle.io.tracks import TrackResult
 
 from .api import Tracker
 from .flow import inside, make_flow_estimator, sample_flow
+from .masks import points_on_mask
 
 log = logging.getLogger(__name__)
 
@@ -275,13 +276,7 @@ class FlowGuidedTracker(Tracker):
     def _foreground(self, t: int, xy: np.ndarray) -> np.ndarray:
         """(M,) bool: original-pixel points on frame t's foreground mask (the masks the fit used, at the
         work resolution); points outside the frame are not."""
-        masks = self.prep.masks
-        p = np.rint(self.geometry.image_to_input(np.asarray(xy, np.float64))).astype(np.int64)
-        _, h, w = masks.shape
-        ok = (p[:, 0] >= 0) & (p[:, 0] < w) & (p[:, 1] >= 0) & (p[:, 1] < h)
-        out = np.zeros(len(p), bool)
-        out[ok] = masks[t, p[ok, 1], p[ok, 0]]
-        return out
+        return points_on_mask(self.prep.masks[t], self.geometry.image_to_input(np.asarray(xy, np.float64)))
 
     def track_head(self, queries, occlusion: str | None = None) -> TrackResult:
         """The pure DINO-Tracker result of the same fitted model (tracker ``dino``)."""

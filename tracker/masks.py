@@ -298,6 +298,17 @@ def save_masks_png(folder, masks: np.ndarray) -> Path:
     return folder
 
 
+def points_on_mask(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """(M,) bool: pixel-centre points (x, y) of one (H, W) mask that fall on its foreground (nearest
+    pixel); points outside the mask's frame are not on it."""
+    p = np.rint(np.asarray(xy, np.float64)).astype(np.int64).reshape(-1, 2)
+    h, w = mask.shape
+    ok = (p[:, 0] >= 0) & (p[:, 0] < w) & (p[:, 1] >= 0) & (p[:, 1] < h)
+    out = np.zeros(len(p), bool)
+    out[ok] = mask[p[ok, 1], p[ok, 0]]
+    return out
+
+
 def trajectory_foreground(traj, masks: np.ndarray) -> np.ndarray:
     """(N,) bool: the trajectory's first valid point lies on the foreground (spec section 2.5).
 
