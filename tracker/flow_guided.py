@@ -215,7 +215,7 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
             p_b[cand[good]] = xy[good]
             c_b[cand[good]] = np.clip(peaks[good], 0.0, 1.0)
             st.rejected += int((~good).sum())
-            st.drift_redetections += int((good & dec.drift[cand]).sum())
+            st.drift_redetections += int((good & drift_c).sum())
         v_b |= ok
         newly_lost = ~dec.follow & ~ok  # flow broke and nothing verified where the head looked
         p_b[newly_lost] = np.clip(p_b[newly_lost], 0.0, [w - 1.0, h - 1.0])
