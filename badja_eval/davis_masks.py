@@ -230,7 +230,7 @@ def jump_scores(tracks: np.ndarray, visible: np.ndarray, fwd: np.ndarray, bwd: n
     """``jump`` (percentage) and ``steps`` (steps counted): steps t -> t+1 with the point visible at t
     and t+1, inside the frame at t, and a forward-backward-consistent flow there (``fwd[t]``: t -> t+1,
     ``bwd[t]``: t+1 -> t), where |(p[t+1] - p[t]) - flow_t(p[t])| > ``jump_px``."""
-    from tracker.flow import step_points
+    from tracker.preprocess.flow import step_points
 
     tracks = np.asarray(tracks, np.float64)
     vis = np.asarray(visible, bool)
@@ -278,10 +278,10 @@ def _read_flows(path: Path, pairs: int):
 def cached_flows(cache_dir: str | Path, clip: MaskClip, frames: np.ndarray | None = None,
                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Forward/backward consecutive DIS flows of ``clip`` (float16), computed once with
-    ``tracker.flow`` and stored atomically in ``<cache_dir>/<clip>-<key>.npz``. A cut clip
+    ``tracker.preprocess.flow`` and stored atomically in ``<cache_dir>/<clip>-<key>.npz``. A cut clip
     (``--max-frames``) reuses the first pairs of its whole clip's entry when that exists (consecutive
     flows do not depend on the other frames)."""
-    from tracker.flow import consecutive_flows, make_flow_estimator
+    from tracker.preprocess.flow import consecutive_flows, make_flow_estimator
 
     s = flow_settings()
     est = make_flow_estimator(s["method"], s["dis_preset"], dis_finest_scale=s["dis_finest_scale"])

@@ -4,7 +4,7 @@
     python scripts/bench_motion_masks.py --window 1        # the consecutive-pair rule, for comparison
 
 Frames are resized to the tracker's dsift work size (424x240 by default), flows are DIS ``medium`` at its
-default pyramid (as the tracker's ``flows`` stage), and ``tracker.masks.motion_masks`` runs with its
+default pyramid (as the tracker's ``flows`` stage), and ``tracker.preprocess.masks.motion_masks`` runs with its
 defaults (or a fixed ``--window``). Scores are pooled over each clip's frames.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cosettle.errors import UserError, cli_entry  # noqa: E402
 from cosettle.io.atomic import write_text  # noqa: E402
-from tracker.flow import make_flow_estimator  # noqa: E402
-from tracker.masks import motion_masks  # noqa: E402
+from tracker.preprocess.flow import make_flow_estimator  # noqa: E402
+from tracker.preprocess.masks import motion_masks  # noqa: E402
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -30,7 +30,7 @@ DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis
 def main(argv=None):
     from cosettle.backends.registry import load_backend
     from cosettle.io.video import read_video
-    from tracker.preprocess import PreprocessConfig, preprocess_video
+    from tracker.preprocess.pipeline import PreprocessConfig, preprocess_video
 
     ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--video", type=Path, default=DEFAULT_VIDEO)

@@ -75,7 +75,7 @@ def _tasks(cfg):
 
 def _mask_lookup(masks):
     """(T, H, W) bool masks at the video's resolution -> foreground(t, xy) for the fusion."""
-    from tracker.masks import points_on_mask
+    from tracker.preprocess.masks import points_on_mask
 
     return lambda t, xy: points_on_mask(masks[t], xy)
 
@@ -88,8 +88,8 @@ def sweep(cfg, grid: dict, dino_tracker="dino"):
     from badja_eval.runner import Method, Prediction, Runner
     from cosettle.io.tracks import TrackResult
     from tracker.config import preset
-    from tracker.flow import make_flow_estimator
-    from tracker.flow_guided import FusionStats, TemplateVerifier, fuse_tracks
+    from tracker.preprocess.flow import make_flow_estimator
+    from tracker.fusion import FusionStats, TemplateVerifier, fuse_tracks
 
     tasks, scorers, groups = _tasks(cfg)
     runner = Runner(Path(cfg.out) / "cache", cfg.preset, cfg.device, use_masks=cfg.masks, progress=False,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests._tracker_synth import translating_clip
-from tracker.preprocess import reference_flow_calls
+from tracker.preprocess.pipeline import reference_flow_calls
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

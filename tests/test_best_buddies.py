@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from cosettle.geometry import Geometry
-from tracker.best_buddies import (ambiguity_ratio, compute_best_buddies, load_best_buddies, mutual_nn,
+from tracker.preprocess.best_buddies import (ambiguity_ratio, compute_best_buddies, load_best_buddies, mutual_nn,
                                   save_best_buddies, select_pairs, suppression_stencil)
 
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from cosettle.backends.registry import load_backend
-from tracker.best_buddies import BestBuddyProvider
-from tracker.preprocess import PreprocessConfig, preprocess_video
+from tracker.preprocess.best_buddies import BestBuddyProvider
+from tracker.preprocess.pipeline import PreprocessConfig, preprocess_video
 
 
 def clip(T=5, h=40, w=56):

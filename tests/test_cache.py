@@ -88,7 +88,7 @@ def test_corrupt_feature_entry_is_recomputed_not_served(tmp_path, small_clip, ca
 
 
 def test_stage_cache_detects_same_size_corruption(tmp_path, caplog):
-    from tracker.preprocess import StageCache
+    from tracker.preprocess.pipeline import StageCache
 
     calls = []
 
@@ -114,7 +114,7 @@ def test_stage_cache_detects_same_size_corruption(tmp_path, caplog):
 
 
 def test_stage_folder_without_checksums_is_recomputed(tmp_path):
-    from tracker.preprocess import StageCache
+    from tracker.preprocess.pipeline import StageCache
 
     sc = StageCache(tmp_path)
     _, info = sc.run("demo", {"x": 2}, lambda d: np.save(d / "a.npy", np.ones(3)) or {},
@@ -127,7 +127,7 @@ def test_stage_folder_without_checksums_is_recomputed(tmp_path):
 
 
 def _tiny_checkpoints(tmp_path, iterations=(10, 20)):
-    from tracker.train import _save
+    from tracker.dino.train import _save
 
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -141,7 +141,7 @@ def _tiny_checkpoints(tmp_path, iterations=(10, 20)):
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "no_checksum"])
 def test_checkpoint_falls_back_to_the_newest_valid_one(tmp_path, caplog, damage):
-    from tracker.train import latest_checkpoint, load_checkpoint
+    from tracker.dino.train import latest_checkpoint, load_checkpoint
 
     d = _tiny_checkpoints(tmp_path)
     newest = d / "ckpt_0000020.pt"
@@ -152,7 +152,7 @@ def test_checkpoint_falls_back_to_the_newest_valid_one(tmp_path, caplog, damage)
         _flip_middle_byte(newest)
     else:  # killed between the checkpoint's rename and its checksum
         (d / "ckpt_0000020.pt.blake2b").unlink()
-    with caplog.at_level(logging.WARNING, logger="tracker.train"):
+    with caplog.at_level(logging.WARNING, logger="tracker.dino.train"):
         best = latest_checkpoint(d)
     assert best == d / "ckpt_0000010.pt"
     assert caplog.text.count("unusable") == 1
@@ -162,7 +162,7 @@ def test_checkpoint_falls_back_to_the_newest_valid_one(tmp_path, caplog, damage)
 
 
 def test_load_checkpoint_refuses_a_corrupt_file(tmp_path):
-    from tracker.train import load_checkpoint
+    from tracker.dino.train import load_checkpoint
 
     d = _tiny_checkpoints(tmp_path, (5,))
     _flip_middle_byte(d / "ckpt_0000005.pt")

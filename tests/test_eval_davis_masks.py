@@ -151,7 +151,7 @@ def test_flow_cache_and_jump_on_real_frames(shared_dir, tmp_path):
     # a track that follows the flow exactly never jumps; one 100 px jump is one jumped step
     tr = np.zeros((10, 3, 2))
     tr[:, 0] = q[:, 1:]
-    from tracker.flow import sample_flow
+    from tracker.preprocess.flow import sample_flow
 
     for t in range(2):
         tr[:, t + 1] = tr[:, t] + sample_flow(fwd[t].astype(np.float32), tr[:, t].astype(np.float32))

@@ -240,16 +240,16 @@ def test_a_failing_overlay_leaves_no_partial_set(clip, tmp_path, capsys, monkeyp
 _KILL_CHILD = """
 import runpy, sys
 sys.path.insert(0, {repo!r})
-import tracker.train
+import tracker.dino.train
 
-step = tracker.train.Trainer.step
+step = tracker.dino.train.Trainer.step
 def step_then_wait(self, it):
     if it == 1:  # inside training: the staging folder and the work folder exist, no output set yet
         print("in training", flush=True)
         sys.stdin.read()
         raise SystemExit("stdin closed before the SIGKILL")
     return step(self, it)
-tracker.train.Trainer.step = step_then_wait
+tracker.dino.train.Trainer.step = step_then_wait
 sys.argv = [{track!r}] + {argv!r}
 runpy.run_path({track!r}, run_name="__main__")
 """

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from cosettle.errors import UserError
-from tracker.flow import (DISFlow, consecutive_flows, fb_consistency, make_flow_estimator, sample_flow,
+from tracker.preprocess.flow import (DISFlow, consecutive_flows, fb_consistency, make_flow_estimator, sample_flow,
                           step_points)
 
 

@@ -11,7 +11,7 @@ from cosettle.io.tracks import TrackResult
 from tests._tracker_synth import gt_track, texture, translating_clip
 from tracker import build_tracker
 from tracker.config import preset
-from tracker.flow_guided import FusionStats, TemplateVerifier, fuse_step, fuse_tracks
+from tracker.fusion import FusionStats, TemplateVerifier, fuse_step, fuse_tracks
 
 H, W = 20, 30
 

@@ -5,7 +5,7 @@ import torch
 
 from cosettle.errors import UserError
 from cosettle.geometry import Geometry
-from tracker.masks import (check_masks, load_mask_folder, motion_masks, resize_masks, saliency_masks,
+from tracker.preprocess.masks import (check_masks, load_mask_folder, motion_masks, resize_masks, saliency_masks,
                            save_masks_png, trajectory_foreground)
 
 
@@ -97,7 +97,7 @@ def moving_square_clip(T=5, h=56, w=72, shift=(2, 1), move=(-3, 2), side=16, see
 
 
 def test_motion_masks_find_the_moving_square_and_are_deterministic():
-    from tracker.flow import consecutive_flows, make_flow_estimator
+    from tracker.preprocess.flow import consecutive_flows, make_flow_estimator
 
     frames, truth = moving_square_clip()
     fwd, bwd = consecutive_flows(frames, make_flow_estimator("dis", "medium", None, "cpu", 0), progress=False)
@@ -177,7 +177,7 @@ def test_empty_automatic_masks_warn_naming_masks(caplog):
     import logging
 
     fwd, bwd, _ = _slow_square_flows(speed=0.0)
-    with caplog.at_level(logging.WARNING, logger="tracker.masks"):
+    with caplog.at_level(logging.WARNING, logger="tracker.preprocess.masks"):
         m, info = motion_masks(fwd, bwd)
     assert not m.any() and info["window"] == 8
     warn = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -185,7 +185,7 @@ def test_empty_automatic_masks_warn_naming_masks(caplog):
 
 
 def test_points_on_mask_nearest_pixel_and_outside_is_off():
-    from tracker.masks import points_on_mask
+    from tracker.preprocess.masks import points_on_mask
 
     m = np.zeros((4, 5), bool)
     m[1, 2] = True

@@ -25,8 +25,8 @@ def test_parts_are_the_sizes_of_what_a_run_holds(tmp_path):
     import torch
 
     from tests._tracker_synth import translating_clip
-    from tracker.preprocess import preprocess_video
-    from tracker.sampling import NormalisedMaps
+    from tracker.preprocess.pipeline import preprocess_video
+    from tracker.dino.sampling import NormalisedMaps
 
     b = load_backend("dsift", patch_size=8, stride=4)
     cfg = preset("fast", resolution=None, infer_block_frames=4)

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-import tracker.preprocess as pp
+import tracker.preprocess.pipeline as pp
 from cosettle.backends.registry import load_backend
 from cosettle.errors import UserError
-from tracker.preprocess import STAGES, PreprocessConfig, StageCache, preprocess_video, reference_flow_calls
+from tracker.preprocess.pipeline import STAGES, PreprocessConfig, StageCache, preprocess_video, reference_flow_calls
 
 
 def clip(T=4, h=40, w=56):

@@ -4,8 +4,8 @@ import itertools
 import numpy as np
 import pytest
 
-from tracker.sampler import TrajectorySampler
-from tracker.trajectory_store import TrajectoryStore
+from tracker.dino.sampler import TrajectorySampler
+from tracker.preprocess.trajectory_store import TrajectoryStore
 
 T = 50
 

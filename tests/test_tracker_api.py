@@ -83,18 +83,18 @@ def test_same_seed_identical_and_cached_refit(clip, tmp_path, caplog):
 _CHILD = """
 import sys; sys.path.insert(0, {repo!r})
 import torch; torch.set_num_threads(1)
-import tracker.train
+import tracker.dino.train
 from tests.test_tracker_api import _backend, _cfg, translating_clip, T, DX, DY
 from tracker.api import Tracker
 
-step = tracker.train.Trainer.step
+step = tracker.dino.train.Trainer.step
 def step_then_stop(self, it):
     if it == 7:  # iterations 1-7 done, the last checkpoint is ckpt 6: say so and wait for the SIGKILL
         print("in iteration 8", flush=True)
         sys.stdin.read()
         raise SystemExit("stdin closed before the SIGKILL")
     return step(self, it)
-tracker.train.Trainer.step = step_then_stop
+tracker.dino.train.Trainer.step = step_then_stop
 Tracker(_backend(), _cfg({work!r}, iterations=20, checkpoint_every=3), progress=False).fit(
     translating_clip(64, 96, T, DX, DY))
 """

@@ -8,9 +8,9 @@ import torch
 from cosettle.backends.registry import load_backend
 from tests._tracker_synth import gt_track, synthetic_prep
 from tracker.config import preset
-from tracker.inference import TrackInference, refined_features
-from tracker.sampler import TrajectorySampler
-from tracker.train import Trainer, latest_checkpoint
+from tracker.dino.inference import TrackInference, refined_features
+from tracker.dino.sampler import TrajectorySampler
+from tracker.dino.train import Trainer, latest_checkpoint
 
 DX, DY, T = 3, 1, 6
 
@@ -75,7 +75,7 @@ def test_known_motion_error_below_two_px(prep, fitted, rule):
 
 
 def _visible_is_confidence_at_least_half(vis, conf) -> bool:
-    """visible == (confidence >= 0.5) by construction (tracker.inference's docstring): both rules threshold
+    """visible == (confidence >= 0.5) by construction (tracker.dino.inference's docstring): both rules threshold
     the quantity the confidence's sigmoid is centred on, so they may differ only where that sigmoid's
     argument is within float32 rounding of 0, i.e. where the confidence is within 1e-6 of 0.5."""
     differ = vis != (conf >= 0.5)
@@ -141,7 +141,7 @@ def test_float16_refined_tracks_equal_the_same_values_in_float32(prep, fitted, r
     for x, y in zip(a, b):
         assert np.array_equal(x, y)
     # the blocks of normalised maps hold the values of the whole clip's normalised copy
-    from tracker.sampling import NormalisedMaps, l2n
+    from tracker.dino.sampling import NormalisedMaps, l2n
 
     maps, full = NormalisedMaps(half, block=4), l2n(half.float())
     for f in (0, 5, 3, 4, 1):

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from tracker import losses as L
+from tracker.dino import losses as L
 
 
 def test_huber_both_branches():

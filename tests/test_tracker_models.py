@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cosettle.geometry import Geometry, snap_input_size
-from tracker.models import BlurPool2d, DeltaDINO, NormalizedConv2d, TrackerHead, soft_argmax
-from tracker.sampling import sample_points
+from tracker.dino.models import BlurPool2d, DeltaDINO, NormalizedConv2d, TrackerHead, soft_argmax
+from tracker.dino.sampling import sample_points
 
 
 def _geom(patch, stride, h, w):

@@ -10,7 +10,7 @@ from cosettle.backends.registry import load_backend
 from tests._tracker_synth import synthetic_prep, translating_clip
 from tracker.api import Tracker, with_resolution
 from tracker.config import preset
-from tracker.train import Coverage, Trainer
+from tracker.dino.train import Coverage, Trainer
 
 T = 5
 

@@ -1,8 +1,8 @@
 """Trajectory chaining on hand-made flows (exact answers) and on real DIS flows of a shifted texture."""
 import numpy as np
 
-from tracker.flow import DISFlow, consecutive_flows
-from tracker.trajectories import chain_trajectories, trajectory_starts
+from tracker.preprocess.flow import DISFlow, consecutive_flows
+from tracker.preprocess.trajectories import chain_trajectories, trajectory_starts
 
 
 def chain_dense(*a, **k):

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from tracker.flow import DISFlow, consecutive_flows, step_points
-from tracker.trajectories import _direct_targets, chain_trajectories, consistency_masks
-from tracker.trajectory_store import TrajectoryStore, as_store
+from tracker.preprocess.flow import DISFlow, consecutive_flows, step_points
+from tracker.preprocess.trajectories import _direct_targets, chain_trajectories, consistency_masks
+from tracker.preprocess.trajectory_store import TrajectoryStore, as_store
 
 
 def hand_dense():

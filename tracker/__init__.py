@@ -30,7 +30,7 @@ def build_tracker(name: str, backend=None, config=None, progress: bool = True, *
         return FeatureTracker(backend, config=config, progress=progress, **kwargs)
     if name in ("dino", "dino-flow"):
         from .api import Tracker
-        from .flow_guided import FlowGuidedTracker
+        from .fusion import FlowGuidedTracker
 
         if backend is None:
             raise UserError(f"the {name!r} tracker needs a backend", "pass --backend NAME")

@@ -109,10 +109,10 @@ class Tracker:
 
     def _fit_locked(self, video, masks, t0: float) -> None:
         from . import eta
-        from .inference import TrackInference, refined_features
+        from .dino.inference import TrackInference, refined_features
         from .memory import train_switch
-        from .preprocess import preprocess_video
-        from .train import Trainer, latest_checkpoint
+        from .preprocess.pipeline import preprocess_video
+        from .dino.train import Trainer, latest_checkpoint
 
         cfg = self.cfg
         ckpt_dir = self.work_dir / f"train_{training_key(cfg)}"

@@ -22,7 +22,7 @@ from cosettle.backends.base import video_hw
 from cosettle.errors import UserError
 from cosettle.io.tracks import TrackResult
 
-from .flow import consecutive_flows, inside, make_flow_estimator, sample_flow
+from .preprocess.flow import consecutive_flows, inside, make_flow_estimator, sample_flow
 
 log = logging.getLogger(__name__)
 

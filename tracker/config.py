@@ -28,7 +28,7 @@ REF_HEIGHT = 476  # the reference's model height; pixel thresholds below are giv
 def _preprocess_cls():
     """The preprocessing config class (tracker.preprocess, owned by the preprocessing module)."""
     try:
-        from .preprocess import PreprocessConfig
+        from .preprocess.pipeline import PreprocessConfig
     except ImportError:  # preprocessing not available yet: keep the raw dict
         return None
     return PreprocessConfig
@@ -86,7 +86,7 @@ class TrackerConfig:
     fb_thresh_cells: float = 1.0    # fb rule: back-tracking error above this (in cells) = occluded
     infer_chunk_maps: int = 2048    # cost volumes per head call at inference (memory bound)
     infer_block_frames: int = 32    # frames whose normalised maps are held at once at inference (memory bound)
-    # --- flow-guided inference (tracker ``dino-flow`` only; not in the paper, see tracker/flow_guided.py)
+    # --- flow-guided inference (tracker ``dino-flow`` only; not in the paper, see tracker/fusion.py)
     fusion_snap_cells: float = 6.0  # the head "agrees" with flow within this many feature cells
     fusion_fb_px: float = 1.5       # forward-backward error (original px) above which flow is broken
     fusion_drift_frames: int = 1    # frames in a row that consistent flow must stay off the foreground

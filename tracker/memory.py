@@ -80,7 +80,7 @@ def _work_geometry(backend, cfg, image_h: int, image_w: int):
 def estimate_peak_memory(num_frames: int, image_h: int, image_w: int, backend, cfg, num_queries: int = 0,
                          base_mb: float | None = None) -> dict:
     """Estimated peak RSS (MB) of ``Tracker(backend, cfg).fit`` + ``track`` on a T x H0 x W0 video."""
-    from .preprocess import PreprocessConfig
+    from .preprocess.pipeline import PreprocessConfig
 
     T = int(num_frames)
     g, C = _work_geometry(backend, cfg, image_h, image_w)

@@ -237,7 +237,7 @@ def write_consecutive_flows(frames, estimator: FlowEstimator, fwd_path, bwd_path
     from .lazy_array import NpyWriter
 
     n = len(frames)
-    from . import eta
+    from .. import eta
 
     h, w = np.asarray(frames[0]).shape[:2]
     shape = (max(n - 1, 0), h, w, 2)

@@ -126,7 +126,7 @@ def ambiguity_ratio(aff_rows: torch.Tensor, grid_hw: tuple[int, int], step: floa
 class NearestTrajectory:
     """For each frame, the index of the trajectory nearest to every feature cell (spec 2.4 c).
 
-    ``traj``: a :class:`~tracker.trajectory_store.TrajectoryStore`, a dense (N, T, 2) array, or None
+    ``traj``: a :class:`~tracker.preprocess.trajectory_store.TrajectoryStore`, a dense (N, T, 2) array, or None
     (no trajectories: nothing is connected). Per-frame answers are kept in an LRU cache of
     ``max_frames`` frames, so memory does not grow with the clip length.
     """

@@ -3,7 +3,7 @@
 Procedure: pick ``n_frames`` distinct frames; keep trajectories valid at >= 2 of them; draw up to B
 without replacement; for each pick two distinct valid frames among those (source, target).
 
-Trajectories come as a sparse :class:`~tracker.trajectory_store.TrajectoryStore` (or a dense (N, T, 2)
+Trajectories come as a sparse :class:`~tracker.preprocess.trajectory_store.TrajectoryStore` (or a dense (N, T, 2)
 NaN array, converted): validity at the drawn frames is an interval test on (start, length), so a draw
 costs O(N * n_frames) whatever the clip length, and no (N, T) mask is ever built.
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .trajectory_store import as_store
+from ..preprocess.trajectory_store import as_store
 
 
 @dataclass

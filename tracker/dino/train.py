@@ -26,7 +26,7 @@ from cosettle.hashing import checksum_path, verify_checksum, write_checksum
 from cosettle.io.atomic import atomic_path
 
 from . import losses as L
-from .config import TrackerConfig, scaled_px
+from ..config import TrackerConfig, scaled_px
 from .models import DinoTrackerModel
 from .sampler import TrajectorySampler
 from .sampling import l2n, sample_frames, sample_points
@@ -347,14 +347,14 @@ class Trainer:
         start = self.resume()
         if start == 0 and self.ckpt_dir is not None and c.iterations > 0:
             self.save(0)
-        from . import eta
+        from .. import eta
 
         bar = tqdm(total=c.iterations, initial=start, desc="train", unit="it", disable=not progress,
                    leave=False)
         t0 = time.perf_counter()
         # the time-left estimate counts only the iterations left after a resume, timed one by one, in two
         # stages: before and after the cycle / refined best-buddy losses start (dearer iterations)
-        from .memory import train_switch
+        from ..memory import train_switch
 
         switch = train_switch(c)
 

@@ -312,7 +312,7 @@ def points_on_mask(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
 def trajectory_foreground(traj, masks: np.ndarray) -> np.ndarray:
     """(N,) bool: the trajectory's first valid point lies on the foreground (spec section 2.5).
 
-    ``traj``: a :class:`~tracker.trajectory_store.TrajectoryStore` or a dense (N, T, 2) NaN array.
+    ``traj``: a :class:`~tracker.preprocess.trajectory_store.TrajectoryStore` or a dense (N, T, 2) NaN array.
     """
     from .trajectory_store import as_store
 

@@ -54,8 +54,8 @@ from tqdm.auto import tqdm
 from cosettle.io.tracks import TrackResult
 
 from .api import Tracker
-from .flow import inside, make_flow_estimator, sample_flow
-from .masks import points_on_mask
+from .preprocess.flow import inside, make_flow_estimator, sample_flow
+from .preprocess.masks import points_on_mask
 
 log = logging.getLogger(__name__)
 

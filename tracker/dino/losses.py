@@ -83,7 +83,7 @@ def mutual_nn(map_s: torch.Tensor, map_t: torch.Tensor):
 
     Returns (idx_s (K,), idx_t (K,), affinity (K,)) with flat cell indices.
     """
-    from .best_buddies import mutual_nn as mutual_nn_sets
+    from ..preprocess.best_buddies import mutual_nn as mutual_nn_sets
 
     with torch.no_grad():
         idx_s, idx_t, aff, _ = mutual_nn_sets(map_s.reshape(map_s.shape[0], -1).t(),

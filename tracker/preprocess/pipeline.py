@@ -210,7 +210,7 @@ class _ReportingCache(StageCache):
     """StageCache whose stages are reported to the run's time-left estimate (``tracker.eta``)."""
 
     def run(self, name, fields, compute, load):
-        from .memory import stage_done, stage_started
+        from ..memory import stage_done, stage_started
 
         stage_started(name)
         result, info = super().run(name, fields, compute, load)

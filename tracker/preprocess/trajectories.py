@@ -1,6 +1,6 @@
 """Long-range trajectories by chaining consecutive optical flows (DINO-Tracker spec section 2.1).
 
-Output: a :class:`~tracker.trajectory_store.TrajectoryStore` of (x, y) work pixels. Each trajectory is
+Output: a :class:`~tracker.preprocess.trajectory_store.TrajectoryStore` of (x, y) work pixels. Each trajectory is
 valid on one contiguous interval [start, end] (validity is cumulative: once lost, always lost), so it is
 stored sparsely as (start, length, points); ``store.dense()`` gives the (N, T, 2) NaN array.
 
@@ -66,7 +66,7 @@ def chain_trajectories(fwd, bwd, frames=None, estimator: FlowEstimator | None = 
                        progress: bool = False) -> tuple[TrajectoryStore, TrajectoryStats]:
     """Chain ``fwd[i] = flow(i -> i+1)`` / ``bwd[i] = flow(i+1 -> i)`` into a :class:`TrajectoryStore`.
 
-    ``fwd``/``bwd``/``frames`` may be arrays or lazy per-frame readers (``tracker.lazy_array``): they are
+    ``fwd``/``bwd``/``frames`` may be arrays or lazy per-frame readers (``tracker.preprocess.lazy_array``): they are
     read one frame at a time. ``frames`` and ``estimator`` are needed only for the direct-flow filter
     (``use_direct`` and ``direct_window >= 2``).
 
@@ -103,7 +103,7 @@ def chain_trajectories(fwd, bwd, frames=None, estimator: FlowEstimator | None = 
     bar = tqdm(range(T), desc="trajectories" + (" (direct filter)" if direct else ""), unit="frame",
                disable=not progress, leave=False)
     next_id = 0
-    from . import eta
+    from .. import eta
 
     eta_stage = "trajectories" if use_direct else "trajectories_nodirect"  # the preprocessing stage name
     for t in bar:
