@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from cosettle.errors import UserError
+from cosettle.io.masks import read_mask as read_mask_file
+
+from .metrics import badja_metrics
 
 log = logging.getLogger(__name__)
 
@@ -250,20 +253,12 @@ def read_frame(path: Path, expect_hw: tuple[int, int] | None = None) -> np.ndarr
 
 
 def read_mask(path: Path, expect_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """Binary, greyscale, RGB or palette PNG -> (H, W) bool of every non-zero pixel (palette: index > 0).
-
-    Resized with nearest neighbour when ``expect_hw`` differs (e.g. Full-Resolution masks with 480p frames).
-    """
-    from PIL import Image
-
+    """A mask file -> (H, W) bool by the project's one rule (``cosettle.io.masks``: palette index > 0, else the
+    brightest channel above 127, or above 0 for 0/1 masks). Resized with nearest neighbour when ``expect_hw``
+    differs (e.g. Full-Resolution masks with 480p frames)."""
     if not Path(path).is_file():
         raise UserError(f"missing mask file: {path}", "check the data root")
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)  # 'P' keeps palette indices, so object k > 0 stays foreground
-    except Exception as err:
-        raise UserError(f"cannot decode mask {path}: {type(err).__name__}", "replace the file") from None
-    mask = arr != 0 if arr.ndim == 2 else (arr[..., :3] != 0).any(axis=-1)
+    mask = read_mask_file(path, "mask")
     if expect_hw is not None and mask.shape != tuple(expect_hw):
         mask = resize_mask(mask, expect_hw)
     return mask
@@ -291,8 +286,6 @@ def evaluate_badja(seq: BadjaSequence, pred_xy: np.ndarray, query_frames: np.nda
     """δseg/δ3px of one sequence. ``pred_xy``: (20, S, 2) x,y at the read resolution. Distances and mask
     areas are taken at ``eval_hw`` (854x480 by default), so δ3px means 3 px at 854x480. With
     ``pred_visible`` (20, S) also false_visible / visible (see ``badja_metrics``)."""
-    from .metrics import badja_metrics
-
     if masks is None:
         masks = seq.load_masks()
     areas = np.array([resize_mask(m, eval_hw).sum() for m in masks], dtype=np.float64)

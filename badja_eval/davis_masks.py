@@ -43,8 +43,12 @@ import numpy as np
 
 from cosettle.errors import UserError
 from cosettle.io.atomic import atomic_path
+from tracker.config import FlowTrackerConfig
+from tracker.preprocess.flow import consecutive_flows, make_flow_estimator, step_points
 
-from .badja import FrameMaskFiles
+from .badja import FrameMaskFiles, read_frame, read_mask
+from .report import MEAN, build_rows
+from .runner import Task
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +131,6 @@ def select_clips(names: list[str], split: str) -> list[str]:
 
 def load_clip(root: str | Path, name: str, max_frames: int | None = None) -> MaskClip:
     """Frames ``davis480/<name>/JPEGImages/*.jpg`` with a mask ``Annotations/<stem>.png`` each."""
-    from .badja import read_frame
-
     d = clip_dir(root, name)
     frames = sorted((d / "JPEGImages").glob("*.jpg"))
     if not frames:
@@ -230,8 +232,6 @@ def jump_scores(tracks: np.ndarray, visible: np.ndarray, fwd: np.ndarray, bwd: n
     """``jump`` (percentage) and ``steps`` (steps counted): steps t -> t+1 with the point visible at t
     and t+1, inside the frame at t, and a forward-backward-consistent flow there (``fwd[t]``: t -> t+1,
     ``bwd[t]``: t+1 -> t), where |(p[t+1] - p[t]) - flow_t(p[t])| > ``jump_px``."""
-    from tracker.preprocess.flow import step_points
-
     tracks = np.asarray(tracks, np.float64)
     vis = np.asarray(visible, bool)
     N, T = vis.shape
@@ -250,9 +250,7 @@ def jump_scores(tracks: np.ndarray, visible: np.ndarray, fwd: np.ndarray, bwd: n
 
 # ------------------------------------------------------------------------------------------- flow cache
 def flow_settings() -> dict:
-    """DIS settings of the project's flow baseline (``tracker.baselines.FlowTrackerConfig``)."""
-    from tracker.baselines import FlowTrackerConfig
-
+    """DIS settings of the project's flow baseline (``tracker.config.FlowTrackerConfig``)."""
     c = FlowTrackerConfig()
     return {"method": "dis", "dis_preset": c.dis_preset, "dis_finest_scale": c.dis_finest_scale}
 
@@ -281,8 +279,6 @@ def cached_flows(cache_dir: str | Path, clip: MaskClip, frames: np.ndarray | Non
     ``tracker.preprocess.flow`` and stored atomically in ``<cache_dir>/<clip>-<key>.npz``. A cut clip
     (``--max-frames``) reuses the first pairs of its whole clip's entry when that exists (consecutive
     flows do not depend on the other frames)."""
-    from tracker.preprocess.flow import consecutive_flows, make_flow_estimator
-
     s = flow_settings()
     est = make_flow_estimator(s["method"], s["dis_preset"], dis_finest_scale=s["dis_finest_scale"])
     path = _flow_path(cache_dir, clip, est)
@@ -330,8 +326,6 @@ def bench_config(cfg) -> MaskBenchConfig:
 
 def build_tasks(cfg, progress: bool = False):
     """(tasks, scorers, groups) for ``badja_eval/run.py``: one task per clip of the split."""
-    from .runner import Task
-
     bc = bench_config(cfg)
     root = Path(cfg.data_root)
     if cfg.sequences:
@@ -358,8 +352,6 @@ def build_tasks(cfg, progress: bool = False):
 
 
 def _read_mask0(clip: MaskClip) -> np.ndarray:
-    from .badja import read_mask
-
     return read_mask(clip.mask_paths[0], clip.size_hw)
 
 
@@ -376,8 +368,6 @@ def protocol(cfg, n_clips: int) -> str:
 
 def split_mean_rows(scores: dict, sequences: list[str], methods, metrics) -> list[dict]:
     """Mean rows ``mean[tune]`` and ``mean[heldout]`` (simple means over each split's clips present)."""
-    from .report import MEAN, build_rows
-
     out = []
     for split in ("tune", "heldout"):
         part = select_clips(list(sequences), split)

@@ -12,7 +12,9 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from cosettle.config import dump_yaml
 from cosettle.io.atomic import atomic_path, write_json, write_text
+from cosettle.provenance import write_run_info
 
 from .runner import Method
 
@@ -145,9 +147,6 @@ def write_report(out_dir: str | Path, rows: list[dict], metrics: Sequence[str], 
                  config: dict, per_video: dict | None = None, headers: dict[str, str] | None = None,
                  extra_info: dict | None = None, protocol: str = "") -> dict[str, Path]:
     """results.csv, results.json, results.png, config.yaml, run_info.json in ``out_dir``."""
-    from cosettle.config import dump_yaml
-    from cosettle.provenance import write_run_info
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "results.csv", "json": out / "results.json", "png": out / "results.png",

@@ -15,21 +15,27 @@ runs one slice only (e.g. on different machines sharing ``<out>``), then a plain
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import hashlib
+import logging
+import subprocess
 import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-import hashlib  # noqa: E402
-import logging  # noqa: E402
-import subprocess  # noqa: E402
-import dataclasses  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-
-
-from cosettle.cli import device_arg  # noqa: E402
-from cosettle.errors import UserError, cli_entry  # noqa: E402
+from badja_eval import davis_masks, tapvid
+from badja_eval.badja import evaluate_badja, list_sequences, load_sequence, skipped_sequences
+from badja_eval.davis_masks import protocol as masks_protocol
+from badja_eval.metrics import mean_over_videos
+from badja_eval.report import build_rows, format_table, write_report
+from badja_eval.runner import Runner, Task, make_methods
+from badja_eval.synthetic import DIFFICULTIES, generate_benchmark
+from cosettle.cli import device_arg
+from cosettle.errors import UserError, cli_entry
+from cosettle.io.atomic import check_output_dir
+from cosettle.provenance import setup_logging
+from tracker.registry import tracker_names, trackers_help
 
 log = logging.getLogger("badja_eval")
 
@@ -51,13 +57,6 @@ HEADERS.update(in_mask="in-mask", in_mask_all="in-mask(all)", visible="visible",
 # per sequence on 2 CPU cores), so the run states it up front
 DEFAULT_TRACKERS = ("static", "flow", "dino-flow")
 TRAINED = ("dino", "dino-flow")
-TRACKER_HELP = {"dino-flow": "DINO-Tracker fused with optical flow, the project default (trains per sequence: "
-                             "~8 min each on 2 CPU cores with the fast preset)",
-                "dino": "the pure DINO-Tracker (same training as dino-flow, shared)",
-                "flow": "chained DIS optical flow", "features": "nearest-neighbour features, no training",
-                "static": "points stay where they were queried"}
-
-
 @dataclass
 class EvalConfig:
     """The resolved settings of a run (written to ``<out>/config.yaml``)."""
@@ -128,8 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help=f"BADJA data root (default: {DEFAULT_DATA_ROOT} when it exists)")
     p.add_argument("--sequences", type=_csv, default=[], help="comma list (BADJA sequences / video names)")
     p.add_argument("--trackers", type=_csv, default=list(DEFAULT_TRACKERS),
-                   help="comma list (default: %s). Every tracker: %s" % (
-                       ",".join(DEFAULT_TRACKERS), "; ".join(f"{k}: {v}" for k, v in TRACKER_HELP.items())))
+                   help="comma list (default: %s). Every tracker: %s" % (",".join(DEFAULT_TRACKERS), trackers_help()))
     p.add_argument("--backends", type=_csv, default=["dsift"],
                    help="backends for dino/features, e.g. dsift,dsift+cosettle:PATH (gain = projected - base)")
     p.add_argument("--backend-args", type=_kv, default={},
@@ -171,18 +169,15 @@ def resolve(args: argparse.Namespace) -> EvalConfig:
     if cfg.query_mode not in QUERY_MODES[cfg.benchmark]:
         raise UserError(f"query mode {cfg.query_mode!r} does not apply to {cfg.benchmark}",
                         f"use one of {', '.join(QUERY_MODES[cfg.benchmark])}")
-    from tracker import TRACKERS
-
-    bad = [t for t in cfg.trackers if t not in TRACKERS]
+    bad = [t for t in cfg.trackers if t not in tracker_names()]
     if bad or not cfg.trackers:
-        raise UserError(f"unknown tracker(s) {bad or cfg.trackers}", f"choose from {', '.join(TRACKERS)}")
+        raise UserError(f"unknown tracker(s) {bad or cfg.trackers}", f"choose from {', '.join(tracker_names())}")
     if cfg.workers < 1:
         raise UserError(f"--workers must be >= 1, got {cfg.workers}")
     if cfg.num_videos < 1 or cfg.num_frames < 2:
         raise UserError("--num-videos must be >= 1 and --num-frames >= 2")
     if cfg.out is None:
         cfg.out = str(Path("runs") / "eval" / cfg.benchmark)
-    from cosettle.io.atomic import check_output_dir
 
     check_output_dir(cfg.out)  # a file / a path under a file / an unwritable folder: error before any work
     cfg.masks = cfg.masks and cfg.benchmark in ("badja", "davis-masks")  # the benchmarks with masks for fit()
@@ -213,14 +208,10 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 # ------------------------------------------------------------------------------------------- benchmarks
 def badja_tasks(cfg: EvalConfig):
-    from badja_eval.badja import evaluate_badja, list_sequences, load_sequence
-    from badja_eval.runner import Task
-
     root = Path(cfg.data_root)
     found = list_sequences(root)
     names = cfg.sequences or found
     if not cfg.sequences:  # "every sequence": say which annotated ones are not evaluated, and why
-        from badja_eval.badja import skipped_sequences
 
         for line in skipped_lines(skipped_sequences(root), len(found)):
             print(line)
@@ -259,9 +250,6 @@ def skipped_lines(skipped: dict[str, str], n_found: int) -> list[str]:
 
 
 def tapvid_tasks(cfg: EvalConfig, pickles: list[Path]):
-    from badja_eval import tapvid
-    from badja_eval.runner import Task
-
     tasks, scorers, groups = [], {}, {}
     loaded = [(pk, v) for pk in pickles for v in tapvid.load_pickle(pk, trust=cfg.trust_pickle)]
     if len({v.name for _, v in loaded}) != len(loaded):  # several list-layout shards: names per file
@@ -288,8 +276,6 @@ def tapvid_tasks(cfg: EvalConfig, pickles: list[Path]):
 
 
 def synthetic_pickles(cfg: EvalConfig) -> list[Path]:
-    from badja_eval.synthetic import DIFFICULTIES, generate_benchmark
-
     bad = [d for d in cfg.difficulty if d not in DIFFICULTIES]
     if bad or not cfg.difficulty:
         raise UserError(f"unknown difficulty {bad or cfg.difficulty}", f"choose from {', '.join(DIFFICULTIES)}")
@@ -316,20 +302,15 @@ def spawn_workers(argv: list[str], n: int) -> None:
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    from cosettle.provenance import setup_logging
 
     setup_logging(args.verbose)
     cfg = resolve(args)
     shard = parse_shard(cfg.shard)
-    from badja_eval.report import build_rows, format_table, write_report
-    from badja_eval.runner import Runner, make_methods
 
     methods = make_methods(cfg.trackers, cfg.backends)
     if cfg.benchmark == "badja":
         tasks, scorers, groups = badja_tasks(cfg)
     elif cfg.benchmark == "davis-masks":
-        from badja_eval import davis_masks
-
         tasks, scorers, groups = davis_masks.build_tasks(cfg, progress=not args.quiet)
     else:
         pickles = synthetic_pickles(cfg) if cfg.benchmark == "synthetic" else [Path(cfg.pickle)]
@@ -392,8 +373,6 @@ def what_runs(cfg: EvalConfig, n_videos: int) -> str:
 def protocol(cfg: EvalConfig, n_videos: int) -> str:
     """One line that states how the numbers were made (publish it next to them)."""
     if cfg.benchmark == "davis-masks":
-        from badja_eval.davis_masks import protocol as masks_protocol
-
         return masks_protocol(cfg, n_videos)
     if cfg.benchmark == "badja":
         q = ("all 20 joints queried at clip frame 0" if cfg.query_mode == "clip0"
@@ -411,8 +390,6 @@ def protocol(cfg: EvalConfig, n_videos: int) -> str:
 def _group(per_video: dict, groups: dict, methods, metrics) -> dict:
     """Per-video scores -> per-row scores. BADJA/TAP-Vid: one row per video. Synthetic: one row per
     difficulty level, the simple mean over its videos (the per-video values stay in results.json)."""
-    from badja_eval.metrics import mean_over_videos
-
     rows: dict[tuple[str, str], list] = {}
     for key, val in per_video.items():
         vid, lab = key.split("|", 1)

@@ -17,13 +17,16 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from cosettle.backends.registry import load_backend, split_projected_name
 from cosettle.errors import UserError
+from cosettle.hashing import file_digest
 from cosettle.io.atomic import atomic_path
+from cosettle.projector_io import resolve_path
+from tracker import build_tracker, preset
+from tracker.registry import TrackerEntry, tracker_entry
 
 log = logging.getLogger(__name__)
 
-BACKEND_TRACKERS = ("dino", "dino-flow", "features")  # trackers that run on a FeatureBackend
-DINO_TRACKERS = ("dino", "dino-flow")  # configured by the DINO-Tracker preset
 CACHE_VERSION = 1
 
 
@@ -51,7 +54,7 @@ def make_methods(trackers: Iterable[str], backends: Iterable[str]) -> list[Metho
     backends = list(backends)
     out: list[Method] = []
     for t in trackers:
-        if t in BACKEND_TRACKERS:
+        if _registered(t) is not None and _registered(t).needs_backend:
             if not backends:
                 raise UserError(f"tracker {t!r} needs at least one backend", "pass --backends NAME")
             out.extend(Method(t, b) for b in backends)
@@ -123,9 +126,7 @@ class Runner:
     # -------------------------------------------------------------------------------- factories
     def backend(self, name: str):
         if name not in self._backends:
-            load = self._load_backend
-            if load is None:
-                from cosettle.backends.registry import load_backend as load
+            load = self._load_backend or load_backend
             kw = {"device": self.device} if self.device else {}
             kw.update(self.backend_kwargs)
             self._backends[name] = load(name, **kw)
@@ -135,22 +136,17 @@ class Runner:
         """The tracker's config: DINO-Tracker's ``fast``/``paper`` preset, the baselines' defaults, each
         with the user's field overrides (``--tracker-args dino.iterations=200``)."""
         over = dict(self.tracker_overrides.get(method.tracker, {}))
+        entry = _registered(method.tracker)
         try:
-            if method.tracker in DINO_TRACKERS:
-                from tracker.config import preset
-
+            if entry is not None and entry.dino_config:
                 if self.device:
                     over.setdefault("device", self.device)
                 return preset(self.preset, **over)
             if not over:
                 return None
-            from tracker import baselines
-
-            cls = {"flow": getattr(baselines, "FlowTrackerConfig", None),
-                   "features": getattr(baselines, "FeatureTrackerConfig", None)}.get(method.tracker)
-            if cls is None:
+            if entry is None or entry.config_class is None:
                 raise UserError(f"tracker {method.tracker!r} takes no settings", "drop its --tracker-args")
-            return cls(**over)
+            return entry.config_class(**over)
         except TypeError as err:  # unknown field names
             raise UserError(f"bad --tracker-args for {method.tracker}: {err}",
                             "use fields of the tracker's config dataclass") from None
@@ -159,8 +155,6 @@ class Runner:
         backend = self.backend(method.backend) if method.backend else None
         if self._build_tracker is not None:  # injected (tests)
             return self._build_tracker(method.tracker, backend, self.tracker_config(method))
-        from tracker import build_tracker
-
         return build_tracker(method.tracker, backend, self.tracker_config(method), progress=self.progress)
 
     # -------------------------------------------------------------------------------- cache
@@ -173,7 +167,7 @@ class Runner:
         h.update(json.dumps({"v": CACHE_VERSION, "key": task.key, "shape": list(task.shape),
                              "content": task.content,
                              "tracker": method.tracker, "backend": method.backend,
-                             "preset": self.preset if method.tracker in DINO_TRACKERS else None,
+                             "preset": self.preset if _is_dino(method.tracker) else None,
                              "masks": self.use_masks}, sort_keys=True).encode())
         if method.backend and self.backend_kwargs:
             h.update(json.dumps(self.backend_kwargs, sort_keys=True, default=str).encode())
@@ -193,10 +187,6 @@ class Runner:
         files) and a local weights file's size and mtime (possibly GBs, so not hashed), so that a
         projector retrained in place or a replaced weights file does not return old predictions."""
         if backend not in self._stamps:
-            from cosettle.backends.registry import split_projected_name
-            from cosettle.hashing import file_digest
-            from cosettle.projector_io import resolve_path
-
             stamps = []
             # the file load_backend will read (the same precedence: projector= over NAME+cosettle:PATH)
             _, _, proj = split_projected_name(backend, self.backend_kwargs.get("projector"))
@@ -272,3 +262,17 @@ class Runner:
         bar.close()
         self._loaded = None
         return out
+
+
+def _registered(name: str) -> TrackerEntry | None:
+    """The registry's entry of a tracker, None for a name it does not know (the tests' injected fakes; the
+    command line checks names against the registry before anything runs)."""
+    try:
+        return tracker_entry(name)
+    except UserError:
+        return None
+
+
+def _is_dino(name: str) -> bool:
+    entry = _registered(name)
+    return entry is not None and entry.dino_config

@@ -29,6 +29,8 @@ import numpy as np
 
 from cosettle.errors import UserError
 
+from .metrics import compute_tapvid_metrics
+
 log = logging.getLogger(__name__)
 
 EVAL_SIZE = 256
@@ -248,8 +250,6 @@ def prepare(video: TapVidVideo, mode: str, resolution: str = "256", stride: int 
 def score(task: TapVidTask, pred_tracks_ours: np.ndarray, pred_visible: np.ndarray) -> dict:
     """Metrics of one video (×100 for the percentages), from predictions in our convention at the
     inference size ``task.inf_hw``."""
-    from .metrics import compute_tapvid_metrics
-
     pred256 = ours_to_raster(pred_tracks_ours, task.inf_hw)
     m = compute_tapvid_metrics(task.query_points[None], task.gt_occluded[None], task.gt_tracks[None],
                                ~np.asarray(pred_visible, dtype=bool)[None], pred256[None], task.mode)

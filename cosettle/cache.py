@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backends.base import Features, FeatureBackend, video_hw
+from .backends.base import FeatureBackend, Features
+from .frames import video_hw
 from .geometry import Geometry
 from .hashing import file_digest, json_digest, video_fingerprint  # noqa: F401 (re-exported)
 from .io.atomic import atomic_path, write_json

@@ -11,8 +11,9 @@ import logging
 import math
 import sys
 
-from .backends import load_backend
+from .backends import list_backends, load_backend
 from .errors import EXIT_USER_ERROR, UserError
+from .io.video import read_video
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +187,6 @@ def check_grid_size(grid_size: int, height: int, width: int) -> None:
 
 
 def print_backends() -> None:
-    from .backends import list_backends
-
     for name, desc in list_backends().items():
         print(f"{name:22s} {desc}")
     print(f"{'timm:<name>':22s} any timm ViT, e.g. timm:vit_base_patch16_224.augreg_in21k")
@@ -205,8 +204,6 @@ def add_video_args(parser: argparse.ArgumentParser, required: bool = True) -> No
 
 
 def video_from_args(args: argparse.Namespace):
-    from .io.video import read_video
-
     if not args.video:
         raise UserError("no video given", "pass --video PATH")
     return read_video(args.video, max_frames=args.max_frames, frame_stride=args.frame_stride, fps=args.fps)

@@ -67,7 +67,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "", skip
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         group.add_argument(_flag(prefix + f.name), dest=prefix + f.name, default=argparse.SUPPRESS,
                            type=lambda s, tp=tp: _parse_value(tp, s), metavar=getattr(tp, "__name__", "VALUE").upper(),
-                           help=f"{f.metadata.get('help', '')} (default: {default})")
+                           # argparse formats help with %: a literal one ("0.5 % of the frame") must be doubled
+                           help=f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%"))
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
-from .io.video import FRAME_EXTS, VIDEO_EXTS
+from .io.video import FRAME_EXTS, VIDEO_EXTS, read_video
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,6 @@ class FrameReader:
             n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
             cap.release()
             if n <= 0:  # containers without a frame count: decode once
-                from .io.video import read_video
 
                 n = len(read_video(clip.path))
             self._counts[clip.path] = n
@@ -198,7 +197,6 @@ class FrameReader:
         finally:
             cap.release()
         if len(got) != len(want):  # seek failed (some codecs): fall back to a full decode
-            from .io.video import read_video
 
             v = read_video(clip.path)
             got = {i: np.asarray(v[min(i, len(v) - 1)]) for i in want}

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .io.atomic import write_json
+from .io.video import write_video
 
 
 def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -73,8 +74,6 @@ def render_demo(num_frames: int = 24, height: int = 192, width: int = 256, seed:
 def make_demo_clip(folder: str | Path, num_frames: int = 24, height: int = 192, width: int = 256,
                    seed: int = 0) -> tuple[Path, Path, np.ndarray]:
     """Write ``demo.mp4`` and ``demo_points.json`` into ``folder``; returns (video, points, gt)."""
-    from .io.video import write_video
-
     folder = Path(folder)
     frames, queries, gt = render_demo(num_frames, height, width, seed)
     video = write_video(folder / "demo.mp4", frames, fps=12.0)

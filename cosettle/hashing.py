@@ -7,6 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from .frames import frames_layout, video_hw
+from .io.atomic import write_text
+
 
 def json_digest(obj: Any, length: int = 16) -> str:
     """sha256 of a canonical JSON dump (sorted keys; non-JSON values via ``str``)."""
@@ -31,7 +34,6 @@ def video_fingerprint(video) -> str:
     """
     import torch
 
-    from .backends.base import frames_layout, video_hw
 
     h = hashlib.sha1()
     n, hh, ww = video_hw(video)
@@ -72,8 +74,6 @@ def checksum_path(path):
 
 def write_checksum(path) -> str:
     """Write ``<path>.blake2b`` (atomically) holding the file's digest; -> the digest."""
-    from .io.atomic import write_text
-
     digest = file_digest(path)
     write_text(checksum_path(path), digest + "\n")
     return digest

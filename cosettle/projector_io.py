@@ -14,12 +14,15 @@ import datetime as _dt
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-
+from .backends.projected import ProjectedBackend
 from .errors import UserError
 from .io.atomic import atomic_path, write_json
 from .projector import VARIANTS, Projector
+from .provenance import git_sha
+from .released import (convert_encoder, ensure_registered, extract_projector_state, is_ijepa, read_checkpoint,
+                       split_checkpoint)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,6 @@ def save_projector(path: str | Path, projector: Projector, metadata: dict[str, A
     """Write weights + metadata atomically; returns the .safetensors path."""
     from safetensors.torch import save_file
 
-    from .provenance import git_sha
 
     p = Path(path)
     if p.suffix != ".safetensors":
@@ -126,12 +128,11 @@ def check_recorded_tokens(path: Path, meta: dict[str, Any], kwargs: dict[str, An
     log.warning("projector %s applied to %s, against its recorded tokens (forced)", path, what)
 
 
-def load_projected_backend(base_name: str, path: str | Path, **backend_kwargs):
+def load_projected_backend(base_name: str, path: str | Path, load_base: Callable[..., Any], **backend_kwargs):
     """Base backend (with the layer/norm recorded in the projector's metadata unless given) +
-    projector -> ``ProjectedBackend``. ``base_name`` may be empty to use the recorded base."""
-    from .backends.projected import ProjectedBackend
-    from .backends.registry import load_backend
-
+    projector -> ``ProjectedBackend``. ``base_name`` may be empty to use the recorded base. ``load_base``:
+    the registry's ``load_backend`` (passed in: the registry calls this function, so importing it here would
+    make a circle)."""
     proj, meta = load_projector(path)
     p = resolve_path(path)
     recorded = meta.get("base_backend") or ""
@@ -141,8 +142,6 @@ def load_projected_backend(base_name: str, path: str | Path, **backend_kwargs):
     if recorded and base_name != recorded:
         log.warning("projector %s was trained on %s, loading it on %s", p, recorded, base_name)
     if base_name.startswith("timm:"):
-        from .released import ensure_registered
-
         ensure_registered(base_name[len("timm:"):])
     force = bool(backend_kwargs.pop("force_layer", False))
     if base_name != "dsift":
@@ -165,7 +164,7 @@ def load_projected_backend(base_name: str, path: str | Path, **backend_kwargs):
         elif w and w not in ("hub", "pretrained"):
             log.warning("projector %s was trained with encoder weights %s, which is not available here; "
                         "using the default weights", p, w)
-    base = load_backend(base_name, **backend_kwargs)
+    base = load_base(base_name, **backend_kwargs)
     if base.feat_dim != proj.in_dim:
         raise UserError(f"projector {p} expects {proj.in_dim}-d features, {base_name} gives {base.feat_dim}",
                         f"use it with {recorded or 'its original backend'}")
@@ -188,7 +187,6 @@ def import_released(checkpoint: str | Path, out: str | Path, *, allow_pickle: bo
     normed for the other seven encoders."""
     from safetensors.torch import save_file
 
-    from .released import convert_encoder, extract_projector_state, is_ijepa, read_checkpoint, split_checkpoint
 
     ckpt = Path(checkpoint)
     state, args = split_checkpoint(read_checkpoint(ckpt, allow_pickle))

@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
+from cosettle.cli import ArgumentParser  # one-line argparse errors
+
 DAVIS = (Path(os.environ.get("COSETTLE_SHARED", REPO.parent / "shared")) / "data" / "davis480" / "horsejump-high"
          / "JPEGImages")  # COSETTLE_SHARED: the shared folder elsewhere (as for the tests)
 

@@ -12,19 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cosettle.errors import UserError, cli_entry  # noqa: E402
-from cosettle.io.atomic import write_text  # noqa: E402
-from tracker.preprocess.flow import make_flow_estimator  # noqa: E402
-from tracker.preprocess.masks import motion_masks  # noqa: E402
+from cosettle.errors import UserError, cli_entry
+from cosettle.io.atomic import write_text
+from tracker.preprocess.flow import make_flow_estimator
+from tracker.preprocess.masks import motion_masks
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -8,7 +8,6 @@ run without it measures the cached (warm) path.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -16,12 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
-
-from cosettle.config import add_config_args, config_from_args  # noqa: E402
-from cosettle.errors import cli_entry  # noqa: E402
-from cosettle.provenance import peak_rss_mb  # noqa: E402
+from cosettle.cli import ArgumentParser  # one-line argparse errors
+from cosettle.config import add_config_args, config_from_args
+from cosettle.errors import cli_entry
+from cosettle.provenance import peak_rss_mb
 
 DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis480" / "horsejump-high" / "JPEGImages"
 
@@ -30,7 +27,8 @@ DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis
 def main(argv=None):
     from cosettle.backends.registry import load_backend
     from cosettle.io.video import read_video
-    from tracker.preprocess.pipeline import PreprocessConfig, preprocess_video
+    from tracker.config import PreprocessConfig
+    from tracker.preprocess.pipeline import preprocess_video
 
     ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--video", type=Path, default=DEFAULT_VIDEO)

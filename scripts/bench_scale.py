@@ -27,8 +27,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
+
 DEFAULT_CLIP = ROOT.parent / "shared" / "data" / "davis480" / "parkour" / "JPEGImages"
 
 

@@ -25,21 +25,19 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # busy-waiting OpenMP threads crawl on shared CPUs
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
-
 import numpy as np  # noqa: E402
 
 from badja_eval.badja import load_sequence  # noqa: E402
 from badja_eval.metrics import badja_metrics  # noqa: E402
+from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
 from cosettle.provenance import peak_rss_mb  # noqa: E402
+from tracker.registry import tracker_entry, tracker_names  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -69,7 +67,8 @@ def jump_share(pred, flow, flow_visible, px: float = 50.0) -> float:
 
 def main(argv=None):
     ap = ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tracker", default="dino-flow", choices=("dino-flow", "dino"))
+    dino = [n for n in tracker_names() if tracker_entry(n).dino_config]  # the trackers this benchmark fits
+    ap.add_argument("--tracker", default=dino[0], choices=dino)
     ap.add_argument("--backend", default="dsift", help="dsift, or e.g. dinov2_vits14 (random weights here)")
     ap.add_argument("--weights", default="random", help="weights for ViT backends (default: random)")
     ap.add_argument("--stride", type=int, default=None)

@@ -18,11 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
-
-from cosettle.errors import cli_entry  # noqa: E402
-from cosettle.provenance import peak_rss_mb  # noqa: E402
+from cosettle.cli import ArgumentParser  # one-line argparse errors
+from cosettle.errors import cli_entry
+from cosettle.provenance import peak_rss_mb
 
 
 def _worker(args) -> dict:

@@ -9,25 +9,24 @@ visible. Sanity check first: the zero-motion prediction must give 7.28 / 0.00 ov
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from badja_eval.badja import evaluate_badja, load_sequence  # noqa: E402
+from badja_eval.badja import evaluate_badja, load_sequence
+from cosettle.cli import ArgumentParser  # one-line argparse errors
+from tracker.registry import tracker_entry, tracker_names
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def main(argv=None):
     ap = ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tracker", default="flow", choices=["flow", "static", "features"])
+    ap.add_argument("--tracker", default="flow",
+                    choices=[n for n in tracker_names() if not tracker_entry(n).dino_config])  # no training here
     ap.add_argument("--backend", default="dsift")
     ap.add_argument("--dis-preset", default="medium")
     ap.add_argument("--dis-finest-scale", type=int, default=0,

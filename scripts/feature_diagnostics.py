@@ -15,11 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
-
-from cosettle.errors import UserError, cli_entry  # noqa: E402
-from cosettle.provenance import setup_logging  # noqa: E402
+from cosettle.cli import ArgumentParser  # one-line argparse errors
+from cosettle.errors import UserError, cli_entry
+from cosettle.provenance import setup_logging
 
 
 @cli_entry

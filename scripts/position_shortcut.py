@@ -20,14 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
-
-from cosettle.errors import cli_entry  # noqa: E402
+from cosettle.cli import ArgumentParser  # one-line argparse errors
+from cosettle.errors import cli_entry
 
 
 def _images(n: int, size: int):

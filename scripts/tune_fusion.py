@@ -22,14 +22,11 @@ import argparse
 import itertools
 import json
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cosettle.errors import UserError, cli_entry  # noqa: E402
+from cosettle.errors import UserError, cli_entry
 
 log = logging.getLogger("tune_fusion")
 
@@ -54,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cell_px(backend, h: int, w: int, resolution) -> float:
-    from tracker.api import with_resolution, work_resolution
+    from tracker.resolution import work_backend
 
-    g = with_resolution(backend, work_resolution(resolution, h, w)).geometry(h, w)
+    g = work_backend(backend, resolution, h, w).geometry(h, w)
     return float(g.stride) * h / g.input_h
 
 
@@ -88,8 +85,8 @@ def sweep(cfg, grid: dict, dino_tracker="dino"):
     from badja_eval.runner import Method, Prediction, Runner
     from cosettle.io.tracks import TrackResult
     from tracker.config import preset
-    from tracker.preprocess.flow import make_flow_estimator
     from tracker.fusion import FusionStats, TemplateVerifier, fuse_tracks
+    from tracker.preprocess.flow import make_flow_estimator
 
     tasks, scorers, groups = _tasks(cfg)
     runner = Runner(Path(cfg.out) / "cache", cfg.preset, cfg.device, use_masks=cfg.masks, progress=False,

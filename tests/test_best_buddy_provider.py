@@ -4,7 +4,8 @@ import pytest
 
 from cosettle.backends.registry import load_backend
 from tracker.preprocess.best_buddies import BestBuddyProvider
-from tracker.preprocess.pipeline import PreprocessConfig, preprocess_video
+from tracker.config import PreprocessConfig
+from tracker.preprocess.pipeline import preprocess_video
 
 
 def clip(T=5, h=40, w=56):

@@ -105,12 +105,12 @@ def test_settings_are_part_of_the_cache_key(tmp_path):
 
 def test_a_changed_preset_definition_invalidates_the_cache(tmp_path, monkeypatch):
     """The key holds the resolved config, not just the preset name."""
-    import tracker.config as tc
+    import badja_eval.runner as runner_module
 
     t, m = _tasks(1)[0], Method("dino", "dsift")
     before = _runner(tmp_path).fingerprint(t, m)
-    real = tc.preset
-    monkeypatch.setattr(tc, "preset", lambda name, **kw: real(name, **kw).replace(iterations=7))
+    real = runner_module.preset
+    monkeypatch.setattr(runner_module, "preset", lambda name, **kw: real(name, **kw).replace(iterations=7))
     assert _runner(tmp_path).fingerprint(t, m) != before
 
 

@@ -5,7 +5,8 @@ import pytest
 
 from cosettle.errors import UserError
 from cosettle.io.queries import grid_queries, load_queries
-from cosettle.io.tracks import TrackResult, load_tracks, save_tracks, write_overlay
+from cosettle.io.overlay import write_overlay
+from cosettle.io.tracks import TrackResult, load_tracks, save_tracks
 from cosettle.io.video import read_video, write_frames, write_video
 
 

@@ -5,7 +5,8 @@ import torch
 
 from cosettle.errors import UserError
 from cosettle.geometry import Geometry
-from tracker.preprocess.masks import (check_masks, load_mask_folder, motion_masks, resize_masks, saliency_masks,
+from cosettle.io.masks import load_mask_folder
+from tracker.preprocess.masks import (check_masks, motion_masks, resize_masks, saliency_masks,
                            save_masks_png, trajectory_foreground)
 
 

@@ -5,7 +5,8 @@ import pytest
 import tracker.preprocess.pipeline as pp
 from cosettle.backends.registry import load_backend
 from cosettle.errors import UserError
-from tracker.preprocess.pipeline import STAGES, PreprocessConfig, StageCache, preprocess_video, reference_flow_calls
+from tracker.config import PreprocessConfig
+from tracker.preprocess.pipeline import STAGES, StageCache, preprocess_video, reference_flow_calls
 
 
 def clip(T=4, h=40, w=56):

@@ -8,7 +8,8 @@ import torch
 
 from cosettle.backends.registry import load_backend
 from tests._tracker_synth import synthetic_prep, translating_clip
-from tracker.api import Tracker, with_resolution
+from tracker.api import Tracker
+from tracker.resolution import with_resolution
 from tracker.config import preset
 from tracker.dino.train import Coverage, Trainer
 

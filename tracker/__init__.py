@@ -1,42 +1,34 @@
-"""DINO-Tracker on any FeatureBackend, plus the static / flow / features baselines."""
+"""Point trackers on any FeatureBackend: DINO-Tracker (``dino``), its fusion with optical flow (``dino-flow``, the
+default) and the ``flow`` / ``features`` / ``static`` baselines. The public API, one import path per name:
+
+    from tracker import Tracker, TrackerConfig, preset, build_tracker, register_tracker, tracker_names
+
+    tracker = build_tracker("dino-flow", load_backend("dsift"), preset("fast")).fit(video)
+    result = tracker.track(queries)          # (N, 3) t, x, y in original pixels -> TrackResult
+
+Layout (imports go one way, top to bottom): the front (``api``: ``Tracker``; ``fusion``: dino-flow;
+``baselines``; ``memory``: run planning; ``commands``: the CLI) -> ``dino/`` (model, losses, sampler, training,
+inference) -> ``preprocess/`` (flow, trajectories, masks, best buddies, the cached stages) -> the base
+(``config``, ``resolution``, ``registry``, ``base``, ``eta``, ``workdirs``) -> ``cosettle``.
+"""
 from __future__ import annotations
 
-from cosettle.io.tracks import TrackResult
+import os
+import sys
 
-from .base import PointTracker
+if "torch" not in sys.modules:
+    # before torch loads its OpenMP runtime (it reads this once): idle OpenMP threads sleep instead of spinning,
+    # which made tracking crawl on shared CPUs. Only a default (a user's setting wins); results do not change.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-TRACKERS = ("dino-flow", "dino", "flow", "features", "static")
+from cosettle.io.tracks import TrackResult  # noqa: E402
 
+# importing the front modules registers their trackers (tracker/registry.py)
+from . import baselines, fusion  # noqa: E402,F401
+from .api import Tracker  # noqa: E402
+from .base import PointTracker  # noqa: E402
+from .config import TrackerConfig, preset  # noqa: E402
+from .registry import build_tracker, register_tracker, tracker_names  # noqa: E402
 
-def build_tracker(name: str, backend=None, config=None, progress: bool = True, **kwargs) -> PointTracker:
-    """Create a tracker by name: ``dino`` (needs a backend), ``features`` (needs a backend),
-    ``flow`` or ``static``. ``config``: the tracker's config dataclass (or None for defaults);
-    ``progress``: show tqdm bars."""
-    from cosettle.errors import UserError
-
-    if name == "static":
-        from .baselines import StaticTracker
-
-        return StaticTracker()
-    if name == "flow":
-        from .baselines import FlowTracker
-
-        return FlowTracker(config=config, progress=progress, **kwargs)
-    if name == "features":
-        from .baselines import FeatureTracker
-
-        if backend is None:
-            raise UserError("the 'features' tracker needs a backend", "pass --backend NAME")
-        return FeatureTracker(backend, config=config, progress=progress, **kwargs)
-    if name in ("dino", "dino-flow"):
-        from .api import Tracker
-        from .fusion import FlowGuidedTracker
-
-        if backend is None:
-            raise UserError(f"the {name!r} tracker needs a backend", "pass --backend NAME")
-        cls = Tracker if name == "dino" else FlowGuidedTracker
-        return cls(backend, config, progress=progress, **kwargs)
-    raise UserError(f"unknown tracker {name!r}", f"choose one of {', '.join(TRACKERS)}")
-
-
-__all__ = ["PointTracker", "TrackResult", "TRACKERS", "build_tracker"]
+__all__ = ["PointTracker", "TrackResult", "Tracker", "TrackerConfig", "build_tracker", "preset",
+           "register_tracker", "tracker_names"]

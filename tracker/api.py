@@ -1,8 +1,7 @@
 """``Tracker``: DINO-Tracker on any FeatureBackend.
 
-    from cosettle.backends.registry import load_backend
-    from tracker.api import Tracker
-    from tracker.config import preset
+    from cosettle import load_backend
+    from tracker import Tracker, preset
 
     tracker = Tracker(load_backend("dsift"), preset("fast")).fit(video)   # video: Video or (T,H,W,3)
     result = tracker.track(queries)     # (N,3) t,x,y in original pixels -> TrackResult (original px)
@@ -22,16 +21,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cosettle.backends.base import FeatureBackend, frames_to_tensor, video_hw
-from cosettle.errors import UserError
-from cosettle.io.atomic import atomic_path
+from cosettle.backends.base import FeatureBackend
 from cosettle.cache import cache_home
-from cosettle.hashing import (array_digest, checksum_path, json_digest, verify_checksum, video_fingerprint,
-                              write_checksum)
+from cosettle.errors import UserError
+from cosettle.frames import frames_to_tensor, video_hw
+from cosettle.hashing import array_digest, json_digest, video_fingerprint
 from cosettle.io.lock import folder_lock
 from cosettle.io.tracks import TrackResult
+from cosettle.io.verified import load_verified, save_verified
 
-from .config import TrackerConfig, config_dict, preprocess_at, preset
+from . import eta
+from .config import TrackerConfig, config_dict, preprocess_at, preset, train_switch
+from .dino.inference import TrackInference, refined_features
+from .dino.train import Trainer, latest_checkpoint
+from .preprocess.pipeline import preprocess_video
+from .registry import register_tracker
+from .resolution import work_backend
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +94,7 @@ class Tracker:
         n, h, w = video_hw(video)
         if n < 2:
             raise UserError(f"the dino tracker needs at least 2 frames, got {n}")
-        res = work_resolution(cfg.resolution, h, w)
-        if cfg.resolution is not None:
-            # a copy at the work resolution: the caller's backend object is left as it was
-            self.work_backend = with_resolution(self.backend, res)
-        else:
-            self.work_backend = self.backend
+        self.work_backend = work_backend(self.backend, cfg.resolution, h, w)
         self.geometry_image_hw = (h, w)
         self.prep_cfg = preprocess_at(cfg, self.work_backend.geometry(h, w).input_h)
         t0 = time.perf_counter()
@@ -108,12 +108,6 @@ class Tracker:
         return self
 
     def _fit_locked(self, video, masks, t0: float) -> None:
-        from . import eta
-        from .dino.inference import TrackInference, refined_features
-        from .memory import train_switch
-        from .preprocess.pipeline import preprocess_video
-        from .dino.train import Trainer, latest_checkpoint
-
         cfg = self.cfg
         ckpt_dir = self.work_dir / f"train_{training_key(cfg)}"
         eta.training_resumes_at(_checkpoint_hint(ckpt_dir), train_switch(cfg))
@@ -138,10 +132,7 @@ class Tracker:
             # float16 from the start: the cached values, and what inference reads (as float32 per frame)
             refined = refined_features(self.model, self.prep.frames, self.prep.features, trainer.scale, geom,
                                        progress=self.progress, device=cfg.device, dtype=torch.float16)
-            checksum_path(cache).unlink(missing_ok=True)
-            with atomic_path(cache) as tmp:
-                torch.save({"tag": tag, "refined": refined}, tmp)
-            write_checksum(cache)
+            save_verified({"tag": tag, "refined": refined}, cache)
         self.timings["refine"] = time.perf_counter() - t0
         eta.stage_finish("refine", self.timings["refine"], cached=was_cached)
         self.infer = TrackInference(self.model, refined, geom, cfg)
@@ -173,6 +164,12 @@ class Tracker:
         return TrackResult(tracks_img, vis, conf, q.astype(np.float32), names)
 
 
+@register_tracker("dino", summary="the pure DINO-Tracker (head only, as in the paper; trains per video, shared "
+                  "with dino-flow)", needs_backend=True, dino_config=True, rank=20)
+def _build_dino(backend, config, progress, **kwargs) -> Tracker:
+    return Tracker(backend, config, progress=progress, **kwargs)
+
+
 def _checkpoint_hint(ckpt_dir: Path) -> int:
     """The newest checkpoint's iteration from the file names alone (for the time estimate; the trainer
     verifies and loads the checkpoints itself)."""
@@ -190,42 +187,15 @@ def _load_refined(cache: Path, tag: str) -> torch.Tensor | None:
     a truncated or corrupt file costs one log line and is recomputed."""
     if not cache.is_file():
         return None
-    why = verify_checksum(cache)
-    if why is None:
-        try:
-            st = torch.load(cache, map_location="cpu", weights_only=True)
-            return st["refined"].half() if st.get("tag") == tag else None
-        except Exception as err:  # verified bytes that torch still refuses: a foreign file
-            why = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+    try:
+        st = load_verified(cache)
+        return st["refined"].half() if st.get("tag") == tag else None
+    except ValueError as err:  # does not match its checksum
+        why = str(err)
+    except Exception as err:  # verified bytes that torch still refuses: a foreign file
+        why = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
     log.warning("cached refined features %s are unusable (%s); recomputing", cache, why)
     return None
-
-
-def work_resolution(resolution, image_h: int, image_w: int):
-    """The backend resolution the tracker uses: a short-side setting never upsamples a small video."""
-    if isinstance(resolution, int) and min(image_h, image_w) <= resolution:
-        return None
-    return resolution
-
-
-def with_resolution(backend: FeatureBackend, resolution) -> FeatureBackend:
-    """``backend`` itself when it already works at ``resolution``, else a shallow copy that does.
-
-    Wrapping backends (``ProjectedBackend``) take their geometry from ``.base``, so the copy goes down.
-    The model weights are shared, never copied.
-    """
-    import copy
-
-    base = getattr(backend, "base", None)
-    base_ok = not isinstance(base, FeatureBackend) or base.resolution == resolution
-    if backend.resolution == resolution and base_ok:
-        return backend
-    out = copy.copy(backend)
-    out.resolution = resolution
-    if isinstance(base, FeatureBackend):
-        out.base = with_resolution(base, resolution)
-    log.info("backend %s at resolution %s (config)", backend.name, resolution)
-    return out
 
 
 def config_dict_any(obj):

@@ -12,17 +12,18 @@ All take and return ORIGINAL video pixels (x, y), integer = pixel centre.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cosettle.backends.base import video_hw
 from cosettle.errors import UserError
+from cosettle.frames import video_hw
 from cosettle.io.tracks import TrackResult
 
+from .config import FeatureTrackerConfig, FlowTrackerConfig
 from .preprocess.flow import consecutive_flows, inside, make_flow_estimator, sample_flow
+from .registry import register_tracker
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +74,6 @@ class StaticTracker(_Fitted):
         tracks = np.repeat(q[:, None, 1:3], self._T, axis=1)
         ones = np.ones(tracks.shape[:2])
         return TrackResult(tracks, ones.astype(bool), ones, q)
-
-
-@dataclass
-class FlowTrackerConfig:
-    flow: str = "dis"              # "dis" | "raft"
-    dis_preset: str = "medium"
-    dis_finest_scale: int | None = 0  # full-resolution last level: BADJA delta_3px 10.6 vs 6.6 (docs)
-    raft_weights: str | None = None
-    fb_threshold: float = 1.5      # px at the original resolution
-    device: str = "cpu"
 
 
 class FlowTracker(_Fitted):
@@ -146,15 +137,6 @@ class FlowTracker(_Fitted):
         tracks[idx, b] = c1
         err[idx, b] = np.linalg.norm(xy - c2, axis=1)
         out[idx, b] = ~inside(c1, self._H, self._W)
-
-
-@dataclass
-class FeatureTrackerConfig:
-    window: int = 2                # soft-argmax over (2*window+1)^2 cells around the best cell
-    temperature: float = 0.02      # softmax temperature on cosines inside the window
-    visible_threshold: float = 0.5  # cosine below this -> occluded
-    query_sampling: str = "nearest"  # query feature of the nearest cell ("bilinear": blend of 4 cells)
-    chunk_points: int = 64
 
 
 class FeatureTracker(_Fitted):
@@ -230,3 +212,19 @@ class FeatureTracker(_Fitted):
         px = g.grid_to_pixel(torch.stack([gx, gy], dim=-1).double()).float().numpy()
         conf = flat.max(-1).values.numpy()
         return px, conf
+
+
+@register_tracker("flow", summary="chained DIS optical flow", config_class=FlowTrackerConfig, rank=30)
+def _build_flow(backend, config, progress, **kwargs) -> FlowTracker:
+    return FlowTracker(config=config, progress=progress, **kwargs)
+
+
+@register_tracker("features", summary="nearest-neighbour features, no training", needs_backend=True,
+                  config_class=FeatureTrackerConfig, rank=40)
+def _build_features(backend, config, progress, **kwargs) -> FeatureTracker:
+    return FeatureTracker(backend, config=config, progress=progress, **kwargs)
+
+
+@register_tracker("static", summary="points stay where they were queried", rank=50)
+def _build_static(backend, config, progress, **kwargs) -> StaticTracker:
+    return StaticTracker()

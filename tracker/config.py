@@ -25,13 +25,48 @@ PRESETS = ("fast", "paper")
 REF_HEIGHT = 476  # the reference's model height; pixel thresholds below are given at this height
 
 
-def _preprocess_cls():
-    """The preprocessing config class (tracker.preprocess, owned by the preprocessing module)."""
-    try:
-        from .preprocess.pipeline import PreprocessConfig
-    except ImportError:  # preprocessing not available yet: keep the raw dict
-        return None
-    return PreprocessConfig
+@dataclass
+class PreprocessConfig:
+    """Defaults are DINO-Tracker's where they apply; CPU-motivated deviations are marked."""
+
+    flow: str = field(default="dis", metadata={"help": "optical flow: dis (OpenCV, no weights) | raft"})
+    dis_preset: str = field(default="medium", metadata={"help": "DIS preset: ultrafast|fast|medium"})
+    dis_finest_scale: int | None = field(default=None, metadata={
+        "help": "DIS finest pyramid level (None = preset's, 0 = full resolution, slower)"})
+    raft_weights: str | None = field(default=None, metadata={"help": "local raft_large weights file"})
+    fb_threshold: float = field(default=1.5, metadata={"help": "forward-backward consistency, px"})
+    direct_threshold: float = field(default=2.5, metadata={"help": "direct-flow filter, px"})
+    direct_window: int = field(default=8, metadata={
+        "help": "direct flows s->s+2..s+window (reference: every later frame, O(T^2)); <2 disables"})
+    min_traj_len: int = 2
+    traj_stride: int = field(default=2, metadata={
+        "help": "seed trajectories on a stride-s pixel lattice (reference: 1 = every pixel)"})
+    mask_source: str = field(default="auto", metadata={
+        "help": "foreground masks: auto (the user's if given, else saliency for a DINO ViT backend and "
+                "motion for any other) | user (required) | saliency (PCA of the features) | motion (flow "
+                "residual to the dominant motion); saliency/motion replace given masks"})
+    fg_threshold: float = field(default=0.6, metadata={"help": "PCA saliency threshold"})
+    motion_threshold: float = field(default=3.0, metadata={
+        "help": "motion masks: flow residual > this x the frame's median residual (and > 0.5 % of the "
+                "frame diagonal) = foreground"})
+    bb_box: int = field(default=30, metadata={"help": "NMS half box size, work px"})
+    bb_iou: float = 0.2
+    bb_topk: int = 400
+    bb_max_pairs: int = field(default=100, metadata={
+        "help": "best buddies on at most this many unordered frame pairs, seeded (0 = all T(T-1)/2)"})
+    bb_window: int = field(default=0, metadata={"help": "best-buddy pairs only within this many frames (0 = any)"})
+    bb_flow_filter: bool = True
+    bb_on_demand: bool = field(default=False, metadata={
+        "help": "best buddies of every frame pair the trainer draws, computed when first drawn (LRU cache, "
+                "bounded memory) instead of the precomputed bb_max_pairs subset; the stage is skipped"})
+    bb_cache_pairs: int = field(default=512, metadata={"help": "on-demand best buddies: LRU cache size, pairs"})
+    seed: int = 0
+    device: str = "cpu"
+    feature_chunk: int | None = field(default=2, metadata={
+        "help": "frames per backend forward pass (memory vs speed; None = the backend's default)"})
+    threads: int | None = field(default=None, metadata={
+        "help": "torch CPU threads while preprocessing (None = leave as is; 1 is 3-5x faster on an "
+                "oversubscribed machine)"})
 
 
 @dataclass
@@ -101,19 +136,14 @@ class TrackerConfig:
     preprocess: Any = field(default=None)  # PreprocessConfig (or its dict form)
 
     def __post_init__(self):
-        cls = _preprocess_cls()
-        if cls is not None:
-            if self.preprocess is None:
-                self.preprocess = cls()
-            elif isinstance(self.preprocess, dict):
-                names = {f.name for f in dataclasses.fields(cls)}
-                unknown = set(self.preprocess) - names
-                if unknown:
-                    raise UserError(f"unknown preprocess config keys: {sorted(unknown)}",
-                                    f"valid keys: {sorted(names)}")
-                self.preprocess = cls(**self.preprocess)
-        elif self.preprocess is None:
-            self.preprocess = {}
+        if self.preprocess is None:
+            self.preprocess = PreprocessConfig()
+        elif isinstance(self.preprocess, dict):
+            names = {f.name for f in dataclasses.fields(PreprocessConfig)}
+            unknown = set(self.preprocess) - names
+            if unknown:
+                raise UserError(f"unknown preprocess config keys: {sorted(unknown)}", f"valid keys: {sorted(names)}")
+            self.preprocess = PreprocessConfig(**self.preprocess)
         if isinstance(self.resolution, list):
             self.resolution = tuple(self.resolution)
         if self.occlusion not in ("fb", "anchors"):
@@ -127,6 +157,29 @@ class TrackerConfig:
         return dataclasses.replace(self, **kw)
 
 
+@dataclass
+class FlowTrackerConfig:
+    """The ``flow`` baseline (``tracker/baselines.py``): chained flow at the video's own resolution."""
+
+    flow: str = "dis"              # "dis" | "raft"
+    dis_preset: str = "medium"
+    dis_finest_scale: int | None = 0  # full-resolution last level: BADJA delta_3px 10.6 vs 6.6 (docs)
+    raft_weights: str | None = None
+    fb_threshold: float = 1.5      # px at the original resolution
+    device: str = "cpu"
+
+
+@dataclass
+class FeatureTrackerConfig:
+    """The ``features`` baseline (``tracker/baselines.py``): nearest neighbour of the query feature."""
+
+    window: int = 2                # soft-argmax over (2*window+1)^2 cells around the best cell
+    temperature: float = 0.02      # softmax temperature on cosines inside the window
+    visible_threshold: float = 0.5  # cosine below this -> occluded
+    query_sampling: str = "nearest"  # query feature of the nearest cell ("bilinear": blend of 4 cells)
+    chunk_points: int = 64
+
+
 # a direct-flow window longer than any clip: the reference checks every later frame (O(T^2) flows)
 EVERY_LATER_FRAME = 1_000_000
 
@@ -135,18 +188,14 @@ def _paper_preprocess():
     """The reference's preprocessing: trajectories from every pixel, the direct-flow filter against every
     later frame, best buddies for every frame pair (computed when the trainer draws the pair, with the
     same rule; the reference precomputes all T(T-1) of them)."""
-    cls = _preprocess_cls()
-    if cls is None:
-        return None
-    return cls(traj_stride=1, direct_window=EVERY_LATER_FRAME, bb_on_demand=True)
+    return PreprocessConfig(traj_stride=1, direct_window=EVERY_LATER_FRAME, bb_on_demand=True)
 
 
 def _fast_preprocess():
     """CPU preprocessing (PreprocessConfig defaults: stride-2 trajectories, 8-frame direct window) with
     best buddies for every pair the trainer draws: the precomputed 100-pair subset left ~92 % of the
     drawn pairs without supervision (README, "Differences from the original")."""
-    cls = _preprocess_cls()
-    return None if cls is None else cls(bb_on_demand=True)
+    return PreprocessConfig(bb_on_demand=True)
 
 
 def preset(name: str, **overrides) -> TrackerConfig:
@@ -207,3 +256,9 @@ def preprocess_at(cfg: TrackerConfig, input_h: int):
         return pre
     return dataclasses.replace(pre, **{k: scaled_px(getattr(pre, k), input_h) for k in PREPROCESS_PX_FIELDS
                                       if hasattr(pre, k)})
+
+
+def train_switch(cfg: TrackerConfig) -> int:
+    """The iteration from which the cycle / refined best-buddy losses are on (``cfg.iterations`` if never)."""
+    on = [a for a, lam in ((cfg.cyc_after, cfg.lambda_cyc), (cfg.rbb_after, cfg.lambda_rbb)) if lam]
+    return int(min([cfg.iterations] + [max(0, a) for a in on]))

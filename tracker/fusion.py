@@ -54,8 +54,10 @@ from tqdm.auto import tqdm
 from cosettle.io.tracks import TrackResult
 
 from .api import Tracker
+from .baselines import _as_frames
 from .preprocess.flow import inside, make_flow_estimator, sample_flow
 from .preprocess.masks import points_on_mask
+from .registry import register_tracker
 
 log = logging.getLogger(__name__)
 
@@ -261,8 +263,6 @@ class FlowGuidedTracker(Tracker):
     name = "dino-flow"
 
     def fit(self, video, masks=None) -> "FlowGuidedTracker":
-        from .baselines import _as_frames
-
         super().fit(video, masks)
         self._frames = _as_frames(video)  # original resolution: flow is pixel-precise there
         return self
@@ -301,3 +301,9 @@ class FlowGuidedTracker(Tracker):
         self.timings["fusion"] = self.timings.get("fusion", 0.0) + self.fusion_stats.seconds
         log.info("flow+dino fusion: %s", self.fusion_stats.to_dict())
         return TrackResult(tracks, vis, conf, res.queries, res.names)
+
+
+@register_tracker("dino-flow", summary="DINO-Tracker fused with optical flow, the default (trains per video: "
+                  "~8 min on 2 CPU cores with the fast preset)", needs_backend=True, dino_config=True, rank=10)
+def _build_dino_flow(backend, config, progress, **kwargs) -> FlowGuidedTracker:
+    return FlowGuidedTracker(backend, config, progress=progress, **kwargs)

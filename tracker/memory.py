@@ -26,6 +26,10 @@ import math
 import os
 
 from cosettle.errors import UserError
+from cosettle.provenance import peak_rss_mb
+
+from .config import PreprocessConfig, train_switch
+from .resolution import work_backend
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +50,6 @@ def current_rss_mb() -> float:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB
     except (OSError, ValueError, IndexError):
-        from cosettle.provenance import peak_rss_mb
-
         return peak_rss_mb()
 
 
@@ -68,20 +70,13 @@ def available_mb() -> float | None:
 
 
 def _work_geometry(backend, cfg, image_h: int, image_w: int):
-    from .api import with_resolution
-
-    res = cfg.resolution
-    if isinstance(res, int) and min(image_h, image_w) <= res:
-        res = None
-    b = with_resolution(backend, res) if cfg.resolution is not None else backend
+    b = work_backend(backend, cfg.resolution, image_h, image_w)
     return b.geometry(image_h, image_w), int(b.feat_dim)
 
 
 def estimate_peak_memory(num_frames: int, image_h: int, image_w: int, backend, cfg, num_queries: int = 0,
                          base_mb: float | None = None) -> dict:
     """Estimated peak RSS (MB) of ``Tracker(backend, cfg).fit`` + ``track`` on a T x H0 x W0 video."""
-    from .preprocess.pipeline import PreprocessConfig
-
     T = int(num_frames)
     g, C = _work_geometry(backend, cfg, image_h, image_w)
     pre = cfg.preprocess if isinstance(cfg.preprocess, PreprocessConfig) else PreprocessConfig(**(cfg.preprocess or {}))
@@ -194,27 +189,9 @@ def time_plan(num_frames: int, image_h: int, image_w: int, backend, cfg, tracker
     return plan
 
 
-def train_switch(cfg) -> int:
-    """The iteration from which the cycle / refined best-buddy losses are on (``cfg.iterations`` if never)."""
-    on = [a for a, lam in ((cfg.cyc_after, cfg.lambda_cyc), (cfg.rbb_after, cfg.lambda_rbb)) if lam]
-    return int(min([cfg.iterations] + [max(0, a) for a in on]))
-
-
 def estimate_time(num_frames: int, image_h: int, image_w: int, backend, cfg, tracker: str = "dino") -> dict:
     """Prior seconds per stage and in total (see ``STAGE_RATES``): the first, rough estimate."""
     out = {k: u * r for k, (u, r) in time_plan(num_frames, image_h, image_w, backend, cfg, tracker).items()}
     out["total"] = sum(out.values())
     return {k: round(v, 1) for k, v in out.items()}
 
-
-def stage_done(stage: str, seconds: float, cached: bool = False) -> str | None:
-    """Report a finished stage to the run's time-left estimate (no-op without ``tracker.eta.begin_run``)."""
-    from .eta import stage_finish
-
-    return stage_finish(stage, seconds, cached)
-
-
-def stage_started(stage: str) -> None:
-    from .eta import stage_begin
-
-    stage_begin(stage)

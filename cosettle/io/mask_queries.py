@@ -13,36 +13,22 @@ excluded) or, for label / palette masks whose values stay below 128, when > 0.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from ..errors import UserError
+from .masks import read_mask
 from .queries import Queries, grid_queries
 
 
 def load_mask(path, height: int, width: int, flag: str = "--grid-mask") -> np.ndarray:
-    """(H, W) bool mask from an image file, checked against the video's size."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{flag} {path}: file not found", "pass a png mask of the query frame")
-    try:
-        m = np.asarray(iio.imread(path))
-    except Exception as err:  # imageio raises many types for a non-image
-        raise UserError(f"{flag} {path} is not a readable image ({type(err).__name__})",
-                        "pass a png mask (object pixels non-zero)") from None
-    if m.ndim == 3:
-        m = m[..., :3].max(axis=-1) if m.shape[-1] >= 3 else m[..., 0]
-    m = m.astype(np.int64) if m.dtype == bool else m
+    """(H, W) bool mask from an image file (the rule of ``cosettle.io.masks``), checked against the video's size."""
+    m = read_mask(path, flag)
     if m.shape != (height, width):
         raise UserError(f"{flag} {path} is {m.shape[0]}x{m.shape[1]} (HxW), the video is {height}x{width}",
                         "use a mask of the video's size")
-    out = m > (127 if m.max() > 127 else 0)
-    if not out.any():
+    if not m.any():
         raise UserError(f"{flag} {path} is empty (no object pixel)", "pass a mask with the object set")
-    return out
+    return m
 
 
 def mask_grid_queries(mask: np.ndarray, grid_size: int, frame: int = 0) -> Queries:

@@ -16,10 +16,14 @@ Why each rule (from users reading the old overlay wrongly):
 """
 from __future__ import annotations
 
+import colorsys
 import os
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_path
+from .video import write_video
 
 STYLES = ("trails", "rainbow")
 JUMP_FACTOR = 4.0      # a step > 4x the point's median step ...
@@ -47,13 +51,15 @@ def trail_breaks(tracks: np.ndarray, size_hw: tuple[int, int], factor: float = J
     return out
 
 
+def point_colors(n: int) -> np.ndarray:
+    """Distinct RGB colours (HSV wheel, golden-ratio steps), deterministic."""
+    return (np.array([colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.85, 1.0) for i in range(max(n, 1))])
+            * 255).astype(np.uint8)[:n]
+
+
 def style_colors(result, style: str, size_hw: tuple[int, int]) -> np.ndarray:
     """(N, 3) uint8 RGB. trails: distinct hues by point index; rainbow: hue by query position (rows of
     a grid run red -> violet top to bottom, shifting along each row)."""
-    import colorsys
-
-    from .tracks import point_colors
-
     n = result.num_points
     if style != "rainbow" or n == 0:
         return point_colors(n)
@@ -234,15 +240,12 @@ def overlay_still(video, result, style: str = "trails", trail: int = 10) -> np.n
 
 def write_overlay(path: str | os.PathLike, video, result, fps: float, trail: int = 10,
                   style: str = "trails") -> Path:
-    from .video import write_video
-
     return write_video(path, draw_overlay_frames(video, result, trail, style), fps)
 
 
 def write_still(path: str | os.PathLike, video, result, style: str = "trails") -> Path:
     import imageio.v3 as iio
 
-    from .atomic import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

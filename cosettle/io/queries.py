@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .atomic import write_json
 
 
 @dataclass
@@ -145,7 +146,5 @@ def grid_queries(height: int, width: int, grid_size: int, frame: int = 0,
 
 
 def save_queries_json(path: str | os.PathLike, q: Queries) -> None:
-    from .atomic import write_json
-
     write_json(path, {"points": [{"frame": int(t), "x": float(x), "y": float(y), "name": n}
                                  for (t, x, y), n in zip(q.txy, q.names)]})

@@ -91,26 +91,3 @@ def load_tracks(path: str | os.PathLike) -> tuple[TrackResult, dict[str, Any]]:
         info = {"fps": float(z["fps"]), "size_hw": tuple(int(v) for v in z["size_hw"]),
                 "metadata": json.loads(str(z["metadata"]))}
     return res, info
-
-
-def point_colors(n: int) -> np.ndarray:
-    """Distinct RGB colours (HSV wheel), deterministic."""
-    import colorsys
-
-    return (np.array([colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.85, 1.0) for i in range(max(n, 1))])
-            * 255).astype(np.uint8)[:n]
-
-
-def draw_overlay_frames(video, result: TrackResult, trail: int = 10, radius: int | None = None,
-                        style: str = "trails"):
-    """Frames with the tracks drawn; see ``cosettle.io.overlay`` (the rules and styles live there)."""
-    from .overlay import draw_overlay_frames as draw
-
-    return draw(video, result, trail, style, radius)
-
-
-def write_overlay(path: str | os.PathLike, video, result: TrackResult, fps: float, trail: int = 10,
-                  style: str = "trails") -> Path:
-    from .overlay import write_overlay as write
-
-    return write(path, video, result, fps, trail, style)

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UserError
-from .atomic import atomic_path
+from .atomic import _os_error, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +216,6 @@ def write_video(path: str | os.PathLike, frames, fps: float) -> Path:
         try:
             n = _write_gif(tmp, frames, fps) if path.suffix.lower() == ".gif" else _write_mp4(tmp, frames, fps)
         except OSError as err:
-            from .atomic import _os_error
-
             raise _os_error(err, path) from None
         except RuntimeError as err:  # ffmpeg exited with an error status
             raise UserError(f"writing {path.name} failed: {str(err).strip().splitlines()[-1][:160]}",

@@ -24,14 +24,18 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..config import to_dict
-from ..data import ClipPairDataset, ResumableSampler, discover_clips
+from ..backends.registry import load_backend
+from ..backends.timm_vit import TimmViTBackend
+from ..config import dump_yaml, to_dict
+from ..data import IMAGENET_MEAN, IMAGENET_STD, ClipPairDataset, ResumableSampler, discover_clips
 from ..errors import UserError
 from ..io.atomic import atomic_path, write_json
 from ..losses import LossConfig, cosettle_loss
 from ..pea import PEA
 from ..projector import Projector
 from ..projector_io import save_projector
+from ..provenance import write_run_info
+from ..released import ensure_registered
 from .config import TrainConfig
 from .dist import DistContext, all_reduce_mean, barrier, cleanup, init_distributed
 from .optim import absolute_lr, build_optimizer, lr_at, set_lr
@@ -47,8 +51,6 @@ def build_encoder(cfg: TrainConfig, device: torch.device):
     """The frozen encoder: any FeatureBackend. The trainer only uses its small interface:
     ``forward_tokens(x, position_transform=...)``, ``position_encoding``, ``token_metadata()``,
     ``autocast()`` / ``autocast_dtype()``, ``input_size()``, ``mean``/``std``."""
-    from ..backends.registry import load_backend
-
     kw: dict[str, Any] = dict(layer=cfg.layer, norm=cfg.norm, device=device, precision=cfg.precision,
                               seed=cfg.seed)
     if cfg.weights is not None:
@@ -59,7 +61,6 @@ def build_encoder(cfg: TrainConfig, device: torch.device):
         raise UserError(f"cannot train a projector on the projected backend {cfg.backend!r}",
                         "train on its base backend (the name before '+')")
     if cfg.backend.startswith("timm:"):  # e.g. an imported released encoder (cosettle_vit_...)
-        from ..released import ensure_registered
 
         ensure_registered(cfg.backend[len("timm:"):])
     if cfg.backend == "dsift":
@@ -76,9 +77,6 @@ def build_encoder(cfg: TrainConfig, device: torch.device):
 def input_normalization(cfg: TrainConfig, encoder) -> tuple[tuple, tuple]:
     """(mean, std) for the training frames: the authors use ImageNet stats for every (ViT) encoder;
     other backends get their own (dsift expects raw [0, 1] RGB, mean 0 / std 1)."""
-    from ..backends.timm_vit import TimmViTBackend
-    from ..data import IMAGENET_MEAN, IMAGENET_STD
-
     mode = cfg.normalize
     if mode == "auto":
         mode = "imagenet" if isinstance(encoder, TimmViTBackend) else "backend"
@@ -274,8 +272,6 @@ class Trainer:
                 log.info("resumed from %s at step %d (epoch %d, batch %d)", last, self.step, start_epoch, start_batch)
         if self.ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            from ..config import dump_yaml
-            from ..provenance import write_run_info
 
             self._trim_log(self.step)
             dump_yaml(cfg, self.out / "config.yaml")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..preprocess.best_buddies import mutual_nn as mutual_nn_sets
+
 
 def huber(e: torch.Tensor, delta: float) -> torch.Tensor:
     a = e.abs()
@@ -83,8 +85,6 @@ def mutual_nn(map_s: torch.Tensor, map_t: torch.Tensor):
 
     Returns (idx_s (K,), idx_t (K,), affinity (K,)) with flat cell indices.
     """
-    from ..preprocess.best_buddies import mutual_nn as mutual_nn_sets
-
     with torch.no_grad():
         idx_s, idx_t, aff, _ = mutual_nn_sets(map_s.reshape(map_s.shape[0], -1).t(),
                                               map_t.reshape(map_t.shape[0], -1).t())

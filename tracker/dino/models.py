@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 from cosettle.geometry import Geometry
 
+from .sampling import cost_volumes
+
 
 class BlurPool2d(nn.Module):
     """Anti-aliased stride-2 down-sampling: depthwise [1,3,3,1]^T[1,3,3,1]/64, reflect pad (1,2,1,2).
@@ -182,6 +184,4 @@ class DinoTrackerModel(nn.Module):
     def predict(self, src: torch.Tensor, maps_n: torch.Tensor, tgt_idx: torch.Tensor,
                 geometry: Geometry) -> torch.Tensor:
         """Source features (B,C) tracked into maps_n[tgt_idx] (normalised maps) -> (B,2) input px."""
-        from .sampling import cost_volumes
-
         return self.head(cost_volumes(src, maps_n, tgt_idx), geometry)

@@ -22,11 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cosettle.hashing import checksum_path, verify_checksum, write_checksum
-from cosettle.io.atomic import atomic_path
+from cosettle.hashing import verify_checksum
+from cosettle.io.atomic import write_json
+from cosettle.io.verified import load_verified, remove_verified, save_verified
 
+from .. import eta
+from ..config import TrackerConfig, scaled_px, train_switch
 from . import losses as L
-from ..config import TrackerConfig, scaled_px
 from .models import DinoTrackerModel
 from .sampler import TrajectorySampler
 from .sampling import l2n, sample_frames, sample_points
@@ -64,26 +66,22 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
         if why is None:
             return path
         log.warning("checkpoint %s is unusable (%s); falling back to an older one", path, why)
-        path.unlink(missing_ok=True)
-        checksum_path(path).unlink(missing_ok=True)
+        remove_verified(path)
     return None
 
 
 def _save(path: Path, model, opt, it: int, rng: np.random.Generator) -> None:
     state = {"model": model.state_dict(), "opt": opt.state_dict(), "iteration": it,
              "np_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state()}
-    checksum_path(path).unlink(missing_ok=True)  # never a stale checksum beside a new file
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    write_checksum(path)  # written last: a checkpoint without one is treated as incomplete
+    save_verified(state, path)  # a checkpoint without its checksum is treated as incomplete
 
 
 def load_checkpoint(path: Path) -> dict:
     """Read a checkpoint after verifying its checksum (ValueError if it does not match)."""
-    why = verify_checksum(path)
-    if why is not None:
-        raise ValueError(f"checkpoint {path}: {why}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return load_verified(path)
+    except ValueError as err:
+        raise ValueError(f"checkpoint {path}: {err}") from None
 
 
 @dataclass
@@ -109,8 +107,6 @@ class Coverage:
                 self.active[k] = self.active.get(k, 0) + 1
 
     def save(self, path: Path, iteration: int) -> None:
-        from cosettle.io.atomic import write_json
-
         write_json(path, {"iteration": iteration, **asdict(self)})
 
     @classmethod
@@ -176,8 +172,7 @@ class Trainer:
             except Exception as err:  # passes its checksum but torch refuses it (a foreign file)
                 log.warning("checkpoint %s does not load (%s: %s); falling back to an older one", path,
                             type(err).__name__, str(err).splitlines()[0][:120])
-                path.unlink(missing_ok=True)
-                checksum_path(path).unlink(missing_ok=True)
+                remove_verified(path)
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["opt"])
         self.rng.bit_generator.state = json.loads(st["np_rng"])
@@ -193,8 +188,7 @@ class Trainer:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         _save(self.ckpt_dir / f"ckpt_{it:07d}.pt", self.model, self.opt, it, self.rng)
         for old in sorted(self.ckpt_dir.glob("ckpt_*.pt"))[:-2]:  # keep the last two
-            old.unlink(missing_ok=True)
-            checksum_path(old).unlink(missing_ok=True)
+            remove_verified(old)
         self.coverage.save(self.ckpt_dir / "coverage.json", it)
 
     # -- one iteration -------------------------------------------------------------------------
@@ -347,14 +341,12 @@ class Trainer:
         start = self.resume()
         if start == 0 and self.ckpt_dir is not None and c.iterations > 0:
             self.save(0)
-        from .. import eta
 
         bar = tqdm(total=c.iterations, initial=start, desc="train", unit="it", disable=not progress,
                    leave=False)
         t0 = time.perf_counter()
         # the time-left estimate counts only the iterations left after a resume, timed one by one, in two
         # stages: before and after the cycle / refined best-buddy losses start (dearer iterations)
-        from ..memory import train_switch
 
         switch = train_switch(c)
 

@@ -34,6 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from cosettle.geometry import Geometry
+from cosettle.io.atomic import atomic_path
+
+from .trajectory_store import as_store
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +135,6 @@ class NearestTrajectory:
     """
 
     def __init__(self, traj, cells_xy: np.ndarray, max_frames: int = 256):
-        from .trajectory_store import as_store
-
         self.store = None if traj is None else as_store(traj)
         self.cells = cells_xy.reshape(-1, 2)
         self.max_frames = int(max_frames)
@@ -324,8 +325,6 @@ class BestBuddyProvider:
 
 def save_best_buddies(path, bb: dict) -> None:
     """One npz: ``pairs`` (P, 2), ``offsets`` (P+1,), and concatenated src/dst/cos/r. Atomic."""
-    from cosettle.io.atomic import atomic_path
-
     keys = sorted(bb)
     sizes = [len(bb[k]["cos"]) for k in keys]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)

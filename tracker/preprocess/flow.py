@@ -21,6 +21,9 @@ import numpy as np
 
 from cosettle.errors import UserError
 
+from .. import eta
+from .lazy_array import NpyWriter
+
 log = logging.getLogger(__name__)
 
 DIS_PRESETS = {"ultrafast": 0, "fast": 1, "medium": 2}
@@ -234,10 +237,8 @@ def write_consecutive_flows(frames, estimator: FlowEstimator, fwd_path, bwd_path
     """
     from tqdm.auto import tqdm
 
-    from .lazy_array import NpyWriter
 
     n = len(frames)
-    from .. import eta
 
     h, w = np.asarray(frames[0]).shape[:2]
     shape = (max(n - 1, 0), h, w, 2)

@@ -34,20 +34,25 @@ import torch.nn.functional as F
 from cosettle.errors import UserError
 from cosettle.geometry import Geometry
 from cosettle.io.atomic import atomic_path
+from cosettle.io.masks import foreground
+
+from .trajectory_store import as_store
 
 log = logging.getLogger(__name__)
 
-MASK_EXTS = {".png", ".jpg", ".jpeg", ".bmp"}
 MOTION_WINDOW = 8     # longest span (frames) over which motion masks chain the flows
 MIN_AUTO_FG = 0.02    # automatic masks below this share of the frame get a warning naming --masks
 GROW_BELOW_FG = 0.05  # motion masks below this share retry with a doubled window (slow movers)
 
 
 def check_masks(masks, num_frames: int, height: int, width: int) -> np.ndarray:
-    """User masks (T, H, W) (any dtype; > 0 = foreground) -> bool; UserError on a shape mismatch."""
+    """User masks (T, H, W[, C]) -> bool by the project's one mask rule (``cosettle.io.masks``); UserError on a
+    shape mismatch."""
     m = np.asarray(masks)
-    if m.ndim == 4 and m.shape[-1] in (1, 3, 4):
-        m = m[..., 0] if m.shape[-1] == 1 else m[..., :3].max(-1)
+    if m.ndim == 4 and m.shape[-1] == 1:
+        m = m[..., 0]
+    if m.ndim == 4 and m.shape[-1] in (3, 4):
+        m = m[..., :3].max(-1)
     if m.ndim != 3:
         raise UserError(f"masks must be (T, H, W), got shape {m.shape}")
     if m.shape[0] != num_frames:
@@ -56,30 +61,7 @@ def check_masks(masks, num_frames: int, height: int, width: int) -> np.ndarray:
     if m.shape[1:] != (height, width):
         raise UserError(f"masks are {m.shape[1]}x{m.shape[2]} (HxW), the video is {height}x{width}",
                         "masks must have the video's size")
-    return m > 0
-
-
-def load_mask_folder(folder, num_frames: int, height: int, width: int) -> np.ndarray:
-    """Read one mask image per frame (sorted by filename; any value > 0 = foreground)."""
-    import imageio.v3 as iio
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"mask folder not found: {folder}", "check --masks")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in MASK_EXTS and not p.name.startswith("."))
-    if len(files) != num_frames:
-        raise UserError(f"mask folder {folder} has {len(files)} images, the video {num_frames} frames",
-                        "give one mask per frame")
-    out = np.zeros((num_frames, height, width), bool)
-    for i, f in enumerate(files):
-        img = np.asarray(iio.imread(f))
-        if img.ndim == 3:
-            img = img[..., :3].max(-1)
-        if img.shape != (height, width):
-            raise UserError(f"mask {f} is {img.shape[0]}x{img.shape[1]} (HxW), the video is {height}x{width}",
-                            "masks must have the video's size")
-        out[i] = img > 0
-    return out
+    return foreground(m)
 
 
 def resize_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -314,8 +296,6 @@ def trajectory_foreground(traj, masks: np.ndarray) -> np.ndarray:
 
     ``traj``: a :class:`~tracker.preprocess.trajectory_store.TrajectoryStore` or a dense (N, T, 2) NaN array.
     """
-    from .trajectory_store import as_store
-
     store = as_store(traj)
     if len(store) == 0:
         return np.zeros(0, bool)

@@ -30,6 +30,8 @@ from cosettle.geometry import Geometry
 from cosettle.hashing import array_digest, file_digest, json_digest
 from cosettle.provenance import peak_rss_mb
 
+from .. import eta
+from ..config import PreprocessConfig
 from . import best_buddies as bbm
 from .flow import make_flow_estimator, write_consecutive_flows
 from .lazy_array import NpyArray, NpyWriter
@@ -41,50 +43,6 @@ log = logging.getLogger(__name__)
 
 STAGES = ("frames", "features", "flows", "masks", "trajectories", "trajectories_nodirect", "best_buddies")
 MASK_SOURCES = ("auto", "user", "saliency", "motion")
-
-
-@dataclass
-class PreprocessConfig:
-    """Defaults are DINO-Tracker's where they apply; CPU-motivated deviations are marked."""
-
-    flow: str = field(default="dis", metadata={"help": "optical flow: dis (OpenCV, no weights) | raft"})
-    dis_preset: str = field(default="medium", metadata={"help": "DIS preset: ultrafast|fast|medium"})
-    dis_finest_scale: int | None = field(default=None, metadata={
-        "help": "DIS finest pyramid level (None = preset's, 0 = full resolution, slower)"})
-    raft_weights: str | None = field(default=None, metadata={"help": "local raft_large weights file"})
-    fb_threshold: float = field(default=1.5, metadata={"help": "forward-backward consistency, px"})
-    direct_threshold: float = field(default=2.5, metadata={"help": "direct-flow filter, px"})
-    direct_window: int = field(default=8, metadata={
-        "help": "direct flows s->s+2..s+window (reference: every later frame, O(T^2)); <2 disables"})
-    min_traj_len: int = 2
-    traj_stride: int = field(default=2, metadata={
-        "help": "seed trajectories on a stride-s pixel lattice (reference: 1 = every pixel)"})
-    mask_source: str = field(default="auto", metadata={
-        "help": "foreground masks: auto (the user's if given, else saliency for a DINO ViT backend and "
-                "motion for any other) | user (required) | saliency (PCA of the features) | motion (flow "
-                "residual to the dominant motion); saliency/motion replace given masks"})
-    fg_threshold: float = field(default=0.6, metadata={"help": "PCA saliency threshold"})
-    motion_threshold: float = field(default=3.0, metadata={
-        "help": "motion masks: flow residual > this x the frame's median residual (and > 0.5 % of the "
-                "frame diagonal) = foreground"})
-    bb_box: int = field(default=30, metadata={"help": "NMS half box size, work px"})
-    bb_iou: float = 0.2
-    bb_topk: int = 400
-    bb_max_pairs: int = field(default=100, metadata={
-        "help": "best buddies on at most this many unordered frame pairs, seeded (0 = all T(T-1)/2)"})
-    bb_window: int = field(default=0, metadata={"help": "best-buddy pairs only within this many frames (0 = any)"})
-    bb_flow_filter: bool = True
-    bb_on_demand: bool = field(default=False, metadata={
-        "help": "best buddies of every frame pair the trainer draws, computed when first drawn (LRU cache, "
-                "bounded memory) instead of the precomputed bb_max_pairs subset; the stage is skipped"})
-    bb_cache_pairs: int = field(default=512, metadata={"help": "on-demand best buddies: LRU cache size, pairs"})
-    seed: int = 0
-    device: str = "cpu"
-    feature_chunk: int | None = field(default=2, metadata={
-        "help": "frames per backend forward pass (memory vs speed; None = the backend's default)"})
-    threads: int | None = field(default=None, metadata={
-        "help": "torch CPU threads while preprocessing (None = leave as is; 1 is 3-5x faster on an "
-                "oversubscribed machine)"})
 
 
 @dataclass
@@ -210,11 +168,9 @@ class _ReportingCache(StageCache):
     """StageCache whose stages are reported to the run's time-left estimate (``tracker.eta``)."""
 
     def run(self, name, fields, compute, load):
-        from ..memory import stage_done, stage_started
-
-        stage_started(name)
+        eta.stage_begin(name)
         result, info = super().run(name, fields, compute, load)
-        stage_done(name, info.get("seconds", 0.0), bool(info.get("cached")))
+        eta.stage_finish(name, info.get("seconds", 0.0), bool(info.get("cached")))
         return result, info
 
 

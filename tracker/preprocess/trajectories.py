@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import eta
 from .flow import FlowEstimator, fb_consistency, inside, sample_flow, step_points
 from .trajectory_store import TrajectoryStore, as_store
 
@@ -103,7 +104,6 @@ def chain_trajectories(fwd, bwd, frames=None, estimator: FlowEstimator | None = 
     bar = tqdm(range(T), desc="trajectories" + (" (direct filter)" if direct else ""), unit="frame",
                disable=not progress, leave=False)
     next_id = 0
-    from .. import eta
 
     eta_stage = "trajectories" if use_direct else "trajectories_nodirect"  # the preprocessing stage name
     for t in bar:

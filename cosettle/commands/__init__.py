@@ -1,0 +1,1 @@
+"""cosettle's command-line tools (console entry points in pyproject.toml)."""

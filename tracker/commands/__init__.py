@@ -1,0 +1,1 @@
+"""The tracker's command-line tools (console entry points in pyproject.toml)."""
