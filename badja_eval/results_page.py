@@ -243,8 +243,7 @@ def _command(info: dict, spec: TableSpec, seed: Any, folder: Path, data_root: st
     parts = cmd.split(" ", 1)
     if parts[0].endswith("badja_eval/run.py"):  # absolute path of the -m module or the script
         parts[0] = "badja_eval/run.py"
-    env = " ".join(f"{k}={v}" for k, v in spec.env.items())
-    return (env + " " if env else "") + "python " + " ".join(parts)
+    return "python " + " ".join(parts)
 
 
 def render_table(spec: TableSpec, folders: list[Path], head: str, data_root: str | None) -> str:
@@ -269,6 +268,8 @@ def render_table(spec: TableSpec, folders: list[Path], head: str, data_root: str
     for seed, folder, info in zip(spec.seeds or [None], folders, infos):
         lines.append(_command(info, spec, seed, folder, data_root))
     lines += ["```", ""]
+    if spec.env:
+        lines += ["(`--run` runs these with " + " ".join(f"`{k}={v}`" for k, v in spec.env.items()) + ".)", ""]
     shown = [k for k in ROW_KEYS if len({r["key"][ROW_KEYS.index(k)] for r in rows}) > 1 or k != "backend"]
     head_cells = shown + [HEADERS.get(c, c) for c in spec.columns]
     lines.append("| " + " | ".join(head_cells) + " |")
