@@ -182,3 +182,13 @@ def test_run_makes_a_tiny_synthetic_table(tmp_path):
     assert f"OpenCV {info['opencv']}" in page and "torch threads 1" in page
     assert "python badja_eval/run.py --benchmark synthetic" in page and "`OMP_NUM_THREADS=1`" in page
     print(f"--run tiny synthetic: {time.time() - t0:.1f} s")
+
+
+def test_run_info_records_opencv():
+    """Every output's run_info.json names the OpenCV version (DIS flow, hence every flow number, depends
+    on it); the results page stamps it."""
+    import cv2
+
+    from cosettle.provenance import run_info
+
+    assert run_info()["opencv"] == cv2.__version__
