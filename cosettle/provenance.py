@@ -49,6 +49,14 @@ def run_info(extra: dict[str, Any] | None = None) -> dict[str, Any]:
         info["timm"] = timm.__version__
     except ImportError:  # pragma: no cover
         pass
+    try:
+        # imported here, not at module top: cv2 is heavy and provenance is imported by every CLI; DIS
+        # optical flow (and so every flow-based number) differs between OpenCV versions
+        import cv2
+
+        info["opencv"] = cv2.__version__
+    except ImportError:  # pragma: no cover - cv2 is a dependency; a missing one is simply not recorded
+        pass
     info.update(extra or {})
     return info
 

@@ -1,0 +1,351 @@
+"""docs/results.md, generated: result tables read from the evaluator's output folders, each stamped with
+the git SHA, versions, thread count, date and command that made it.
+
+    python scripts/make_results.py                     # read runs/<folder>/results.json + run_info.json
+    python scripts/make_results.py --run               # first run the evaluations whose folder is missing
+    python scripts/make_results.py --rerun             # run every evaluation again (old folders kept aside)
+    python scripts/make_results.py --runs-root /work/runs/results --data-root ../shared/data
+
+Why generated: hand-typed tables drift (the flow baseline moved with OpenCV 5.1.0 and the README kept the
+old numbers, with no versions beside them). Here every table carries the provenance its folders recorded,
+a version a folder did not record says "not recorded", and a table made at another commit than the one
+the page was generated at says so -- "current" only when no code under ``cosettle/``, ``tracker/`` or
+``badja_eval/`` changed in between -- so a reader can tell stale numbers from current ones.
+
+The manifest (``docs/results.yaml``) lists the tables: ``id``, ``title``, ``args`` (``badja_eval/run.py``
+arguments without ``--out``), ``out`` (the output folder relative to ``--runs-root``), optional ``seeds``
+(``{seed}`` in ``args``/``out`` expands to one folder per seed; the table then shows mean ± spread),
+optional ``env`` (e.g. ``OMP_NUM_THREADS: 1``), ``rows`` (``sequence``/``tracker``/``backend`` lists:
+which rows, in which order), ``columns`` (metric names) and an optional ``note``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cosettle.errors import UserError, cli_entry
+from cosettle.io.atomic import write_text
+from cosettle.provenance import REPO_ROOT, git_sha
+
+DEFAULT_MANIFEST = REPO_ROOT / "docs" / "results.yaml"
+DEFAULT_PAGE = REPO_ROOT / "docs" / "results.md"
+# folders whose change can move a number; a table made at an older commit with none of these changed since
+# is still current (docs-only commits do not make numbers stale)
+CODE_PATHS = ("cosettle", "tracker", "badja_eval", "pyproject.toml")
+# the provenance stamped beside every table: (label, run_info key)
+STAMP_FIELDS = (("torch", "torch"), ("timm", "timm"), ("OpenCV", "opencv"), ("numpy", "numpy"),
+                ("torch threads", "torch_threads"))
+NOT_RECORDED = "not recorded"
+HEADERS = {"delta_seg": "δseg", "delta_3px": "δ3px", "false_visible": "wrong-visible ↓", "visible": "visible",
+           "average_jaccard": "AJ", "average_pts_within_thresh": "δavg", "occlusion_accuracy": "OA",
+           "in_mask": "in-mask", "in_mask_all": "in-mask (all)", "jump": "jump ↓", "count": "entries"}
+ROW_KEYS = ("sequence", "tracker", "backend")
+
+
+@dataclass
+class TableSpec:
+    id: str
+    title: str
+    args: str
+    out: str
+    columns: list[str]
+    rows: dict[str, list[str]] = field(default_factory=dict)
+    seeds: list[Any] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+    def folders(self, runs_root: Path) -> list[Path]:
+        return [runs_root / self.out.format(seed=s) for s in (self.seeds or [None])]
+
+    def argv(self, seed: Any) -> list[str]:
+        return shlex.split(self.args.format(seed=seed))
+
+
+def load_manifest(path: str | os.PathLike) -> tuple[dict, list[TableSpec]]:
+    """-> (page settings, table specs); one-line UserError on a missing file or a malformed table."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise UserError(f"cannot read the manifest {path}: {err.strerror}", "pass --manifest FILE") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"{path} is not valid YAML ({err.__class__.__name__})", "fix the file") from None
+    specs = []
+    known = set(TableSpec.__dataclass_fields__)
+    for i, t in enumerate(doc.get("tables") or []):
+        missing = [k for k in ("id", "title", "args", "out", "columns") if k not in (t or {})]
+        unknown = sorted(set(t or {}) - known)
+        if missing or unknown:
+            what = f"lacks {', '.join(missing)}" if missing else f"has unknown keys {', '.join(unknown)}"
+            raise UserError(f"table {i + 1} of {path} {what}", f"keys: {', '.join(sorted(known))}")
+        bad = sorted(set(t.get("rows") or {}) - set(ROW_KEYS))
+        if bad:
+            raise UserError(f"table {t['id']}: rows may select {', '.join(ROW_KEYS)}, not {', '.join(bad)}",
+                            "fix docs/results.yaml")
+        specs.append(TableSpec(**{**t, "env": {k: str(v) for k, v in (t.get("env") or {}).items()}}))
+    if not specs:
+        raise UserError(f"{path} lists no tables", "add a 'tables:' list")
+    return {k: v for k, v in doc.items() if k != "tables"}, specs
+
+
+# ------------------------------------------------------------------------------------ running
+def eval_command(spec: TableSpec, seed: Any, folder: Path, data_root: str | None) -> list[str]:
+    argv = spec.argv(seed)
+    benchmark = argv[argv.index("--benchmark") + 1] if "--benchmark" in argv else "badja"
+    if data_root and "--data-root" not in argv and benchmark in ("badja", "davis-masks"):
+        argv += ["--data-root", str(data_root)]
+    return argv + ["--out", str(folder), "--quiet"]
+
+
+def run_evaluation(spec: TableSpec, seed: Any, folder: Path, data_root: str | None, rerun: bool) -> None:
+    """Run ``badja_eval/run.py`` for one folder, in a subprocess (its run_info.json then records the
+    evaluator's own command line, and its thread settings come from ``env``). ``rerun`` moves an existing
+    folder aside first: the evaluator resumes from its cache, so running into the old folder would reuse
+    every old result instead of measuring again."""
+    if rerun and folder.exists():
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        aside = folder.with_name(f"{folder.name}.old-{stamp}")
+        folder.rename(aside)
+        print(f"moved the previous {folder} to {aside}", file=sys.stderr)
+    cmd = [sys.executable, "-m", "badja_eval.run", *eval_command(spec, seed, folder, data_root)]
+    print(f"[{spec.id}] {shlex.join(cmd[1:])}", file=sys.stderr)
+    env = dict(os.environ, **spec.env)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env)
+    if proc.returncode != 0 or not (folder / "results.json").is_file():
+        raise UserError(f"table {spec.id}: the evaluation exited with status {proc.returncode} and wrote no "
+                        f"{folder / 'results.json'}", "see its messages above; re-run to resume")
+
+
+# ------------------------------------------------------------------------------------ reading
+def read_folder(folder: Path) -> tuple[dict, dict]:
+    """-> (results.json, run_info.json as a dict; {} when the folder has none)."""
+    try:
+        results = json.loads((folder / "results.json").read_text())
+    except OSError:
+        raise UserError(f"{folder} has no results.json",
+                        "run the evaluations with --run, or point --runs-root at the folder holding them") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{folder / 'results.json'} is not valid JSON ({err.msg})", "re-run with --rerun") from None
+    try:
+        info = json.loads((folder / "run_info.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        info = {}
+    return results, info
+
+
+def _num(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def aggregate(spec: TableSpec, results: list[dict], labels: list[str]) -> list[dict]:
+    """Rows selected by ``spec.rows`` (in its order); each metric -> list of values, one per folder."""
+    per_folder = []
+    for res, label in zip(results, labels):
+        per_folder.append({tuple(r.get(k, "-") for k in ROW_KEYS): r for r in res.get("rows", [])})
+    keys = list(per_folder[0])
+    wants = {k: [str(w) for w in spec.rows[k]] for k in ROW_KEYS if spec.rows.get(k)}
+    keys = [key for key in keys if all(key[ROW_KEYS.index(k)] in w for k, w in wants.items())]
+    # sequence outermost, then tracker, then backend; each in the manifest's order where it lists one,
+    # else in the order of results.json
+    order = {k: wants.get(k) or list(dict.fromkeys(key[i] for key in keys)) for i, k in enumerate(ROW_KEYS)}
+    keys.sort(key=lambda key: tuple(order[k].index(key[i]) for i, k in enumerate(ROW_KEYS)))
+    if not keys:
+        raise UserError(f"table {spec.id}: no row of {labels[0]} matches rows: {spec.rows}",
+                        "fix rows: in docs/results.yaml")
+    out = []
+    for key in keys:
+        row = {"key": key, "values": {}}
+        for res_rows, label in zip(per_folder, labels):
+            if key not in res_rows:
+                raise UserError(f"table {spec.id}: {label} has no row {'/'.join(key)}",
+                                "re-run that folder (--rerun) or fix rows: in docs/results.yaml")
+            for c in spec.columns:
+                row["values"].setdefault(c, []).append(_num(res_rows[key].get(c)))
+        out.append(row)
+    return out
+
+
+def fmt_values(vals: list[float], integer: bool = False) -> str:
+    """One folder: the value; several (seeds): mean ± sample standard deviation (n − 1). ``integer``
+    (entry counts): the value without decimals when every folder has the same."""
+    finite = [v for v in vals if not math.isnan(v)]
+    if not finite:
+        return "–"
+    if integer and len(set(vals)) == 1:
+        return f"{finite[0]:.0f}"
+    if len(vals) == 1:
+        return f"{finite[0]:.2f}"
+    if len(finite) < len(vals):
+        return f"{statistics.mean(finite):.2f} (n={len(finite)})"
+    return f"{statistics.mean(finite):.2f} ± {statistics.stdev(finite):.2f}"
+
+
+def _short(sha: str) -> str:
+    return sha[:7] + ("-dirty" if sha.endswith("-dirty") else "")
+
+
+def code_changed(sha: str, head: str) -> bool | None:
+    """Did anything under CODE_PATHS change between ``sha`` and ``head``? None when git cannot tell
+    (commit not in this checkout, no git)."""
+    base = sha.removesuffix("-dirty")
+    try:
+        p = subprocess.run(["git", "diff", "--quiet", base, head.removesuffix("-dirty"), "--", *CODE_PATHS],
+                           cwd=REPO_ROOT, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {0: False, 1: True}.get(p.returncode)
+
+
+def freshness(shas: list[str], head: str) -> str:
+    """The stale/current mark beside a table."""
+    marks = []
+    for sha in dict.fromkeys(shas):
+        if sha in ("", "unknown", NOT_RECORDED):
+            marks.append("**stale?** the commit was not recorded")
+            continue
+        dirty = " with uncommitted changes" if sha.endswith("-dirty") else ""
+        if sha.removesuffix("-dirty") == head.removesuffix("-dirty"):
+            marks.append(f"current: made at this page's commit{dirty}")
+            continue
+        changed = code_changed(sha, head)
+        if changed is False and not dirty:
+            marks.append(f"current: made at `{_short(sha)}`, no code changed since (only docs/scripts)")
+        elif changed is None:
+            marks.append(f"**stale?** made at `{_short(sha)}`{dirty}, a commit this checkout cannot compare")
+        else:
+            marks.append(f"**stale**: made at `{_short(sha)}`{dirty}, code changed since then "
+                         f"(this page: `{_short(head)}`)")
+    return "; ".join(marks)
+
+
+def _join(values: list) -> str:
+    vals = list(dict.fromkeys(NOT_RECORDED if v is None else str(v) for v in values))
+    return " / ".join(vals)
+
+
+def _command(info: dict, spec: TableSpec, seed: Any, folder: Path, data_root: str | None) -> str:
+    cmd = info.get("command")
+    if not cmd:
+        return "python badja_eval/run.py " + shlex.join(eval_command(spec, seed, folder, data_root)) + \
+            "  (from the manifest; the folder recorded no command)"
+    parts = cmd.split(" ", 1)
+    if parts[0].endswith("badja_eval/run.py"):  # absolute path of the -m module or the script
+        parts[0] = "badja_eval/run.py"
+    return "python " + " ".join(parts)
+
+
+def render_table(spec: TableSpec, folders: list[Path], head: str, data_root: str | None) -> str:
+    read = [read_folder(f) for f in folders]
+    results, infos = [r for r, _ in read], [i for _, i in read]
+    labels = [str(f) for f in folders]
+    rows = aggregate(spec, results, labels)
+    lines = [f"## {spec.title}", ""]
+    protocol = results[0].get("protocol")
+    if protocol:
+        lines += [f"Protocol: {protocol}", ""]
+    seeds = f"mean ± s.d. over seeds {', '.join(map(str, spec.seeds))}" if len(folders) > 1 else ""
+    shas = [str(i.get("git_sha") or NOT_RECORDED) for i in infos]
+    stamp = [f"git `{' / '.join(_short(s) if s != NOT_RECORDED else s for s in dict.fromkeys(shas))}` "
+             f"({freshness(shas, head)})"]
+    stamp += [f"{label} {_join([i.get(key) for i in infos])}" for label, key in STAMP_FIELDS]
+    dates = sorted({str(i.get("time_utc", NOT_RECORDED)).replace("T", " ").replace("+00:00", " UTC")
+                    for i in infos})
+    stamp.append(f"date {' / '.join(dates)}")
+    lines += ["**Made with** " + " · ".join(stamp) + ".", ""]
+    lines.append("```bash")
+    for seed, folder, info in zip(spec.seeds or [None], folders, infos):
+        lines.append(_command(info, spec, seed, folder, data_root))
+    lines += ["```", ""]
+    if spec.env:
+        lines += ["(`--run` runs these with " + " ".join(f"`{k}={v}`" for k, v in spec.env.items()) + ".)", ""]
+    shown = [k for k in ROW_KEYS if len({r["key"][ROW_KEYS.index(k)] for r in rows}) > 1 or k != "backend"]
+    head_cells = shown + [HEADERS.get(c, c) for c in spec.columns]
+    lines.append("| " + " | ".join(head_cells) + " |")
+    lines.append("|" + "---|" * len(head_cells))
+    for r in rows:
+        cells = [r["key"][ROW_KEYS.index(k)] for k in shown] + [fmt_values(r["values"][c], c == "count")
+                                                                  for c in spec.columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if seeds:
+        lines += [f"Values: {seeds} (sample standard deviation, n − 1; a tracker without a seed shows ± 0.00).",
+                  ""]
+    if spec.note:
+        lines += [spec.note.strip(), ""]
+    return "\n".join(lines)
+
+
+def render_page(settings: dict, specs: list[TableSpec], runs_root: Path, head: str,
+                data_root: str | None = None, manifest: str = "docs/results.yaml", link: str = "results.yaml") -> str:
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [f"# {settings.get('title', 'Results')}", "",
+             f"<!-- generated by scripts/make_results.py from {manifest}; edit the manifest, not this file -->",
+             "",
+             f"Generated {now} at git `{_short(head)}` by `python scripts/make_results.py` from "
+             f"[{Path(manifest).name}]({link}). Beside every table: the commit, versions, torch "
+             f"threads, date and exact command of the runs it was read from; a table made at another commit "
+             f"is marked **stale** when code under {', '.join(f'`{p}`' for p in CODE_PATHS)} changed since.",
+             ""]
+    if settings.get("intro"):
+        parts += [str(settings["intro"]).strip(), ""]
+    for spec in specs:
+        parts.append(render_table(spec, spec.folders(runs_root), head, data_root))
+    return "\n".join(parts).rstrip() + "\n"
+
+
+# ------------------------------------------------------------------------------------ CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="make_results.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", default=str(DEFAULT_MANIFEST), help="table list (default docs/results.yaml)")
+    p.add_argument("--out", default=str(DEFAULT_PAGE), help="the page to write (default docs/results.md)")
+    p.add_argument("--runs-root", default="runs", help="folder holding the evaluations' output folders (runs/)")
+    p.add_argument("--run", action="store_true", help="run the evaluations whose results.json is missing")
+    p.add_argument("--rerun", action="store_true", help="run every evaluation again (old folders moved aside)")
+    p.add_argument("--data-root", help="passed to badja_eval/run.py for BADJA / DAVIS tables that name none")
+    p.add_argument("--only", help="comma list of table ids to (re)run; the page always shows every table")
+    return p
+
+
+@cli_entry
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    settings, specs = load_manifest(args.manifest)
+    runs_root = Path(args.runs_root).resolve()
+    only = set(args.only.split(",")) if args.only else None
+    unknown = sorted((only or set()) - {s.id for s in specs})
+    if unknown:
+        raise UserError(f"--only names unknown tables {', '.join(unknown)}",
+                        f"ids: {', '.join(s.id for s in specs)}")
+    if args.run or args.rerun:
+        for spec in specs:
+            if only and spec.id not in only:
+                continue
+            for seed, folder in zip(spec.seeds or [None], spec.folders(runs_root)):
+                if args.rerun or not (folder / "results.json").is_file():
+                    run_evaluation(spec, seed, folder, args.data_root, rerun=args.rerun)
+    missing = [str(f) for s in specs for f in s.folders(runs_root) if not (f / "results.json").is_file()]
+    if missing:
+        raise UserError(f"no results.json in {', '.join(missing)}",
+                        "run them with --run, or point --runs-root at the folder holding them")
+    try:
+        manifest_name = str(Path(args.manifest).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        manifest_name = str(args.manifest)
+    link = os.path.relpath(Path(args.manifest).resolve(), Path(args.out).resolve().parent)
+    page = render_page(settings, specs, runs_root, git_sha(), args.data_root, manifest_name, link)
+    write_text(args.out, page)  # atomic: a temp file renamed over the page, never a half-written page
+    print(f"wrote {args.out} ({len(specs)} tables)")
+    return 0

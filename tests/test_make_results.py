@@ -1,0 +1,194 @@
+"""scripts/make_results.py (badja_eval/results_page.py): the generated results page shows the right numbers
+(mean ± s.d. over seed folders, computed by hand here), stamps versions and the commit beside every table,
+says "not recorded" for a version a folder lacks and "stale" for a table made at an older commit, and
+writes the page atomically. One test runs a tiny synthetic evaluation through --run."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from badja_eval import results_page as rp
+from cosettle.provenance import git_sha
+
+REPO = Path(__file__).resolve().parents[1]
+OLD_SHA = "0" * 40  # a commit that is not in this checkout: "stale?"
+
+
+def _rows(seq_vals: dict) -> list[dict]:
+    """{(sequence, tracker): (delta_seg, delta_3px)} -> results.json rows in the evaluator's format."""
+    rows = []
+    for (seq, tracker), (seg, px) in seq_vals.items():
+        rows.append({"sequence": seq, "tracker": tracker, "backend": "-" if tracker == "flow" else "dsift",
+                     "delta_seg": seg, "delta_3px": px, "false_visible": None, "visible": 50.0, "count": 151})
+    return rows
+
+
+def _folder(root: Path, name: str, rows: list[dict], info: dict | None) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({
+        "benchmark": "badja", "protocol": "BADJA: test protocol line", "metrics": ["delta_seg", "delta_3px"],
+        "note": "percentages", "rows": rows, "per_video": {}}))
+    if info is not None:
+        (d / "run_info.json").write_text(json.dumps(info))
+    return d
+
+
+def _info(sha: str, **kw) -> dict:
+    info = {"git_sha": sha, "time_utc": "2026-12-04T21:56:46+00:00", "command": "badja_eval/run.py --x 1",
+            "torch": "2.14.1", "torch_threads": 1, "numpy": "2.4.6", "timm": "1.0.31", "opencv": "5.1.0"}
+    info.update(kw)
+    return {k: v for k, v in info.items() if v is not None}
+
+
+def _manifest(path: Path, tables: list[dict]) -> Path:
+    path.write_text(yaml.safe_dump({"title": "Test results", "tables": tables}, allow_unicode=True))
+    return path
+
+
+def _make(argv) -> int:
+    with pytest.raises(SystemExit) as ei:
+        rp.main([str(a) for a in argv])
+    return ei.value.code
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """Three seed folders at the current commit (the third without an OpenCV version) and one single
+    folder made at a commit this checkout does not know."""
+    head = git_sha()
+    vals = [{("clip", "flow"): (40.0, 10.0), ("clip", "dino-flow"): (60.0, 14.0)},
+            {("clip", "flow"): (40.0, 10.0), ("clip", "dino-flow"): (62.0, 15.0)},
+            {("clip", "flow"): (40.0, 10.0), ("clip", "dino-flow"): (67.0, 19.0)}]
+    root = tmp_path / "runs"
+    for s, v in enumerate(vals):
+        _folder(root, f"seeded_s{s}", _rows(v), _info(head, opencv=None if s == 2 else "5.1.0"))
+    _folder(root, "old", _rows({("clip", "flow"): (39.74, 10.6)}), _info(OLD_SHA, timm=None))
+    man = _manifest(tmp_path / "results.yaml", [
+        {"id": "seeded", "title": "Seeded table", "args": "--trackers flow,dino-flow --tracker-args dino-flow.seed={seed}",
+         "out": "seeded_s{seed}", "seeds": [0, 1, 2], "rows": {"tracker": ["dino-flow", "flow"]},
+         "columns": ["delta_seg", "delta_3px", "count"]},
+        {"id": "old", "title": "Old table", "args": "--trackers flow", "out": "old",
+         "columns": ["delta_seg", "delta_3px"]}])
+    return root, man, head
+
+
+def _table(page: str, title: str) -> str:
+    start = page.index(f"## {title}")
+    end = page.find("\n## ", start + 1)
+    return page[start:end if end > 0 else None]
+
+
+def test_page_numbers_stamp_and_marks(runs, tmp_path, capsys):
+    root, man, head = runs
+    out = tmp_path / "docs" / "results.md"
+    assert _make(["--manifest", man, "--runs-root", root, "--out", out]) == 0
+    page = out.read_text()
+    seeded = _table(page, "Seeded table")
+    # dino-flow δseg 60, 62, 67: mean 63.00, sample s.d. sqrt(((−3)² + (−1)² + 4²) / 2) = sqrt(13) = 3.61
+    # δ3px 14, 15, 19: mean 16.00, s.d. sqrt((4 + 1 + 9) / 2) = sqrt(7) = 2.65; flow has no spread
+    assert "| clip | dino-flow | dsift | 63.00 ± 3.61 | 16.00 ± 2.65 | 151 |" in seeded
+    assert "| clip | flow | - | 40.00 ± 0.00 | 10.00 ± 0.00 | 151 |" in seeded
+    assert seeded.index("dino-flow | dsift") < seeded.index("| flow |")  # the manifest's row order
+    # versions and commit beside the table; the seed folder without an OpenCV version says so
+    assert f"git `{head[:7]}" in seeded and "current: made at this page's commit" in seeded
+    assert "torch 2.14.1" in seeded and "timm 1.0.31" in seeded and "numpy 2.4.6" in seeded
+    assert "OpenCV 5.1.0 / not recorded" in seeded and "torch threads 1" in seeded
+    assert "date 2026-12-04 21:56:46 UTC" in seeded
+    assert "python badja_eval/run.py --x 1" in seeded
+    old = _table(page, "Old table")
+    assert "| clip | flow | 39.74 | 10.60 |" in old  # one folder: no ±; one backend: no backend column
+    assert "timm not recorded" in old and "OpenCV 5.1.0" in old
+    assert f"git `{OLD_SHA[:7]}`" in old and "**stale?**" in old
+    assert page.count("**Made with**") == 2
+    assert f"at git `{head[:7]}" in page  # the page says which commit it was generated at
+
+
+def test_stale_when_code_changed_since(runs, tmp_path):
+    """A table made at an ancestor commit whose code differs from HEAD's is marked stale."""
+    root, man, head = runs
+    commits = subprocess.run(["git", "rev-list", "HEAD", "--", "cosettle", "tracker", "badja_eval"],
+                             cwd=REPO, capture_output=True, text=True).stdout.split()
+    if len(commits) < 2:
+        pytest.skip("needs a git history with code changes")
+    parent = commits[1]  # before the last code change: code differs from HEAD
+    (root / "old" / "run_info.json").write_text(json.dumps(_info(parent)))
+    out = tmp_path / "results.md"
+    assert _make(["--manifest", man, "--runs-root", root, "--out", out]) == 0
+    old = _table(out.read_text(), "Old table")
+    assert f"**stale**: made at `{parent[:7]}`" in old and "code changed since then" in old
+
+
+def test_atomic_write_keeps_the_old_page_on_error(runs, tmp_path, capsys, monkeypatch):
+    root, man, _ = runs
+    out = tmp_path / "results.md"
+    out.write_text("previous page\n")
+    # a folder with a broken results.json: an error before anything is written
+    (root / "old" / "results.json").write_text('{"rows": [')
+    assert _make(["--manifest", man, "--runs-root", root, "--out", out]) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
+    assert out.read_text() == "previous page\n"
+    # a failure while the page itself is being written: the old page stays, no temp file is left
+    (root / "old" / "results.json").write_text(json.dumps({"rows": _rows({("clip", "flow"): (1.0, 2.0)})}))
+
+    def failing_write(self, text, *a, **k):
+        Path.write_bytes(self, text[:10].encode())  # a partial write, then the disk fills
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", failing_write)
+    with pytest.raises(OSError):
+        rp.main(["--manifest", str(man), "--runs-root", str(root), "--out", str(out)])
+    monkeypatch.undo()
+    assert out.read_text() == "previous page\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["results.md", "results.yaml", "runs"])
+
+
+def test_missing_folder_is_a_one_line_error(runs, tmp_path, capsys):
+    root, man, _ = runs
+    out = tmp_path / "results.md"
+    assert _make(["--manifest", man, "--runs-root", tmp_path / "nowhere", "--out", out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no results.json" in err and "--run" in err
+    assert not out.exists()
+
+
+def test_run_makes_a_tiny_synthetic_table(tmp_path):
+    """--run calls the evaluator for the missing folder (the smallest synthetic benchmark the evaluator's
+    own tests use: one 3-frame easy video, static tracker), then reads what it wrote. About 12 s on the
+    2-core machine, so not marked slow."""
+    man = _manifest(tmp_path / "results.yaml", [
+        {"id": "tiny", "title": "Tiny synthetic", "out": "tiny",
+         "args": "--benchmark synthetic --difficulty easy --num-videos 1 --num-frames 3 --trackers static",
+         "env": {"OMP_NUM_THREADS": 1}, "columns": ["average_jaccard", "occlusion_accuracy"]}])
+    out = tmp_path / "results.md"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    t0 = time.time()
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "make_results.py"), "--manifest", str(man),
+                        "--runs-root", str(tmp_path / "runs"), "--out", str(out), "--run"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert p.returncode == 0, p.stderr
+    info = json.loads((tmp_path / "runs" / "tiny" / "run_info.json").read_text())
+    res = json.loads((tmp_path / "runs" / "tiny" / "results.json").read_text())
+    page = out.read_text()
+    row = next(r for r in res["rows"] if r["sequence"] == "easy")
+    assert f"| easy | static | {row['average_jaccard']:.2f} | {row['occlusion_accuracy']:.2f} |" in page
+    assert f"OpenCV {info['opencv']}" in page and "torch threads 1" in page
+    assert "python badja_eval/run.py --benchmark synthetic" in page and "`OMP_NUM_THREADS=1`" in page
+    print(f"--run tiny synthetic: {time.time() - t0:.1f} s")
+
+
+def test_run_info_records_opencv():
+    """Every output's run_info.json names the OpenCV version (DIS flow, hence every flow number, depends
+    on it); the results page stamps it."""
+    import cv2
+
+    from cosettle.provenance import run_info
+
+    assert run_info()["opencv"] == cv2.__version__
