@@ -26,7 +26,7 @@ but forward-backward consistent, a correct tracker is counted as jumping; the ``
 same DIS flows (same settings), so its ``jump`` is near 0 by construction -- read it as a check of the
 other trackers against flow, not of flow itself.
 
-Hold-out split: :data:`HELD_OUT` (fixed here and in the README) is for checking defaults, the rest
+Hold-out split: :data:`HELD_OUT` (fixed here and in docs/evaluation.md) is for checking defaults, the rest
 (``--split tune``) for choosing them.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """cosettle: image-to-video feature transfer for point tracking.
 
-``from cosettle import FeatureBackend, load_backend`` -- see README.md.
+``from cosettle import FeatureBackend, load_backend`` -- see README.md and docs/
 """
 from .backends import Features, FeatureBackend, ProjectedBackend, list_backends, load_backend, register_backend
 from .errors import UserError

@@ -31,12 +31,16 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 
 
-def npz_digests(path: Path) -> dict[str, str]:
-    """sha256 of each array's dtype, shape and raw bytes."""
+def npz_digests(path: Path, tmp_root: Path) -> dict[str, str]:
+    """sha256 of each array's dtype, shape and raw bytes (the run's temporary folder, which the metadata
+    names, replaced by a fixed string first)."""
     with np.load(path, allow_pickle=False) as z:
         out = {}
         for key in sorted(z.files):
-            a = np.ascontiguousarray(z[key])
+            a = z[key]
+            if a.dtype.kind == "U":
+                a = np.char.replace(a, str(tmp_root), "<tmp>")
+            a = np.ascontiguousarray(a)
             h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
             h.update(a.tobytes())
             out[key] = h.hexdigest()[:16]
@@ -58,14 +62,14 @@ def measure(data_root: Path, sequence: str, iterations: int) -> dict:
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", COSETTLE_CACHE=str(tmp_path / "cache"))
         run([sys.executable, "scripts/track.py", "--out", str(tmp_path / "demo"), "--quiet", "--no-overlay",
              "--work-dir", str(tmp_path / "demo-work")], env)
-        result["demo"] = npz_digests(tmp_path / "demo" / "tracks.npz")
+        result["demo"] = npz_digests(tmp_path / "demo" / "tracks.npz", tmp_path)
 
         out = tmp_path / "badja"
         run([sys.executable, "badja_eval/run.py", "--data-root", str(data_root), "--sequences", sequence,
              "--trackers", "flow,dino-flow", "--tracker-args", f"dino-flow.iterations={iterations}",
              "--out", str(out), "--quiet"], env)
         for pred in sorted((out / "cache").glob("*/*.npz")):
-            result[f"badja/{pred.parent.name}/{pred.stem}"] = npz_digests(pred)
+            result[f"badja/{pred.parent.name}/{pred.stem}"] = npz_digests(pred, tmp_path)
         rows = json.loads((out / "results.json").read_text())
         result["badja/metrics"] = rows
     return result

@@ -1,18 +1,9 @@
 #!/usr/bin/env python
 """Track points through a video (DINO-Tracker + flow by default, or a baseline) on any feature backend.
 
-``python scripts/track.py ...`` is the console command ``cosettle-track ...``; the code lives in
-``tracker/commands/track.py``.
-Both need the project installed (``pip install -e .``), which puts the packages on the path: no path hacks.
+``python scripts/track.py ...`` is the console command ``cosettle-track ...``; the code is ``tracker.commands.track``.
 """
-import sys
-
-try:
-    from tracker.commands.track import main
-except ModuleNotFoundError as err:  # a checkout without `pip install -e .`
-    print(f"error: cannot import {err.name} -- install the project first: pip install -e . (in the checkout)",
-          file=sys.stderr)
-    sys.exit(2)
+from _entry import run  # scripts/_entry.py: needs the project installed (pip install -e .)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("tracker.commands.track")

@@ -51,7 +51,7 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-# A fit is bit-reproducible at a fixed seed and thread count only (README: 1 vs 2 threads differ). A test that
+# A fit is bit-reproducible at a fixed seed and thread count only (docs/tracking.md: 1 vs 2 threads differ). A test that
 # compares a fit bit for bit with one made elsewhere (a child process that runs 1 thread) requests this;
 # nothing sets the thread count for the whole session.
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Runs of the Co-Settle scripts (the full-size numbers are in the README)."""
+"""Runs of the Co-Settle scripts (the full-size numbers are in docs/cosettle.md)."""
 from __future__ import annotations
 
 import json

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+import cosettle.commands.extract_features as extract_command
+import tracker.commands.track as track_command
 import torch
 
 from cosettle.io.video import write_video
@@ -33,8 +36,8 @@ def _load(name: str, rel: str):
     return mod
 
 
-TRACK = _load("track_cli_faults", "scripts/track.py")
-EXTRACT = _load("extract_cli_faults", "scripts/extract_features.py")
+TRACK = track_command
+EXTRACT = extract_command
 
 
 def run(cli, argv, capsys):

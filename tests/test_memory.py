@@ -2,7 +2,6 @@
 at two sizes, and the pre-flight refusal through the CLI (exit 2, one line, nothing written)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 
 from cosettle.backends.registry import load_backend
 from tracker.config import preset
+import tracker.commands.track as track_command
 from tracker.memory import MARGIN, estimate_peak_memory, frames_that_fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,10 +92,7 @@ def test_estimate_within_20_percent_of_measured_peak(frames, tmp_path):
 
 
 def _cli():
-    spec = importlib.util.spec_from_file_location("track_cli_mem", REPO / "scripts" / "track.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return track_command
 
 
 def test_preflight_refuses_before_any_work(tmp_path, capsys, monkeypatch):

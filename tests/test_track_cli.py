@@ -1,13 +1,14 @@
 """scripts/track.py: outputs of a real (tiny) run, and bad inputs -> exit 2, one line, no outputs."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+import tracker.commands.track as track_command
 import torch
 
 from cosettle.io.video import write_video
@@ -16,14 +17,7 @@ from tests._tracker_synth import translating_clip
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("track_cli", REPO / "scripts" / "track.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-CLI = _load_cli()
+CLI = track_command  # `python scripts/track.py` = `cosettle-track` = tracker.commands.track.main
 
 
 def run(argv, capsys):

@@ -5,7 +5,7 @@
   width 64, the backend at its native (snapped) resolution (476x854 for a /14 stride-7 ViT on DAVIS).
 * ``fast``: CPU-feasible. Internal resolution short side 240 (the backend's ``resolution``), CNN width
   16, last conv kernel 3, batch 256, 300 iterations with the late losses (cycle, refined best buddies)
-  switched on at 150. Chosen from measurements on 2 CPU cores (README, "Presets"): ~0.8 s per
+  switched on at 150. Chosen from measurements on 2 CPU cores (docs/tracking.md, "Presets"): ~0.8 s per
   iteration at 240x424 with dsift, so training takes ~4 minutes and the whole run fits 10 minutes.
 
 Thresholds that the reference gives in pixels at 476x854 (cycle threshold 4 px, soft-argmax radius
@@ -194,7 +194,7 @@ def _paper_preprocess():
 def _fast_preprocess():
     """CPU preprocessing (PreprocessConfig defaults: stride-2 trajectories, 8-frame direct window) with
     best buddies for every pair the trainer draws: the precomputed 100-pair subset left ~92 % of the
-    drawn pairs without supervision (README, "Differences from the original")."""
+    drawn pairs without supervision (docs/tracking.md, "Differences from the original")."""
     return PreprocessConfig(bb_on_demand=True)
 
 

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 MB = 1024.0 ** 2
 TRAJ_DENSITY = 1.5        # trajectory points per lattice point per frame (DAVIS parkour: 7.74 M points, 200 frames, 120x212 lattice -> 1.52)
 # Training and head memory, calibrated on two runs: the 50-frame scale run at 424x240 (scripts/bench_scale.py;
-# README "Long videos") and the 96x160 run of tests/test_memory.py:
+# docs/preprocessing.md "Long videos") and the 96x160 run of tests/test_memory.py:
 TRAIN_FIXED_MB = 350.0    # autograd / optimiser / allocator overhead of a training step, any size
 TRAIN_ACT = 15.2          # x (frames per iteration x work pixels x cnn_width x 4 bytes): DeltaDINO + backward
 HEAD_ACT = 4.2            # x (infer_chunk_maps x cells x (head_width + 4) x 4 bytes): head on a chunk of maps

@@ -120,7 +120,7 @@ def motion_masks(fwd: np.ndarray, bwd: np.ndarray, threshold: float = 3.0, min_r
     does not. ``None`` (default): consecutive pairs first; while the foreground stays below
     ``GROW_BELOW_FG`` of the frame, the window doubles up to ``MOTION_WINDOW``. Longer windows are not
     the default because they also drag background next to the object along (DAVIS, 12 clips: mean
-    precision vs the true masks 46 % at window 1, 31 % at window 4; README "Motion masks").
+    precision vs the true masks 46 % at window 1, 31 % at window 4; docs/tracking.md; scripts/bench_motion_masks.py).
     """
     if window is not None:
         return _motion_masks(fwd, bwd, threshold, min_residual, min_area, seed, window)

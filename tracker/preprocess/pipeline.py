@@ -297,7 +297,7 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
     if source not in MASK_SOURCES:
         raise UserError(f"unknown mask_source {source!r}", f"use one of {', '.join(MASK_SOURCES)}")
     if source == "auto":
-        # motion masks beat PCA saliency by 9 delta_seg points with dsift on horsejump-high (README);
+        # motion masks beat PCA saliency by 9 delta_seg points with dsift on horsejump-high (docs/history.md);
         # the saliency threshold is the reference's, tuned for DINO features
         source = "user" if masks is not None else "saliency" if is_dino_backend(backend) else "motion"
     if source == "user" and masks is None:
