@@ -1,0 +1,87 @@
+"""The one mask reader (cosettle/io/masks.py): its rule on every image kind, hand-made pixel by pixel, and the folder
+contract (one image per source frame, sorted names, frame subsets)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cosettle.errors import UserError
+from cosettle.io.masks import foreground, load_mask_folder, read_mask
+
+
+def _save(path, arr, mode=None, **kw):
+    im = Image.fromarray(arr) if mode is None else Image.fromarray(arr).convert(mode)
+    im.save(path, **kw)
+    return path
+
+
+def test_8bit_masks_threshold_at_127(tmp_path):
+    a = np.array([[0, 127, 128, 255]], np.uint8)
+    assert read_mask(_save(tmp_path / "m.png", a)).tolist() == [[False, False, True, True]]
+
+
+def test_0_1_label_masks_count_every_nonzero_pixel(tmp_path):
+    a = np.array([[0, 1, 1, 0]], np.uint8)
+    assert read_mask(_save(tmp_path / "m.png", a)).tolist() == [[False, True, True, False]]
+
+
+def test_rgb_takes_the_brightest_channel_and_ignores_alpha(tmp_path):
+    rgba = np.zeros((1, 3, 4), np.uint8)
+    rgba[0, 0] = (0, 200, 0, 0)      # green object, fully transparent: still foreground
+    rgba[0, 1] = (100, 100, 100, 255)  # grey 100 < 127 while another pixel is > 127: background
+    rgba[0, 2] = (0, 0, 0, 255)
+    assert read_mask(_save(tmp_path / "m.png", rgba)).tolist() == [[True, False, False]]
+
+
+def test_palette_masks_use_the_index_not_the_colour(tmp_path):
+    idx = np.array([[0, 1, 200, 0]], np.uint8)  # object 1 counts although another index exceeds 127
+    im = Image.fromarray(idx, "P")
+    im.putpalette([0] * (256 * 3))  # every object drawn black: the colours do not decide
+    im.save(tmp_path / "p.png")
+    assert read_mask(tmp_path / "p.png").tolist() == [[False, True, True, False]]
+
+
+def test_one_bit_and_jpeg_masks(tmp_path):
+    Image.fromarray(np.array([[0, 1, 0]], bool)).save(tmp_path / "b.png")
+    assert read_mask(tmp_path / "b.png").tolist() == [[False, True, False]]
+    big = np.zeros((32, 32), np.uint8)
+    big[5:19, 7:21] = 255  # not on the 8x8 JPEG blocks: ringing around the edges
+    Image.fromarray(big).save(tmp_path / "m.jpg", quality=60)
+    got = read_mask(tmp_path / "m.jpg")
+    raw = np.asarray(Image.open(tmp_path / "m.jpg"))
+    assert ((raw > 0) & (raw <= 127) & ~big.astype(bool)).any()  # ringing exists outside the square ...
+    np.testing.assert_array_equal(got, big > 0)                    # ... and does not count
+
+
+def test_arrays_follow_the_same_rule():
+    assert foreground(np.array([[0, 3, 200]], np.uint8)).tolist() == [[False, False, True]]
+    assert foreground(np.array([[0, 3]], np.uint8)).tolist() == [[False, True]]
+    assert foreground(np.array([[True, False]])).tolist() == [[True, False]]
+
+
+def test_unreadable_and_missing_files_are_one_line_errors(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"not an image")
+    with pytest.raises(UserError, match=r"--masks .*x\.png is not a readable image"):
+        read_mask(tmp_path / "x.png", "--masks")
+    with pytest.raises(UserError, match="file not found"):
+        read_mask(tmp_path / "nope.png")
+
+
+def test_folder_one_image_per_source_frame_by_sorted_name(tmp_path):
+    for i in range(4):
+        a = np.zeros((2, 3), np.uint8)
+        a[0, i % 3] = 255
+        _save(tmp_path / f"{i:05d}.png", a)
+    (tmp_path / ".hidden.png").write_bytes(b"junk")   # ignored
+    (tmp_path / "notes.txt").write_text("ignored")
+    all4 = load_mask_folder(tmp_path, 4, 2, 3)
+    assert all4.shape == (4, 2, 3) and [int(np.argmax(m[0])) for m in all4] == [0, 1, 2, 0]
+    sub = load_mask_folder(tmp_path, [1, 3], 2, 3)     # --frame-stride 2 from frame 1
+    np.testing.assert_array_equal(sub, all4[[1, 3]])
+    with pytest.raises(UserError, match="has 4 images, the video 5 frames"):
+        load_mask_folder(tmp_path, 5, 2, 3)
+    with pytest.raises(UserError, match=r"is 2x3 \(HxW\), the video is 2x4"):
+        load_mask_folder(tmp_path, 2, 2, 4)
+    with pytest.raises(UserError, match="folder not found"):
+        load_mask_folder(tmp_path / "none", 1, 2, 3)
