@@ -35,7 +35,7 @@ from cosettle.cli import device_arg
 from cosettle.errors import UserError, cli_entry
 from cosettle.io.atomic import check_output_dir
 from cosettle.provenance import setup_logging
-from tracker.registry import tracker_names, trackers_help
+from tracker.registry import tracker_entry, tracker_names, trackers_help
 
 log = logging.getLogger("badja_eval")
 
@@ -56,7 +56,6 @@ HEADERS.update(in_mask="in-mask", in_mask_all="in-mask(all)", visible="visible",
 # the baselines and the project's default tracker; dino-flow trains per sequence (fast preset: about 8 min
 # per sequence on 2 CPU cores), so the run states it up front
 DEFAULT_TRACKERS = ("static", "flow", "dino-flow")
-TRAINED = ("dino", "dino-flow")
 @dataclass
 class EvalConfig:
     """The resolved settings of a run (written to ``<out>/config.yaml``)."""
@@ -359,7 +358,7 @@ def main(argv=None):
 
 def what_runs(cfg: EvalConfig, n_videos: int) -> str:
     """One stdout line before the work: trackers, backends, videos, and the training cost if any."""
-    trained = [t for t in cfg.trackers if t in TRAINED]
+    trained = [t for t in cfg.trackers if tracker_entry(t).dino_config]  # trained per sequence
     cost = ""
     if trained:
         fits = n_videos * len(cfg.backends)  # dino and dino-flow share one fit per video and backend

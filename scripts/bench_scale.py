@@ -28,6 +28,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
+from tracker.registry import tracker_entry, tracker_names  # noqa: E402
 
 DEFAULT_CLIP = ROOT.parent / "shared" / "data" / "davis480" / "parkour" / "JPEGImages"
 
@@ -138,7 +139,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_scale"))
     ap.add_argument("--backend", default="dsift")
-    ap.add_argument("--tracker", default="dino-flow", help="dino-flow (scripts/track.py's default) or dino")
+    dino = [n for n in tracker_names() if tracker_entry(n).dino_config]  # the trackers this benchmark fits
+    ap.add_argument("--tracker", default=dino[0], choices=dino, help="default: scripts/track.py's (%(default)s)")
     ap.add_argument("--keep", action="store_true", help="keep the work folders")
     ap.add_argument("--grid", type=int, default=10, help="track a grid x grid lattice of frame-0 points")
     ap.add_argument("--direct-window", type=int, default=None,

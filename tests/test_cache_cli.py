@@ -70,7 +70,7 @@ def test_cap_evicts_oldest_first_never_the_current(cache):
 
 
 def _main(argv, capsys):
-    from scripts.track import main
+    from tracker.commands.track import main
 
     with pytest.raises(SystemExit) as ei:
         main(argv)

@@ -45,8 +45,7 @@ def test_torchrun_two_processes_gloo(video_dir, tmp_path):
 
 
 def _cli(args, capsys):
-    sys.path.insert(0, str(REPO / "scripts"))
-    import train_projector
+    from cosettle.commands import train_projector  # = scripts/train_projector.py = cosettle-train
 
     with pytest.raises(SystemExit) as exc:
         train_projector.main(args)

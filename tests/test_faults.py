@@ -242,7 +242,6 @@ def test_a_failing_overlay_leaves_no_partial_set(clip, tmp_path, capsys, monkeyp
 
 _KILL_CHILD = """
 import runpy, sys
-sys.path.insert(0, {repo!r})
 import tracker.dino.train
 
 step = tracker.dino.train.Trainer.step
@@ -254,7 +253,7 @@ def step_then_wait(self, it):
     return step(self, it)
 tracker.dino.train.Trainer.step = step_then_wait
 sys.argv = [{track!r}] + {argv!r}
-runpy.run_path({track!r}, run_name="__main__")
+runpy.run_module("tracker.commands.track", run_name="__main__")  # = scripts/track.py
 """
 
 
@@ -265,7 +264,7 @@ def test_killed_run_leaves_no_output(clip, tmp_path, capsys):
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", COSETTLE_OFFLINE="1")
     argv = ["--video", str(video), "--points", str(pts), "--tracker", "dino", "--iterations", "50", "--stride", "4",
             "--work-dir", str(tmp_path / "work"), "--out", str(out)]
-    child = _KILL_CHILD.format(repo=str(REPO), track=str(REPO / "scripts" / "track.py"), argv=argv)
+    child = _KILL_CHILD.format(track=str(REPO / "scripts" / "track.py"), argv=argv)
     proc = subprocess.Popen([sys.executable, "-c", child], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     kill_when_announced(proc, "in training")  # the child prints it from inside training, then blocks

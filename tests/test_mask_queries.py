@@ -73,7 +73,7 @@ def test_mask_errors_are_one_line(tmp_path):
 def test_cli_mask_grid_from_a_mid_clip_frame(tmp_path, capsys):
     """A moving square; the grid is restricted to its mask in frame 4 of 8; the flow tracker follows it
     forwards and backwards from there."""
-    from scripts.track import main
+    from tracker.commands.track import main
 
     h, w, t = 48, 64, 8
     rng = np.random.default_rng(0)
@@ -104,7 +104,7 @@ def test_cli_mask_grid_from_a_mid_clip_frame(tmp_path, capsys):
 
 
 def test_cli_refuses_mask_without_grid(tmp_path, capsys):
-    from scripts.track import main
+    from tracker.commands.track import main
 
     with pytest.raises(SystemExit) as ei:
         main(["--grid-mask", "m.png", "--tracker", "static", "--out", str(tmp_path / "o")])
