@@ -20,7 +20,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
+import imageio.v3 as iio
 import numpy as np
+from PIL import Image
 
 from cosettle.errors import UserError
 from cosettle.io.masks import read_mask as read_mask_file
@@ -227,16 +230,12 @@ def _full_resolution_hw(root: Path, name: str, index: int) -> tuple[int, int] | 
     for base in (root, root / "BADJA"):
         p = base / "DAVIS" / "JPEGImages" / "Full-Resolution" / name / f"{index:05d}.jpg"
         if p.is_file():
-            from PIL import Image
-
             with Image.open(p) as im:
                 return im.height, im.width
     return None
 
 
 def read_frame(path: Path, expect_hw: tuple[int, int] | None = None) -> np.ndarray:
-    import imageio.v3 as iio
-
     if not Path(path).is_file():
         raise UserError(f"missing frame file: {path}", "check the data root")
     try:
@@ -265,8 +264,6 @@ def read_mask(path: Path, expect_hw: tuple[int, int] | None = None) -> np.ndarra
 
 
 def resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    import cv2
-
     if mask.shape == tuple(hw):
         return mask.astype(bool)
     return cv2.resize(mask.astype(np.uint8), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST) > 0

@@ -39,6 +39,7 @@ import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from cosettle.errors import UserError
@@ -150,16 +151,12 @@ def load_clip(root: str | Path, name: str, max_frames: int | None = None) -> Mas
 
 # ------------------------------------------------------------------------------------------- masks
 def _disk(radius: float) -> np.ndarray:
-    import cv2
-
     r = max(int(round(radius)), 0)
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
 def erode(mask: np.ndarray, radius: float) -> np.ndarray:
     """Binary erosion with a disc of ``radius`` px (pixels outside the image count as background)."""
-    import cv2
-
     if round(radius) <= 0:
         return mask.astype(bool)
     return cv2.erode(mask.astype(np.uint8), _disk(radius), borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
@@ -167,8 +164,6 @@ def erode(mask: np.ndarray, radius: float) -> np.ndarray:
 
 def dilate(mask: np.ndarray, radius: float) -> np.ndarray:
     """Binary dilation with a disc of ``radius`` px."""
-    import cv2
-
     if round(radius) <= 0:
         return mask.astype(bool)
     return cv2.dilate(mask.astype(np.uint8), _disk(radius), borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -107,10 +108,10 @@ def to_csv(rows: list[dict], metrics: Sequence[str]) -> str:
 def plot_bars(path: Path, rows: list[dict], metrics: Sequence[str], title: str,
               headers: dict[str, str] | None = None) -> Path:
     """Grouped bars: one group per sequence (and the mean), one bar per method, one panel per metric."""
-    import matplotlib
+    import matplotlib  # deferred: slow import, only for plots
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: slow import, only for plots
 
     headers = headers or {}
     seqs = list(dict.fromkeys(r["sequence"] for r in rows))
@@ -131,7 +132,6 @@ def plot_bars(path: Path, rows: list[dict], metrics: Sequence[str], title: str,
         ax.set_xticklabels(seqs, rotation=20, fontsize=8)
         ax.set_ylabel(headers.get(k, k))
         ax.grid(axis="y", alpha=0.3)
-    import textwrap
 
     axes[0, 0].set_title("\n".join(textwrap.wrap(title, 100)), fontsize=8)
     axes[0, 0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)

@@ -24,6 +24,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
+
 from badja_eval import davis_masks, tapvid
 from badja_eval.badja import evaluate_badja, list_sequences, load_sequence, skipped_sequences
 from badja_eval.davis_masks import protocol as masks_protocol
@@ -98,8 +100,6 @@ def _csv(text: str) -> list[str]:
 
 
 def _kv(text: str) -> dict:
-    import yaml
-
     out = {}
     for item in _csv(text):
         key, sep, val = item.partition("=")

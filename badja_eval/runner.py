@@ -7,6 +7,7 @@ stopped, and a sharded run (``shard=(i, n)``: tasks i, i+n, ...) lets several pr
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
+from tqdm import tqdm
 
 from cosettle.backends.registry import load_backend, split_projected_name
 from cosettle.errors import UserError
@@ -83,8 +85,6 @@ class Prediction:
 
 
 def _plain(cfg) -> Any:
-    import dataclasses
-
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
 
 
@@ -245,7 +245,6 @@ class Runner:
         mine = [t for k, t in enumerate(tasks) if k % n == i]
         jobs = [(t, m) for t in mine for m in methods]
         out: dict[tuple[str, str], Prediction] = {}
-        from tqdm import tqdm
 
         bar = tqdm(jobs, desc=desc, disable=not self.progress, unit="run")
         for task, method in bar:

@@ -28,7 +28,9 @@ import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
+from tqdm import tqdm
 
 from cosettle.errors import UserError
 from cosettle.io.atomic import atomic_path
@@ -111,8 +113,6 @@ class Scene:
 # ---------------------------------------------------------------------------------------------- textures
 def make_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Multi-octave colour noise plus random discs: smooth regions with trackable detail."""
-    import cv2
-
     img = np.zeros((h, w, 3), np.float32)
     for scale, amp in ((3, 0.2), (8, 0.45), (24, 0.8), (64, 1.0)):
         small = rng.random((max(2, h // scale), max(2, w // scale), 3)).astype(np.float32)
@@ -131,8 +131,6 @@ def make_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 def render(scene: Scene, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Frames (T,H,W,3) uint8 and labels (T,H,W) int16: the index of the object seen at each pixel
     centre (-1 = background)."""
-    import cv2
-
     H, W, T = scene.height, scene.width, scene.num_frames
     rng = rng or np.random.default_rng(scene.seed + 1)
     ys, xs = np.mgrid[0:H, 0:W].astype(np.float64)
@@ -291,8 +289,6 @@ def generate_benchmark(path: str | Path, difficulty: str = "medium", num_videos:
                        num_points: int = 32) -> Path:
     """Write ``num_videos`` videos as a TAP-Vid DAVIS-style pickle (atomically). Same arguments ->
     byte-identical file."""
-    from tqdm import tqdm
-
     data = {}
     for i in tqdm(range(num_videos), desc=f"synthetic {difficulty}", leave=False):
         v = generate_video(seed * 1000 + i, difficulty, num_frames, height, width, num_points)

@@ -19,13 +19,16 @@ numpy arrays/dtypes and plain containers; ``trust=True`` (CLI ``--trust-pickle``
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
+from PIL import Image
 
 from cosettle.errors import UserError
 
@@ -61,8 +64,6 @@ class TapVidVideo:
 
     def digest(self) -> str:
         """Content hash of the frames as stored (for the runner's cache)."""
-        import hashlib
-
         h = hashlib.sha1()
         if isinstance(self.video, np.ndarray):
             h.update(np.ascontiguousarray(self.video).tobytes())
@@ -142,8 +143,6 @@ def _to_video(name: str, d, path: Path) -> TapVidVideo:
 
 
 def _decode_jpeg(buf: bytes, name: str, k: int) -> np.ndarray:
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(buf)) as im:
             return np.asarray(im.convert("RGB"))
@@ -201,8 +200,6 @@ def sample_queries(points_px: np.ndarray, occluded: np.ndarray, mode: str, strid
 
 def resize_video(video: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """Frames resized to (H, W) without keeping the aspect ratio (like the tapnet readers)."""
-    import cv2
-
     if video.shape[1:3] == tuple(hw):
         return video
     return np.stack([cv2.resize(f, (hw[1], hw[0]), interpolation=cv2.INTER_AREA) for f in video])

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -136,8 +137,6 @@ class _HashingWriter:
 
 
 def _readonly_tensor(arr: np.ndarray) -> torch.Tensor:
-    import warnings
-
     with warnings.catch_warnings():  # torch warns that the mmap is read-only; we never write to it
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(arr)

@@ -11,6 +11,8 @@ import logging
 import math
 import sys
 
+import torch
+
 from .backends import list_backends, load_backend
 from .errors import EXIT_USER_ERROR, UserError
 from .io.video import read_video
@@ -52,8 +54,6 @@ def positive_float(text: str) -> float:
 
 def device_arg(text: str) -> str:
     """cpu / cuda / cuda:N / mps, checked against this machine (no traceback later in torch)."""
-    import torch
-
     try:
         dev = torch.device(text)
     except (RuntimeError, ValueError, TypeError):
@@ -116,8 +116,6 @@ def add_backend_args(parser: argparse.ArgumentParser, default: str = "dsift",
 
 
 def default_device() -> str:
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -156,7 +154,7 @@ def _check_timm_name(name: str) -> None:
     if arch.startswith("cosettle_") or ":" in arch or "/" in arch:  # on-demand / hub ids: the registry's
         return
     try:
-        import timm
+        import timm  # deferred: slow import
     except ImportError:
         return
     if not timm.is_model(arch.split(".", 1)[0]):

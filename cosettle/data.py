@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -158,8 +159,6 @@ class FrameReader:
                 self._files[clip.path] = _frame_files(Path(clip.path))
             return len(self._files[clip.path])
         if clip.path not in self._counts:
-            import cv2
-
             cap = cv2.VideoCapture(clip.path)
             n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
             cap.release()
@@ -170,8 +169,6 @@ class FrameReader:
         return self._counts[clip.path]
 
     def read(self, clip: Clip, indices: Sequence[int]) -> list[np.ndarray]:
-        import cv2
-
         if clip.kind == "frames":
             out = []
             for i in indices:
@@ -232,8 +229,6 @@ class ClipPairDataset(torch.utils.data.Dataset):
         return np.random.default_rng([self.seed, self.epoch, int(index)])
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        import cv2
-
         clip = self.clips[index % len(self.clips)]  # pair k of clip c is sample c + k * n_clips
         rng = self.rng(index)
         n = self.reader.num_frames(clip)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from .io.atomic import write_json
@@ -15,8 +16,6 @@ from .io.video import write_video
 
 def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Smooth random colour texture (sum of blurred noise octaves), uint8 (h, w, 3)."""
-    import cv2
-
     img = np.zeros((h, w, 3), np.float32)
     for scale, amp in ((4, 0.25), (12, 0.6), (32, 1.0)):
         small = rng.random((max(2, h // scale), max(2, w // scale), 3)).astype(np.float32)

@@ -23,6 +23,7 @@ import itertools
 import logging
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 import torch
 
@@ -36,8 +37,6 @@ QUANTILES = (100, 95, 90)
 
 def prepare_frames(frames: np.ndarray, size: int = 224, resize: int = 256) -> np.ndarray:
     """Resize(short side ``resize``) + CenterCrop(``size``), as the authors' evaluation transform."""
-    import cv2
-
     out = []
     for f in frames:
         h, w = f.shape[:2]

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 
 def snap_input_size(target_h: int, target_w: int, patch_size: int, stride: int) -> tuple[int, int]:
@@ -143,8 +144,6 @@ class Geometry:
 def _affine(xy, scale, shift):
     """Per-axis ``xy * scale + shift`` for numpy arrays, torch tensors and sequences."""
     try:
-        import torch
-
         if isinstance(xy, torch.Tensor):
             s = torch.tensor(scale, dtype=xy.dtype if xy.is_floating_point() else torch.float64,
                              device=xy.device)

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .frames import frames_layout, video_hw
 from .io.atomic import write_text
@@ -32,8 +34,6 @@ def video_fingerprint(video) -> str:
     Any accepted video input (arrays in either layout, uint8 or float, lazy frame sequences) gives the
     same fingerprint for the same pictures.
     """
-    import torch
-
 
     h = hashlib.sha1()
     n, hh, ww = video_hw(video)
@@ -66,8 +66,6 @@ def file_digest(path, chunk: int = 1 << 20) -> str:
 
 
 def checksum_path(path):
-    from pathlib import Path
-
     path = Path(path)
     return path.with_name(path.name + CHECKSUM_SUFFIX)
 
@@ -81,8 +79,6 @@ def write_checksum(path) -> str:
 
 def verify_checksum(path) -> str | None:
     """None if ``path`` matches its ``.blake2b`` sidecar, else why not (missing, truncated, corrupt)."""
-    from pathlib import Path
-
     path, side = Path(path), checksum_path(path)
     if not path.is_file():
         return "missing"

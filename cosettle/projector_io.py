@@ -16,6 +16,9 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
 from .backends.projected import ProjectedBackend
 from .errors import UserError
 from .io.atomic import atomic_path, write_json
@@ -40,8 +43,6 @@ def resolve_path(path: str | Path) -> Path:
 
 def save_projector(path: str | Path, projector: Projector, metadata: dict[str, Any]) -> Path:
     """Write weights + metadata atomically; returns the .safetensors path."""
-    from safetensors.torch import save_file
-
 
     p = Path(path)
     if p.suffix != ".safetensors":
@@ -60,8 +61,6 @@ def save_projector(path: str | Path, projector: Projector, metadata: dict[str, A
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    from safetensors import safe_open
-
     p = resolve_path(path)
     if not p.is_file():
         raise UserError(f"projector file not found: {p}", "pass the .safetensors written by train_projector.py "
@@ -89,8 +88,6 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 def load_projector(path: str | Path) -> tuple[Projector, dict[str, Any]]:
     """(Projector in eval mode, metadata) from a projector file."""
-    from safetensors.torch import load_file
-
     p = resolve_path(path)
     meta = read_metadata(p)
     if meta.get("variant") not in VARIANTS:
@@ -185,8 +182,6 @@ def import_released(checkpoint: str | Path, out: str | Path, *, allow_pickle: bo
     ``norm`` (whether the projector reads tokens after the encoder's final LayerNorm): None = the
     authors' evaluation path -- un-normed for I-JEPA (its normal passes skip the final norm, spec §7),
     normed for the other seven encoders."""
-    from safetensors.torch import save_file
-
 
     ckpt = Path(checkpoint)
     state, args = split_checkpoint(read_checkpoint(ckpt, allow_pickle))

@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy
+import torch
+
 from .io.atomic import write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -29,9 +33,6 @@ def git_sha() -> str:
 
 
 def run_info(extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    import numpy
-    import torch
-
     info = {
         "git_sha": git_sha(),
         "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -44,7 +45,7 @@ def run_info(extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
     }
     try:
-        import timm
+        import timm  # deferred: slow import
 
         info["timm"] = timm.__version__
     except ImportError:  # pragma: no cover
@@ -52,7 +53,6 @@ def run_info(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     try:
         # imported here, not at module top: cv2 is heavy and provenance is imported by every CLI; DIS
         # optical flow (and so every flow-based number) differs between OpenCV versions
-        import cv2
 
         info["opencv"] = cv2.__version__
     except ImportError:  # pragma: no cover - cv2 is a dependency; a missing one is simply not recorded
@@ -98,8 +98,7 @@ def peak_rss_mb() -> float:
     fork + exec begins at its *parent's* RSS at the fork (the kernel copies the counter), so a child of
     a large process (a test runner, a benchmark driver) would report the parent's peak as its own.
     Elsewhere ``ru_maxrss`` (KiB on Linux, bytes on macOS)."""
-    import resource
-    import sys
+    import resource  # deferred: POSIX-only module
 
     try:
         with open("/proc/self/status") as f:

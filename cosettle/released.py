@@ -201,9 +201,9 @@ def arch_name(a: dict[str, Any]) -> str:
 
 def ensure_registered(timm_name: str) -> bool:
     """Register a ``cosettle_vit_...`` architecture name with timm (no-op for other names)."""
-    import timm
-    from timm.models import register_model
-    from timm.models.vision_transformer import VisionTransformer
+    import timm  # deferred: slow import
+    from timm.models import register_model  # deferred: slow import
+    from timm.models.vision_transformer import VisionTransformer  # deferred: slow import
 
     m = _NAME_RE.match(timm_name.split(".")[0])
     if not m:
@@ -231,8 +231,8 @@ def ensure_registered(timm_name: str) -> bool:
 
 def convert_encoder(state: dict[str, torch.Tensor], adapter_prefix: str = "") -> tuple[str, dict[str, torch.Tensor]]:
     """(timm model name, timm state dict) for the encoder inside a released checkpoint."""
-    import timm
-    from timm.models.vision_transformer import checkpoint_filter_fn
+    import timm  # deferred: slow import
+    from timm.models.vision_transformer import checkpoint_filter_fn  # deferred: slow import
 
     s = encoder_state(state, adapter_prefix)
     if "visual.class_embedding" in s:

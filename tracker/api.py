@@ -13,6 +13,7 @@ re-running the same command is instant and an interrupted run resumes.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from cosettle.backends.base import FeatureBackend
 from cosettle.cache import cache_home
@@ -199,8 +201,6 @@ def _load_refined(cache: Path, tag: str) -> torch.Tensor | None:
 
 
 def config_dict_any(obj):
-    import dataclasses
-
     if dataclasses.is_dataclass(obj):
         return dataclasses.asdict(obj)
     return dict(obj or {})
@@ -208,8 +208,6 @@ def config_dict_any(obj):
 
 def frames_at_work_resolution(video, geometry) -> np.ndarray:
     """(T, input_h, input_w, 3) uint8 frames resized like the backends resize them (tests/tools)."""
-    import torch.nn.functional as F
-
     n = video_hw(video)[0]
     out = []
     for s in range(0, n, 8):

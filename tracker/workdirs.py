@@ -76,7 +76,7 @@ def list_work_folders(root: Path) -> list[WorkFolder]:
 def in_use(path: Path) -> bool:
     """True when another process holds the folder's lock (a run on it is in progress)."""
     try:
-        import fcntl
+        import fcntl  # deferred: POSIX-only module
     except ImportError:  # pragma: no cover - not POSIX: assume free
         return False
     lock = Path(path) / LOCK_NAME

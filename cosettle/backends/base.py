@@ -19,6 +19,7 @@ from typing import Any, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..frames import frames_to_tensor, video_hw
@@ -198,7 +199,5 @@ class FeatureBackend(abc.ABC):
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, unit="frame", disable=not enabled, leave=False)
 

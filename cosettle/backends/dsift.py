@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import kornia
 import torch
 import torch.nn.functional as F
 
@@ -37,8 +38,6 @@ class DenseSiftBackend(FeatureBackend):
         self.to(device)
 
     def forward_batch(self, x: torch.Tensor) -> torch.Tensor:
-        import kornia
-
         x = x.float().clamp(0, 1)
         gray = kornia.color.rgb_to_grayscale(x)
         p, s = self.patch_size, self.stride
@@ -62,8 +61,6 @@ class DenseSiftBackend(FeatureBackend):
 
 def _orientation_hist(gray: torch.Tensor, nbins: int = 8) -> torch.Tensor:
     """(B,1,H,W) -> (B,nbins,H,W) gradient magnitude soft-binned by orientation."""
-    import kornia
-
     g = kornia.filters.spatial_gradient(gray, mode="diff", order=1)  # (B,1,2,H,W)
     gx, gy = g[:, 0, 0], g[:, 0, 1]
     mag = torch.sqrt(gx * gx + gy * gy + 1e-12)

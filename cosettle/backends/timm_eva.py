@@ -41,7 +41,7 @@ DINOV3_MODELS = {
 
 
 def eva_filter(state, model):
-    from timm.models.eva import checkpoint_filter_fn
+    from timm.models.eva import checkpoint_filter_fn  # deferred: slow import
 
     return checkpoint_filter_fn(state, model)
 

@@ -31,7 +31,7 @@ class TimmViTBackend(TimmBackend):
                  layer: int | None = None, weights: str | None = None, resolution=None,
                  norm: bool = False, precision: str = "auto", device: str | torch.device = "cpu",
                  seed: int = 0, allow_pickle: bool = False, chunk_size: int = 4):
-        import timm
+        import timm  # deferred: slow import
 
         self.timm_name = timm_name
         self.name = name or f"timm:{timm_name}"
@@ -98,7 +98,7 @@ class TimmViTBackend(TimmBackend):
         return x[:, m.num_prefix_tokens:], (gh, gw)
 
     def _add_pos_embed(self, x: torch.Tensor, transform: PosEmbedTransform | None) -> torch.Tensor:
-        from timm.layers import resample_abs_pos_embed
+        from timm.layers import resample_abs_pos_embed  # deferred: slow import
 
         m = self.model
         B, gh, gw, C = x.shape
@@ -147,7 +147,7 @@ def xformers_usable(device: torch.device) -> bool:
     if device.type != "cuda":
         return False
     try:
-        import xformers.ops  # noqa: F401
+        import xformers.ops  # deferred: optional CUDA extra; noqa: F401
     except Exception:
         return False
     return True
@@ -157,8 +157,8 @@ def _maybe_enable_xformers(model: torch.nn.Module, device: torch.device) -> bool
     """Route timm attention through xformers' memory-efficient kernel on CUDA; else keep torch SDPA."""
     if not xformers_usable(device):
         return False
-    import xformers.ops as xops
-    from timm.models.vision_transformer import Attention
+    import xformers.ops as xops  # deferred: optional CUDA extra
+    from timm.models.vision_transformer import Attention  # deferred: slow import
 
     def forward(self, x, attn_mask=None, is_causal=False):
         B, N, C = x.shape

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from ..errors import UserError, WeightsUnavailable
 
@@ -33,7 +34,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 def cached_hub_file(repo_id: str, filename: str = "model.safetensors") -> str | None:
     try:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # deferred: hub downloads only (optional)
     except ImportError:  # pragma: no cover
         return None
     for fn in (filename, "pytorch_model.bin", "open_clip_pytorch_model.bin"):
@@ -45,7 +46,7 @@ def cached_hub_file(repo_id: str, filename: str = "model.safetensors") -> str | 
 
 def create_pretrained(timm_name: str, **kwargs) -> torch.nn.Module:
     """``timm.create_model(pretrained=True)`` that fails fast (WeightsUnavailable) when offline."""
-    import timm
+    import timm  # deferred: slow import
 
     cfg = timm.models.get_pretrained_cfg(timm_name)
     repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
@@ -83,8 +84,6 @@ def read_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict
     if not path.is_file():
         raise WeightsUnavailable(f"weights file not found: {path}", "check the path given as weights/--weights")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except Exception as err:
@@ -128,7 +127,7 @@ def load_into_timm(model: torch.nn.Module, path: str | os.PathLike, allow_pickle
     Meta's ``storage_tokens``/``ls1.gamma``/``qkv.bias`` layout). ``required`` must be among the keys.
     """
     if filter_fn is None:
-        from timm.models.vision_transformer import checkpoint_filter_fn as filter_fn
+        from timm.models.vision_transformer import checkpoint_filter_fn as filter_fn  # deferred: slow import
 
     state = read_state_dict(path, allow_pickle)
     if any(k.startswith("backbone.") for k in state):
@@ -161,7 +160,7 @@ def create_timm_model(timm_name: str, weights: str, *, seed: int = 0, allow_pick
                       filter_fn=None, required: str = "patch_embed.proj.weight", **kwargs) -> torch.nn.Module:
     """A timm model with ``weights`` = 'hub' (timm's pretrained, fails fast offline), 'random'
     (seeded init) or a local file (timm or the official layout, mapped by ``filter_fn``)."""
-    import timm
+    import timm  # deferred: slow import
 
 
     try:

@@ -14,6 +14,7 @@ import argparse
 import logging
 import time
 
+import cv2
 import numpy as np
 
 from cosettle.cache import FeatureCache
@@ -93,8 +94,6 @@ def run(args, stage) -> int:
             {"name": n, "frame": int(t), "x": float(x), "y": float(y), "grid_x": float(gx), "grid_y": float(gy)}
             for n, (t, x, y), (gx, gy) in zip(queries.names, queries.txy, g)]})
     if args.pca_video:
-        import cv2
-
 
         rgb = pca_rgb(arr.astype(np.float32))
         frames = [np.concatenate([np.asarray(video[t]), cv2.resize(rgb[t], (video.width, video.height),

@@ -13,7 +13,9 @@ OUT/projector.safetensors, usable as load_backend("dinov2_vitb14+cosettle", proj
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import typing
 from pathlib import Path
 
 from cosettle.cli import ArgumentParser  # one-line argparse errors
@@ -25,9 +27,6 @@ from cosettle.train import TrainConfig, train
 
 def _fix_help(parser: argparse.ArgumentParser) -> None:
     """Readable --help: metavars from the field types (not OPTIONAL), the test hook hidden."""
-    import dataclasses
-    import typing
-
     hints = typing.get_type_hints(TrainConfig)
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     for action in parser._actions:

@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from ..errors import UserError
 
 
@@ -62,8 +64,6 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _json_default(obj: Any):
-    import numpy as np
-
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):

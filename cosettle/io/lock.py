@@ -23,7 +23,7 @@ LOCK_NAME = ".lock"
 def folder_lock(folder: str | os.PathLike, what: str = "work folder", name: str = LOCK_NAME) -> Iterator[None]:
     """Hold an exclusive lock on ``folder/name`` for the ``with`` block (waits while another holds it)."""
     try:
-        import fcntl
+        import fcntl  # deferred: POSIX-only module
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return

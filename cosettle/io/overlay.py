@@ -20,6 +20,8 @@ import colorsys
 import os
 from pathlib import Path
 
+import cv2
+import imageio.v3 as iio
 import numpy as np
 
 from .atomic import atomic_path
@@ -79,8 +81,6 @@ def _sizes(h: int, w: int, n: int, style: str) -> dict:
 def draw_overlay_frames(video, result, trail: int = 10, style: str = "trails", radius: int | None = None,
                         only=None):
     """Yield RGB frames with the tracks drawn (see the module docstring); ``only``: just these frames."""
-    import cv2
-
     if style not in STYLES:
         raise ValueError(f"unknown overlay style {style!r}")
     n_frames = len(video)
@@ -134,16 +134,12 @@ def draw_overlay_frames(video, result, trail: int = 10, style: str = "trails", r
 
 
 def _line_h(sz) -> int:
-    import cv2
-
     text_h = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, sz["font"], sz["text"])[0][1]
     return max(2 * sz["r"] + 4, int(text_h * 1.8))
 
 
 def _legend(frame, names, colors, sz, darken: bool = True) -> None:
     """Top-left box: one row per point (colour + name) and the marker key (the three symbols)."""
-    import cv2
-
     rows = [(c, nm) for c, nm in zip(colors, names)][:MAX_LEGEND]
     keys = ("visible", "occluded", "re-detected")
     r, font, th = sz["r"], sz["font"], sz["text"]
@@ -179,8 +175,6 @@ def _legend(frame, names, colors, sz, darken: bool = True) -> None:
 
 def _label(frame, text: str, p, color, sz) -> None:
     """A name beside its marker: right of it, or left when it would leave the frame."""
-    import cv2
-
     r = sz["r"]
     tw, th = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, sz["font"], sz["text"])[0]
     h, w = frame.shape[:2]
@@ -190,8 +184,6 @@ def _label(frame, text: str, p, color, sz) -> None:
 
 
 def _text(frame, text: str, org, color, sz) -> None:
-    import cv2
-
     cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, sz["font"], (0, 0, 0), sz["text"] + 2, cv2.LINE_AA)
     cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, sz["font"], color, sz["text"], cv2.LINE_AA)
 
@@ -244,8 +236,6 @@ def write_overlay(path: str | os.PathLike, video, result, fps: float, trail: int
 
 
 def write_still(path: str | os.PathLike, video, result, style: str = "trails") -> Path:
-    import imageio.v3 as iio
-
 
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import imageio.v2 as iio2
+import imageio.v3 as iio
 import numpy as np
 
 from ..errors import UserError
@@ -132,8 +136,6 @@ def _read_folder(path: Path, max_frames, stride) -> Video:
 
 
 def _read_image(path: Path, expect_hw) -> np.ndarray:
-    import imageio.v3 as iio
-
     try:
         img = iio.imread(path)
     except Exception as err:  # imageio raises many types for corrupt files
@@ -153,8 +155,6 @@ def _read_image(path: Path, expect_hw) -> np.ndarray:
 
 
 def _read_file(path: Path, max_frames, stride) -> Video:
-    import imageio.v2 as iio2
-
     if path.suffix.lower() == ".gif":
         return _read_gif(path, max_frames, stride)
     frames, kept = [], []
@@ -183,8 +183,6 @@ def _read_file(path: Path, max_frames, stride) -> Video:
 
 
 def _read_gif(path: Path, max_frames, stride) -> Video:
-    import imageio.v3 as iio
-
     try:
         arr = iio.imread(path, index=None)
         meta = iio.immeta(path)
@@ -229,8 +227,6 @@ def write_video(path: str | os.PathLike, frames, fps: float) -> Path:
 
 
 def _write_gif(tmp: Path, frames, fps: float) -> int:
-    import imageio.v3 as iio
-
     arr = np.stack(list(frames))
     iio.imwrite(tmp, arr, duration=1000.0 / fps, loop=0)
     return len(arr)
@@ -239,10 +235,7 @@ def _write_gif(tmp: Path, frames, fps: float) -> int:
 def _write_mp4(tmp: Path, frames, fps: float) -> int:
     """Pipe raw RGB frames into imageio-ffmpeg's ffmpeg (H.264, yuv420p, crf 15 = imageio quality 7) and
     check its exit status: imageio's own writer does not report a failed ffmpeg at close."""
-    import subprocess
-    import tempfile
-
-    import imageio_ffmpeg
+    import imageio_ffmpeg  # deferred: ffmpeg-backed video I/O only
 
     proc, n, size = None, 0, None
     with tempfile.TemporaryFile() as errlog:
@@ -288,10 +281,8 @@ def count_video_frames(path: str | os.PathLike) -> int:
     path = Path(path)
     try:
         if path.suffix.lower() == ".gif":
-            import imageio.v3 as iio
-
             return int(len(iio.imread(path, index=None)))
-        import imageio_ffmpeg
+        import imageio_ffmpeg  # deferred: ffmpeg-backed video I/O only
 
         return int(imageio_ffmpeg.count_frames_and_secs(str(path))[0])
     except Exception:  # a truncated file makes ffmpeg fail: it has no usable frames
@@ -300,8 +291,6 @@ def count_video_frames(path: str | os.PathLike) -> int:
 
 def write_frames(folder: str | os.PathLike, frames, ext: str = "png") -> Path:
     """Write frames as ``00000.<ext>`` ... into ``folder`` (used for demo clips and tests)."""
-    import imageio.v3 as iio
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for i, frame in enumerate(frames):

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm.auto import tqdm
 
 from ..backends.registry import load_backend
 from ..backends.timm_vit import TimmViTBackend
@@ -259,8 +260,6 @@ class Trainer:
             tmp.write_text("".join(x + "\n" for x in keep))
 
     def run(self) -> list[dict[str, float]]:
-        from tqdm.auto import tqdm
-
         cfg = self.cfg
         start_epoch, start_batch = 0, 0
         last = self.ckpt_dir / "last.pt"

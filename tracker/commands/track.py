@@ -22,6 +22,7 @@ settings (``--work-dir``; default ~/.cache/cosettle/tracker/...): re-running res
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -36,18 +37,18 @@ from cosettle.config import dump_yaml, load_yaml_dict
 from cosettle.demo import make_demo_clip
 from cosettle.errors import UserError, cli_entry
 from cosettle.io.atomic import OutputStage
-from cosettle.io.masks import load_mask_folder
 from cosettle.io.mask_queries import load_mask, mask_grid_queries, points_from_mask
+from cosettle.io.masks import load_mask_folder
 from cosettle.io.overlay import STYLES, write_overlay, write_still
 from cosettle.io.queries import grid_queries, load_queries
 from cosettle.io.tracks import save_tracks
 from cosettle.io.video import check_fps, read_video
 from cosettle.provenance import close_file_logging, setup_logging, write_run_info
 from tracker import build_tracker, eta
-from tracker.registry import tracker_entry, tracker_names, trackers_help
 from tracker.api import cache_root
 from tracker.config import config_dict, merge_dict, preset
 from tracker.memory import check_memory, time_plan
+from tracker.registry import tracker_entry, tracker_names, trackers_help
 from tracker.workdirs import clean, enforce_cap, folder_bytes, human_age, human_bytes, list_work_folders
 
 log = logging.getLogger("track")
@@ -207,8 +208,6 @@ def cache_cap_gb(args) -> float | None:
 
 def cache_command(args) -> int:
     """--cache-info / --clean-cache: a table on stdout (JSON with --json)."""
-    import json
-
 
     root = cache_root()
     if args.older_than is not None and not (np.isfinite(args.older_than) and args.older_than >= 0):
@@ -369,8 +368,6 @@ def run(args, demo: bool, stage) -> int:
 
 def emit_summary(summary: dict, as_json: bool) -> None:
     """What a person reads, on stdout (logs stay on stderr): files, points x frames, visible share, time."""
-    import json
-
     if as_json:
         print(json.dumps(summary))
         return

@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .models import DinoTrackerModel
 from .sampling import NormalisedMaps, sample_points
@@ -39,8 +40,6 @@ def refined_features(model: DinoTrackerModel, frames: np.ndarray, raw: torch.Ten
                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(T, C, h, w) refined features of every frame (DeltaDINO in eval mode, chunks of 8), stored as
     ``dtype``: float16 rounds each chunk as it is computed, so a long clip never holds them in float32."""
-    from tqdm.auto import tqdm
-
     model.eval()
     t = raw.shape[0]
     out = torch.empty(raw.shape, dtype=dtype)
@@ -100,8 +99,6 @@ class TrackInference:
     @torch.no_grad()
     def track(self, queries: np.ndarray, occlusion: str | None = None, progress: bool = False):
         """queries (N, 3) (t, x, y) in input px -> tracks (N,T,2), visible (N,T), confidence (N,T)."""
-        from tqdm.auto import tqdm
-
         rule = occlusion or self.cfg.occlusion
         q = torch.as_tensor(np.asarray(queries, np.float32), device=self.device)
         n, t = q.shape[0], self.refined.shape[0]

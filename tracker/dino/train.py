@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from cosettle.hashing import verify_checksum
 from cosettle.io.atomic import write_json
@@ -335,8 +336,6 @@ class Trainer:
 
     def run(self, progress: bool = True, stop_after: int | None = None) -> DinoTrackerModel:
         """Train to ``cfg.iterations`` (resuming). ``stop_after``: stop early (tests of resume)."""
-        from tqdm.auto import tqdm
-
         c = self.cfg
         start = self.resume()
         if start == 0 and self.ckpt_dir is not None and c.iterations > 0:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial import cKDTree
+from tqdm.auto import tqdm
 
 from cosettle.geometry import Geometry
 from cosettle.io.atomic import atomic_path
@@ -145,7 +147,6 @@ class NearestTrajectory:
         if frame in self._cache:
             self._cache.move_to_end(frame)
             return self._cache[frame]
-        from scipy.spatial import cKDTree
 
         ids, xy = (np.zeros(0, np.int64), None) if self.store is None else self.store.at_frame(frame)
         if len(ids) == 0:
@@ -212,8 +213,6 @@ def compute_best_buddies(features: torch.Tensor, geometry: Geometry, pairs, traj
     ``features`` (T, C, h, w): a tensor or a lazy per-frame reader; ``trajectories``: a store, a dense
     array or None.
     """
-    from tqdm.auto import tqdm
-
     tic = time.time()
     cells = torch.as_tensor(geometry.cell_centers("input").reshape(-1, 2), dtype=torch.float32)
     near = NearestTrajectory(trajectories if flow_filter else None, cells.numpy().astype(np.float64))

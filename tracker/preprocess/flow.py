@@ -17,7 +17,11 @@ import logging
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from cosettle.errors import UserError
 
@@ -59,7 +63,6 @@ class DISFlow(FlowEstimator):
         super().__init__()
         if preset not in DIS_PRESETS:
             raise UserError(f"unknown DIS preset {preset!r}", f"choose one of {', '.join(DIS_PRESETS)}")
-        import cv2
 
         self.preset = preset
         self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
@@ -72,8 +75,6 @@ class DISFlow(FlowEstimator):
         self.finest_scale = self._dis.getFinestScale()
 
     def _flow(self, img0, img1):
-        import cv2
-
         g0 = _gray(img0, cv2)
         g1 = _gray(img1, cv2)
         return self._dis.calc(g0, g1, None).astype(np.float32, copy=False)
@@ -96,8 +97,7 @@ class RaftFlow(FlowEstimator):
         super().__init__()
         path = find_raft_weights(weights)
         try:
-            import torch
-            from torchvision.models.optical_flow import raft_large
+            from torchvision.models.optical_flow import raft_large  # deferred: RAFT flow only; slow import
         except ImportError:
             raise UserError("flow 'raft' needs torchvision", "pip install torchvision, or use --flow dis") from None
         self.device = torch.device(device)
@@ -109,9 +109,6 @@ class RaftFlow(FlowEstimator):
         self.path = path
 
     def _flow(self, img0, img1):
-        import torch
-        import torch.nn.functional as F
-
         x = torch.from_numpy(np.stack([img0, img1])).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         h, w = x.shape[-2:]
         ph, pw = (-h) % 8, (-w) % 8
@@ -133,8 +130,6 @@ def find_raft_weights(weights: str | os.PathLike | None = None) -> Path:
         path = Path(weights)
     else:
         try:
-            import torch
-
             hub = Path(torch.hub.get_dir()) / "checkpoints"
         except Exception:  # pragma: no cover
             hub = Path.home() / ".cache" / "torch" / "hub" / "checkpoints"
@@ -157,8 +152,6 @@ def make_flow_estimator(method: str = "dis", dis_preset: str = "medium", raft_we
 
 def consecutive_flows(frames, estimator: FlowEstimator, progress: bool = False):
     """Forward ``F[i] = flow(i -> i+1)`` and backward ``B[i] = flow(i+1 -> i)``, each (T-1, H, W, 2)."""
-    from tqdm.auto import tqdm
-
     n = len(frames)
     h, w = np.asarray(frames[0]).shape[:2]
     fwd = np.zeros((max(n - 1, 0), h, w, 2), np.float32)
@@ -235,8 +228,6 @@ def write_consecutive_flows(frames, estimator: FlowEstimator, fwd_path, bwd_path
     ``frames`` may be a lazy per-frame reader: only two frames and one flow pair are in memory at once
     (the in-memory form holds 2 x (T-1) x H x W x 2 floats: 1.6 GB for 1,000 frames at 427x240).
     """
-    from tqdm.auto import tqdm
-
 
     n = len(frames)
 

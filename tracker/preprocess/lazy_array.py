@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 class NpyArray:
@@ -49,16 +50,12 @@ class NpyArray:
     @property
     def shape(self):
         if self.as_torch:
-            import torch
-
             return torch.Size(self._shape)
         return self._shape
 
     @property
     def dtype(self):
         if self.as_torch:
-            import torch
-
             return torch.from_numpy(np.zeros(0, self._np_dtype)).dtype
         return self._np_dtype
 
@@ -135,8 +132,6 @@ class NpyArray:
 
     def _wrap(self, arr: np.ndarray):
         if self.as_torch:
-            import torch
-
             return torch.from_numpy(np.ascontiguousarray(arr))
         return arr
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import cv2
+import imageio.v3 as iio
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -138,8 +140,6 @@ def motion_masks(fwd: np.ndarray, bwd: np.ndarray, threshold: float = 3.0, min_r
 
 
 def _motion_masks(fwd, bwd, threshold, min_residual, min_area, seed, window, warn=True):
-    import cv2
-
     n, h, w = fwd.shape[:3]
     T = n + 1
     window = max(1, min(int(window), n)) if n else 1
@@ -205,8 +205,6 @@ def _chain(flows, t: int, s: int, forward: bool) -> np.ndarray | None:
     ``forward``: ``flows[i]`` maps i -> i+1 (s > t); else ``flows[i]`` maps i+1 -> i (s < t). Each step
     samples the next flow where the chain has arrived (bilinear, border-clamped), as chained flow
     trajectories do."""
-    import cv2
-
     if s == t:
         return None
     steps = range(t, s) if forward else range(t - 1, s - 1, -1)
@@ -226,8 +224,6 @@ def _chain(flows, t: int, s: int, forward: bool) -> np.ndarray | None:
 def _motion_residual(flow: np.ndarray, threshold: float, min_px: float, seed: int,
                      samples: int = 4000) -> tuple[np.ndarray, float | None]:
     """(h, w, 2) flow -> (residual / its threshold (h, w), median residual px or None if no fit)."""
-    import cv2
-
     h, w = flow.shape[:2]
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     step = max(1, int(np.sqrt(h * w / samples)))
@@ -270,8 +266,6 @@ def cells_to_pixels(cells: np.ndarray, geometry: Geometry) -> np.ndarray:
 
 def save_masks_png(folder, masks: np.ndarray) -> Path:
     """Write masks as ``00000.png`` ... (0/255, lossless), each atomically."""
-    import imageio.v3 as iio
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for i, m in enumerate(masks):

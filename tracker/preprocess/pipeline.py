@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import imageio.v3 as iio
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -327,8 +328,6 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
         return {**info, "fg_fraction": float(m.mean())}
 
     def l_masks(d, m):
-        import imageio.v3 as iio
-
         files = sorted((d / "masks").glob("*.png"))
         if len(files) != T:
             raise ValueError(f"{len(files)} mask files for {T} frames")

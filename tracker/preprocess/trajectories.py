@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .. import eta
 from .flow import FlowEstimator, fb_consistency, inside, sample_flow, step_points
@@ -78,8 +79,6 @@ def chain_trajectories(fwd, bwd, frames=None, estimator: FlowEstimator | None = 
     exactly the kept earlier ones that occupy frame s. With ``min_len > 2`` a trajectory still alive at s
     but ending before ``min_len`` also blocks seeding at s (the reference marks only kept ones).
     """
-    from tqdm.auto import tqdm
-
     tic = time.time()
     T = len(fwd) + 1
     H, W = fwd.shape[1:3]
