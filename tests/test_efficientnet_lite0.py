@@ -8,6 +8,8 @@ annotations. Tests needing the package skip with the reason when it is absent (`
 """
 from __future__ import annotations
 
+import logging
+
 import subprocess
 import sys
 from pathlib import Path
@@ -304,7 +306,7 @@ def real_clips(tmp_path_factory, shared_dir) -> Path:
     return root
 
 
-def test_a_few_co_settle_steps_on_real_features(package_file, real_clips, tmp_path):
+def test_a_few_co_settle_steps_on_real_features(package_file, real_clips, tmp_path, caplog):
     """Co-Settle trains on the real stride-8 features: the file records the package weights' default
     (the 2+3+4 hypercolumn on stage 2's grid, stride 8, no PEA), the cycle walk on real features is far
     above chance, and the projected backend rebuilds those features from the package file."""
@@ -314,7 +316,9 @@ def test_a_few_co_settle_steps_on_real_features(package_file, real_clips, tmp_pa
 
     common = dict(backend="efficientnet_lite0", data=[str(real_clips)], input_size=96, batch_size=4,
                   num_workers=0, progress=False, precision="fp32", max_steps=3, pairs_per_clip=6, epochs=1)
-    real = Trainer(TrainConfig(out=str(tmp_path / "real"), **common), DistContext())
+    with caplog.at_level(logging.INFO, logger="cosettle.train.trainer"):
+        real = Trainer(TrainConfig(out=str(tmp_path / "real"), **common), DistContext())
+    assert "encoder efficientnet_lite0 (layer 2+3+4, norm" in caplog.text  # the hypercolumn, not its grid stage
     assert real.use_pea is False and real.encoder.weights == package_file
     hist = real.run()
     assert all(np.isfinite(h["loss"]) for h in hist) and len(hist) == 3

@@ -131,10 +131,11 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         if self.ctx.is_main:
             meta = self.encoder.token_metadata()
+            tokens = "+".join(map(str, meta["hypercolumn"])) if meta.get("hypercolumn") else meta["layer"]
             log.info("Co-Settle: %d clips x %d pairs, %d steps/epoch x %d epochs, batch %d x %d, lr %.3g, "
                      "encoder %s (layer %s, norm %s, position encoding %s -> PEA %s), %s autocast", len(clips),
                      self.pairs_per_clip, self.steps_per_epoch, cfg.epochs, cfg.batch_size, self.ctx.world_size,
-                     self.base_lr, self.encoder.name, meta["layer"], meta["norm"], meta["position_encoding"],
+                     self.base_lr, self.encoder.name, tokens, meta["norm"], meta["position_encoding"],
                      "on" if self.use_pea else "off", self.ac_dtype)
 
     @property
