@@ -8,6 +8,7 @@ from PIL import Image
 
 from cosettle.errors import UserError
 from cosettle.io.masks import foreground, load_mask_folder, read_mask
+from tracker.preprocess.masks import check_masks
 
 
 def _save(path, arr, mode=None, **kw):
@@ -58,6 +59,10 @@ def test_arrays_follow_the_same_rule():
     assert foreground(np.array([[0, 3, 200]], np.uint8)).tolist() == [[False, False, True]]
     assert foreground(np.array([[0, 3]], np.uint8)).tolist() == [[False, True]]
     assert foreground(np.array([[True, False]])).tolist() == [[True, False]]
+    # a clip 3 or 4 pixels wide is not an RGB(A) image: the width is kept
+    narrow = np.zeros((2, 5, 3), np.uint8)
+    narrow[:, 1, 2] = 255
+    assert check_masks(narrow, 2, 5, 3).tolist() == (narrow > 0).tolist()
 
 
 def test_unreadable_and_missing_files_are_one_line_errors(tmp_path):

@@ -24,12 +24,10 @@ MASK_EXTS = {".png", ".jpg", ".jpeg", ".bmp"}
 
 
 def foreground(values: np.ndarray) -> np.ndarray:
-    """The rule above on a decoded, non-palette mask: (..., H, W) or (..., H, W, C) -> (..., H, W) bool.
-
-    A channel axis is recognised as a last axis of 3 or 4 (RGB, RGBA) on a 3-d or deeper array."""
+    """The threshold rule above on single-channel mask values (any shape; bool counts as 0/1) -> bool. Colour
+    images are reduced to their brightest channel first (``read_mask``; ``check_masks`` for arrays): a last
+    axis of 3 or 4 here is image width, never channels."""
     m = np.asarray(values)
-    if m.ndim >= 3 and m.shape[-1] in (3, 4):
-        m = m[..., :3].max(axis=-1)
     if m.dtype == bool:
         return m.copy()
     return m > (127 if m.size and m.max() > 127 else 0)
@@ -48,6 +46,8 @@ def read_mask(path: str | Path, flag: str = "mask") -> np.ndarray:
     except Exception as err:  # PIL raises many types for a non-image
         raise UserError(f"{flag} {path} is not a readable image ({type(err).__name__})",
                         "pass a png mask (object pixels non-zero)") from None
+    if arr.ndim == 3:  # RGB(A): the brightest colour channel, alpha ignored
+        arr = arr[..., :3].max(axis=-1)
     return foreground(arr)
 
 
