@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
-from tqdm import tqdm
 
 from cosettle.backends.registry import load_backend, split_projected_name
 from cosettle.errors import UserError
 from cosettle.hashing import file_digest
 from cosettle.io.atomic import atomic_path
+from cosettle.progress import tqdm
 from cosettle.projector_io import resolve_path
 from tracker import build_tracker, preset
 from tracker.registry import TrackerEntry, tracker_entry

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from cosettle.errors import UserError
 from cosettle.io.atomic import atomic_path
+from cosettle.progress import tqdm
 
 # Per-level scene parameters (speeds in px/frame at 256 px width; angles in rad over the clip).
 DIFFICULTIES: dict[str, dict] = {

@@ -49,9 +49,9 @@ from typing import Callable
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
 
 from cosettle.io.tracks import TrackResult
+from cosettle.progress import tqdm
 
 from .api import Tracker
 from .baselines import _as_frames

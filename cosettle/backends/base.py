@@ -19,12 +19,12 @@ from typing import Any, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..frames import frames_to_tensor, video_hw
 from ..geometry import Geometry, snap_input_size
 from ..hashing import json_digest
+from ..progress import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm.auto import tqdm
 
 from ..backends.registry import load_backend
 from ..backends.timm_vit import TimmViTBackend
@@ -33,6 +32,7 @@ from ..errors import UserError
 from ..io.atomic import atomic_path, write_json
 from ..losses import LossConfig, cosettle_loss
 from ..pea import PEA
+from ..progress import tqdm
 from ..projector import Projector
 from ..projector_io import save_projector
 from ..provenance import write_run_info

@@ -25,7 +25,8 @@ import time
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from cosettle.progress import tqdm
 
 from .models import DinoTrackerModel
 from .sampling import NormalisedMaps, sample_points

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from cosettle.hashing import verify_checksum
 from cosettle.io.atomic import write_json
 from cosettle.io.verified import load_verified, remove_verified, save_verified
+from cosettle.progress import tqdm
 
 from .. import eta
 from ..config import TrackerConfig, scaled_px, train_switch

@@ -33,10 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
-from tqdm.auto import tqdm
 
 from cosettle.geometry import Geometry
 from cosettle.io.atomic import atomic_path
+from cosettle.progress import tqdm
 
 from .trajectory_store import as_store
 

@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from cosettle.errors import UserError
+from cosettle.progress import tqdm
 
 from .. import eta
 from .lazy_array import NpyWriter

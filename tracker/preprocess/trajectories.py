@@ -30,7 +30,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
+
+from cosettle.progress import tqdm
 
 from .. import eta
 from .flow import FlowEstimator, fb_consistency, inside, sample_flow, step_points
