@@ -72,6 +72,7 @@ class FusionStats:
     not_visible: int = 0       # point-steps reported not visible (lost, or following flow after a loss)
     flow_calls: int = 0
     seconds: float = 0.0
+    redetected: np.ndarray | None = None  # (N, T) bool: verified re-detections of the last call, per point and frame
 
     def to_dict(self) -> dict:
         total = max(1, self.flow_steps + self.redetections + self.lost_new)
@@ -187,6 +188,7 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
     lost = np.zeros(n, bool)
     run = np.zeros(n, np.int64)
     on_fg = np.zeros(n, bool)  # queries made on the foreground: only they can drift off it
+    st.redetected = np.zeros((n, T), bool)  # this call's (a FusionStats may add up several calls' counts)
     if foreground is not None:
         for t in np.unique(tq):
             on_fg[tq == t] = foreground(int(t), q[tq == t, 1:3])
@@ -214,6 +216,7 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
             if drift_c.any():  # a drift correction must land on the foreground that flow left
                 good[drift_c] &= foreground(b, xy[drift_c])
             ok[cand[good]] = True
+            st.redetected[idx[cand[good]], b] = True
             p_b[cand[good]] = xy[good]
             c_b[cand[good]] = np.clip(peaks[good], 0.0, 1.0)
             st.rejected += int((~good).sum())
@@ -300,7 +303,7 @@ class FlowGuidedTracker(Tracker):
                                         self._foreground, progress=self.progress, stats=self.fusion_stats)
         self.timings["fusion"] = self.timings.get("fusion", 0.0) + self.fusion_stats.seconds
         log.info("flow+dino fusion: %s", self.fusion_stats.to_dict())
-        return TrackResult(tracks, vis, conf, res.queries, res.names)
+        return TrackResult(tracks, vis, conf, res.queries, res.names, redetected=self.fusion_stats.redetected)
 
 
 @register_tracker("dino-flow", summary="DINO-Tracker fused with optical flow, the default (trains per video: "

@@ -4,10 +4,14 @@ Why each rule (from users reading the old overlay wrongly):
 
 * a re-detection moves a point across the frame in one step; a trail segment drawn across that jump
   reads as motion that never happened. A step longer than the point's own motion supports
-  (``trail_breaks``) breaks the trail, and the landing spot is marked as a re-detection (an ``x`` in a
-  square) for a few frames;
+  (``trail_breaks``) breaks the trail;
+* the re-detection mark (an ``x`` in a square, for a few frames) sits only where the tracker itself
+  reports a re-detection (``TrackResult.redetected``: ``dino-flow``'s verified re-detections). It once
+  marked every large step, so correctly followed fast points, and ``flow`` runs that re-detect nothing,
+  were marked; trackers that report none (``flow``, ``dino``, ...) show no mark and no key for it;
 * points carry their names from the points file (a legend with colours, labels beside the markers
-  when there are few points);
+  when there are few points); more points than ``MAX_LEGEND`` get one legend line saying how many and
+  that their colours repeat (never a list of the first 24 that reads as if it were all);
 * visible points are filled discs; occluded or uncertain ones (``visible`` False, or confidence < 0.5)
   are hollow rings, so they stand out at a glance;
 * marker, line and text sizes scale with the frame (a 4-px disc vanished at 854x480);
@@ -92,6 +96,7 @@ def draw_overlay_frames(video, result, trail: int = 10, style: str = "trails", r
     if radius:
         sz["r"] = radius
     jumps = trail_breaks(result.tracks, (h, w))
+    marks = redetections(result)
     shown = result.visible & (result.confidence >= 0.5)
     names = list(result.names) if result.names else [f"p{i}" for i in range(n)]
     for t in range(n_frames):
@@ -99,7 +104,8 @@ def draw_overlay_frames(video, result, trail: int = 10, style: str = "trails", r
             continue
         frame = np.ascontiguousarray(np.asarray(video[t]).copy())
         if style == "trails" and MAX_LABELS < n <= MAX_LEGEND:  # names not beside the markers: a legend
-            _legend(frame, names, colors, sz)  # first, so that no marker hides under it
+            _legend(frame, names, colors, sz, redetect_key=result.redetected is not None)  # first: no
+            # marker hides under it
         for i in range(n):
             c = colors[i]
             for k in range(max(0, t - trail), t):
@@ -120,8 +126,8 @@ def draw_overlay_frames(video, result, trail: int = 10, style: str = "trails", r
                 cv2.circle(frame, _pt(p), max(1, r - 1), c, -1, cv2.LINE_AA)
             else:
                 cv2.circle(frame, _pt(p), r, c, max(1, r // 3), cv2.LINE_AA)
-            since = [k for k in range(max(1, t - REDETECT_FRAMES + 1), t + 1) if jumps[i, k]]
-            if since:  # re-detected: a square with an x around the new position
+            if marks[i, max(0, t - REDETECT_FRAMES + 1):t + 1].any():  # reported re-detection in the last frames:
+                # a square with an x around the new position
                 x, y = _pt(p)
                 e = r + 2 * sz["line"] + 1
                 cv2.rectangle(frame, (x - e, y - e), (x + e, y + e), c, sz["line"], cv2.LINE_AA)
@@ -138,18 +144,35 @@ def _line_h(sz) -> int:
     return max(2 * sz["r"] + 4, int(text_h * 1.8))
 
 
-def _legend(frame, names, colors, sz, darken: bool = True) -> None:
-    """Top-left box: one row per point (colour + name) and the marker key (the three symbols)."""
-    rows = [(c, nm) for c, nm in zip(colors, names)][:MAX_LEGEND]
-    keys = ("visible", "occluded", "re-detected")
+def redetections(result) -> np.ndarray:
+    """(N, T) bool: where the tracker reported a re-detection (all False when it reports none)."""
+    rep = getattr(result, "redetected", None)
+    return np.zeros(result.tracks.shape[:2], bool) if rep is None else np.asarray(rep, bool)
+
+
+def legend_note(n: int) -> str | None:
+    """The legend's one line for more points than it lists (a grid), else None."""
+    if n <= MAX_LEGEND:
+        return None
+    return f"{n} points, not listed (colours repeat; names in tracks.csv; --overlay-style rainbow for grids)"
+
+
+def _legend(frame, names, colors, sz, darken: bool = True, note: str | None = None,
+            redetect_key: bool = True) -> None:
+    """Top-left box: one row per point (colour + name), or one ``note`` row instead of a list, and the
+    marker key (visible, occluded, and re-detected where the tracker reports re-detections)."""
+    rows = [] if note else [(c, nm) for c, nm in zip(colors, names)][:MAX_LEGEND]
+    keys = ("visible", "occluded", "re-detected")[:3 if redetect_key else 2]
     r, font, th = sz["r"], sz["font"], sz["text"]
     line_h = _line_h(sz)
     tw = [cv2.getTextSize(k, cv2.FONT_HERSHEY_SIMPLEX, font, th)[0][0] for k in keys]
     key_w = sum(tw) + len(keys) * (3 * r + 10)
+    texts = [nm for _, nm in rows] + ([note] if note else [])
     width = max([key_w] + [cv2.getTextSize(nm, cv2.FONT_HERSHEY_SIMPLEX, font, th)[0][0] + 3 * r + 12
-                           for _, nm in rows]) + 8
+                           for nm in texts]) + 8
     h, w = frame.shape[:2]
-    x1, y1 = min(width, w - 1), min(line_h * (len(rows) + 1) + 6, h - 1)
+    n_rows = len(rows) + (1 if note else 0)
+    x1, y1 = min(width, w - 1), min(line_h * (n_rows + 1) + 6, h - 1)
     if darken:
         roi = frame[:y1, :x1]
         roi[:] = (roi * 0.45).astype(np.uint8)  # darkened box keeps the video visible behind it
@@ -158,7 +181,9 @@ def _legend(frame, names, colors, sz, darken: bool = True) -> None:
         cy = 3 + line_h * k + line_h // 2
         cv2.circle(frame, (6 + r, cy), r, c, -1, cv2.LINE_AA)
         _text(frame, nm, (10 + 2 * r, cy + line_h // 4), white, sz)
-    cy, x = 3 + line_h * len(rows) + line_h // 2, 6
+    if note:
+        _text(frame, note, (6, 3 + line_h * len(rows) + line_h // 2 + line_h // 4), white, sz)
+    cy, x = 3 + line_h * n_rows + line_h // 2, 6
     for k, label in enumerate(keys):
         cx = x + r
         if k == 0:
@@ -214,16 +239,22 @@ def overlay_still(video, result, style: str = "trails", trail: int = 10) -> np.n
     sz = _sizes(h, w, n, style)
     names = list(result.names) if result.names else [f"p{i}" for i in range(n)]
     colors = [tuple(int(v) for v in c) for c in style_colors(result, style, (h, w))]
+    note = legend_note(n)
+    if note:  # more points than a legend can name: one line saying so, and the marker key
+        strip = np.zeros((_line_h(sz) * 2 + 8, still.shape[1], 3), np.uint8)
+        _legend(strip, [], [], sz, darken=False, note=note, redetect_key=result.redetected is not None)
+        return np.concatenate([still, strip], axis=0)
     cols = max(1, still.shape[1] // max(1, 14 * _line_h(sz)))  # names in columns across the strip
-    per_col = -(-min(n, MAX_LEGEND) // cols) if n else 0
+    per_col = -(-n // cols) if n else 0
     strip = np.zeros((_line_h(sz) * (per_col + 1) + 8, still.shape[1], 3), np.uint8)
     for c in range(cols):
-        sel = list(range(c * per_col, min(n, MAX_LEGEND, (c + 1) * per_col)))
+        sel = list(range(c * per_col, min(n, (c + 1) * per_col)))
         if not sel and c:
             break
         sub = strip[:, c * (still.shape[1] // cols):(c + 1) * (still.shape[1] // cols)]
         sub_img = np.ascontiguousarray(sub)
-        _legend(sub_img, [names[i] for i in sel], [colors[i] for i in sel], sz, darken=False)
+        _legend(sub_img, [names[i] for i in sel], [colors[i] for i in sel], sz, darken=False,
+                redetect_key=result.redetected is not None)
         if c:  # the marker key once, in the first column
             sub_img[_line_h(sz) * len(sel) + 3:] = 0
         sub[:] = sub_img

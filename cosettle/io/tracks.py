@@ -5,6 +5,8 @@ Layout (point-major, like TAP-Vid and DINO-Tracker):
     visible     (N, T) bool, **True = visible** (TAP-Vid's ``occluded`` is the negation)
     confidence  (N, T) float32 in [0, 1], a continuous score; ``visible`` is its decision
     queries     (N, 3) float32, (t, x, y)
+    redetected  (N, T) bool or None: where the tracker itself reports a re-detection (``dino-flow``: a verified
+                jump to the head's match); None for trackers that report none (the overlay marks only these)
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ class TrackResult:
     confidence: np.ndarray
     queries: np.ndarray
     names: list[str] = field(default_factory=list)
+    redetected: np.ndarray | None = None
 
     def __post_init__(self):
         self.tracks = np.asarray(self.tracks, dtype=np.float32)
@@ -37,6 +40,8 @@ class TrackResult:
         self.queries = np.asarray(self.queries, dtype=np.float32).reshape(n, 3)
         if not self.names:
             self.names = [f"p{i}" for i in range(n)]
+        if self.redetected is not None:
+            self.redetected = np.asarray(self.redetected, dtype=bool).reshape(n, t)
 
     @property
     def num_points(self) -> int:
@@ -61,7 +66,8 @@ def save_tracks(out_dir: str | os.PathLike, result: TrackResult, fps: float, siz
                             confidence=result.confidence, queries=result.queries,
                             names=np.array(result.names), fps=np.float32(fps),
                             size_hw=np.array(size_hw, dtype=np.int32),
-                            metadata=np.array(json.dumps(meta, default=str)))
+                            metadata=np.array(json.dumps(meta, default=str)),
+                            **({} if result.redetected is None else {"redetected": result.redetected}))
     write_json(paths["json"], {
         "fps": fps, "height": size_hw[0], "width": size_hw[1], "metadata": meta,
         "points": [{"name": result.names[i],
@@ -87,7 +93,7 @@ def save_tracks(out_dir: str | os.PathLike, result: TrackResult, fps: float, siz
 def load_tracks(path: str | os.PathLike) -> tuple[TrackResult, dict[str, Any]]:
     with np.load(path, allow_pickle=False) as z:
         res = TrackResult(z["tracks"], z["visible"], z["confidence"], z["queries"],
-                          [str(n) for n in z["names"]])
+                          [str(n) for n in z["names"]], z["redetected"] if "redetected" in z else None)
         info = {"fps": float(z["fps"]), "size_hw": tuple(int(v) for v in z["size_hw"]),
                 "metadata": json.loads(str(z["metadata"]))}
     return res, info
