@@ -235,15 +235,40 @@ def _join(values: list) -> str:
     return " / ".join(vals)
 
 
+def checkout_args(argv: list[str], spec: TableSpec, seed: Any) -> list[str]:
+    """The arguments as a reader types them in the checkout: ``--out`` is the table's folder under ``runs/``
+    (what ``make_results.py --runs-root runs`` reads) and an absolute ``--data-root`` is made relative to the
+    checkout (``../shared/data``): the absolute folders of the machine a run was made on never reach the page."""
+    out = []
+    i = 0
+    while i < len(argv):
+        flag, _, value = argv[i].partition("=")
+        if flag in ("--out", "--data-root") and (value or i + 1 < len(argv)):
+            if not value:
+                i += 1
+                value = argv[i]
+            if flag == "--out":
+                value = "runs/" + spec.out.format(seed=seed)
+            elif os.path.isabs(value):
+                value = os.path.relpath(value, REPO_ROOT)
+            out += [flag, value]
+        else:
+            out.append(argv[i])
+        i += 1
+    return out
+
+
 def _command(info: dict, spec: TableSpec, seed: Any, folder: Path, data_root: str | None) -> str:
     cmd = info.get("command")
     if not cmd:
-        return "python badja_eval/run.py " + shlex.join(eval_command(spec, seed, folder, data_root)) + \
+        return "python badja_eval/run.py " + \
+            shlex.join(checkout_args(eval_command(spec, seed, folder, data_root), spec, seed)) + \
             "  (from the manifest; the folder recorded no command)"
     parts = cmd.split(" ", 1)
     if parts[0].endswith("badja_eval/run.py"):  # absolute path of the -m module or the script
         parts[0] = "badja_eval/run.py"
-    return "python " + " ".join(parts)
+    args = checkout_args(shlex.split(parts[1]) if len(parts) > 1 else [], spec, seed)
+    return "python " + " ".join([parts[0], shlex.join(args)]).rstrip()
 
 
 def render_table(spec: TableSpec, folders: list[Path], head: str, data_root: str | None) -> str:
