@@ -11,12 +11,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from cosettle.demo import make_demo_clip
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "track.py"
 
 
 def _run(*args, env=None):
-    e = dict(os.environ, PYTHONPATH="", OMP_NUM_THREADS="1", **(env or {}))
+    # the checkout under test first (an editable install elsewhere, e.g. a worktree's main, must not answer)
+    e = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
                           cwd=REPO, env=e, timeout=300)
 
@@ -32,11 +37,15 @@ def test_summary_on_stdout_logs_on_stderr(tmp_path):
     for name in ("tracks.npz", "overlay.mp4", "overlay.png", "track.log"):
         assert f"{final / name}\n" in p.stdout + "\n" and (final / name).is_file()
     assert "/../" not in p.stdout
-    # the demo's log line names the file the next line reads (the staging copy) and where it is kept
+    # the demo's log names where the clip is kept, and every path the log names exists after the run (it named
+    # the staging copy, gone once the folder moved into place)
     first, second = [ln for ln in p.stderr.splitlines() if " INFO " in ln][:2]
-    read = re.search(r"video (\S+): 24 frames", second).group(1)
-    assert f"read from {read}," in first and f"kept as {final / 'demo' / 'demo.mp4'}" in first
-    assert (final / "demo" / "demo.mp4").is_file()
+    assert first.endswith(f"kept as {final / 'demo' / 'demo.mp4'}")
+    assert re.search(r"video (\S+): 24 frames", second).group(1) == str(final / "demo" / "demo.mp4")
+    named = set(re.findall(r"(/[^\s,;:()]+)", p.stderr))
+    assert named and all(Path(x).exists() for x in named), [x for x in named if not Path(x).exists()]
+    log_file = (final / "track.log").read_text()
+    assert ".partial" not in log_file and "kept as" in log_file
 
 
 def test_quiet_and_json(tmp_path):
@@ -61,9 +70,70 @@ def test_dino_summary_reports_the_work_folder_and_the_estimate_ends_at_zero(tmp_
     est = s["time_estimates"]
     assert len(est) >= 5 and est[-1]["left_s"] == 0.0                    # initial + every stage end
     assert "about" in p.stderr and "left" in p.stderr
-    # the resumed (fully cached) run: every stage counts as done, so no estimate exceeds the first one
-    p2 = _run("--tracker", "dino", "--iterations", "3", "--out", tmp_path / "o2", "--json", "--no-overlay", env=env)
+    # stderr is a pipe, not a terminal: one line per stage with its time, no \r-joined bar frames
+    assert "\r" not in p.stderr and re.search(r"^train: 3/3 it in \d+\.\d s", p.stderr, re.M), p.stderr[-1500:]
+    # the fully cached re-run (with the overlay, as a user re-runs): its FIRST estimate already knows the cache --
+    # within 1.5x of the time the run really had left then (it once opened with the fresh run's plan: ~9 s here
+    # for a ~2 s re-run, "about 6 min" for a 13 s one)
+    p2 = _run("--tracker", "dino", "--iterations", "3", "--out", tmp_path / "o2", "--json", env=env)
     s2 = json.loads(p2.stdout)
     assert s2["work_dir"] == s["work_dir"] and s2["time_estimates"][-1]["left_s"] == 0.0
+    first = s2["time_estimates"][0]
+    really_left = s2["total_s"] - first["at_s"]
+    assert really_left / 1.5 <= first["left_s"] <= 1.5 * really_left, (first, s2["total_s"], s2["stages_s"])
+    assert "stages cached, training resumes at iteration 3" in p2.stderr
+    assert s2["cache_cap_gb"] == 5.0 and s2["cache_bytes"] >= s2["work_dir_bytes"]
+    p3 = _run("--tracker", "dino", "--iterations", "3", "--out", tmp_path / "o3", "--no-overlay", env=env)
+    assert re.search(r"work folder .*; the cache holds \d+\.\d MB, cap 5 GB \(--cache-max-gb\)", p3.stdout), p3.stdout
     info = _run("--cache-info", env=env)
     assert work.name in info.stdout and info.stdout.startswith(f"{tmp_path / 'cache' / 'tracker'}: 1 work folder(s)")
+
+
+def test_visible_share_never_rounds_to_a_claim():
+    from tracker.commands.track import share_text
+
+    # hand-computed: 239/240 = 99.583 %, 1/240 = 0.417 %, 99,999/100,000 = 99.999 %
+    assert share_text(239, 240) == "99.6%" and share_text(1, 240) == "0.4%"
+    assert share_text(99_999, 100_000) == "99.999%" and share_text(1, 100_000) == "0.001%"
+    assert share_text(240, 240) == "100%" and share_text(0, 240) == "0%" and share_text(120, 240) == "50%"
+
+
+def _main(argv, capsys):
+    from tracker.commands.track import main
+
+    with pytest.raises(SystemExit) as ei:
+        main([str(a) for a in argv])
+    return ei.value.code, capsys.readouterr()
+
+
+def test_a_query_beyond_a_cut_clip_says_it_was_cut_and_how_to_fix(tmp_path, capsys):
+    video, _, _ = make_demo_clip(tmp_path / "clip")                      # 24 frames
+    pts = tmp_path / "pts.json"
+    pts.write_text(json.dumps({"points": [{"frame": 15, "x": 10, "y": 10, "name": "late"}]}))
+    out = tmp_path / "out"
+    code, cap = _main(["--video", video, "--max-frames", 10, "--points", pts, "--tracker", "static", "--out", out],
+                      capsys)
+    errors = [ln for ln in cap.err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and errors == cap.err.splitlines()[-1:] and not out.exists()
+    assert "frame 15 is out of range [0, 9]: --max-frames 10 cut the clip to frames 0-9" in cap.err
+    assert "-- raise or drop --max-frames" in cap.err
+    code, cap = _main(["--video", video, "--max-frames", 10, "--grid-size", 3, "--query-frame", 15, "--tracker",
+                       "static", "--out", out], capsys)
+    assert code == 2 and "--max-frames 10 cut the clip to frames 0-9 -- raise or drop --max-frames" in cap.err
+    # a clip that is not cut keeps the plain message
+    code, cap = _main(["--video", video, "--points", pts, "--tracker", "static", "--out", out, "--max-frames", 30],
+                      capsys)
+    assert code == 0
+    pts.write_text(json.dumps({"points": [{"frame": 30, "x": 10, "y": 10}]}))
+    code, cap = _main(["--video", video, "--points", pts, "--tracker", "static", "--out", tmp_path / "o2"], capsys)
+    assert code == 2 and "cut the clip" not in cap.err and "0-based frame index" in cap.err
+
+
+def test_the_work_cache_has_a_default_cap(monkeypatch):
+    from tracker.commands.track import DEFAULT_CACHE_MAX_GB, build_parser, cache_cap_gb
+
+    monkeypatch.delenv("COSETTLE_CACHE_MAX_GB", raising=False)
+    assert cache_cap_gb(build_parser().parse_args([])) == DEFAULT_CACHE_MAX_GB == 5.0   # it was None: no cap
+    assert cache_cap_gb(build_parser().parse_args(["--cache-max-gb", "inf"])) == float("inf")
+    monkeypatch.setenv("COSETTLE_CACHE_MAX_GB", "2")
+    assert cache_cap_gb(build_parser().parse_args([])) == 2.0

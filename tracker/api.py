@@ -36,7 +36,8 @@ from . import eta
 from .config import TrackerConfig, config_dict, preprocess_at, preset, train_switch
 from .dino.inference import TrackInference, refined_features
 from .dino.train import Trainer, latest_checkpoint
-from .preprocess.pipeline import preprocess_video
+from .memory import LOAD_RATE, time_plan
+from .preprocess.pipeline import cached_stages, preprocess_video
 from .registry import register_tracker
 from .resolution import work_backend
 
@@ -112,7 +113,7 @@ class Tracker:
     def _fit_locked(self, video, masks, t0: float) -> None:
         cfg = self.cfg
         ckpt_dir = self.work_dir / f"train_{training_key(cfg)}"
-        eta.training_resumes_at(_checkpoint_hint(ckpt_dir), train_switch(cfg))
+        self._first_estimate(video, ckpt_dir)
         self.prep = preprocess_video(video, self.work_backend, self.prep_cfg, self.work_dir, masks=masks,
                                      progress=self.progress)
         self.timings["preprocess"] = time.perf_counter() - t0
@@ -138,6 +139,19 @@ class Tracker:
         self.timings["refine"] = time.perf_counter() - t0
         eta.stage_finish("refine", self.timings["refine"], cached=was_cached)
         self.infer = TrackInference(self.model, refined, geom, cfg)
+        eta.end_fit()
+
+    def _first_estimate(self, video, ckpt_dir: Path) -> None:
+        """The run's first time estimate, once the work folder is known: what is cached there counts as
+        done. Called outside a CLI run (the Python API), the fit logs an estimate of its own."""
+        n, h, w = video_hw(video)
+        eta.begin_fit(lambda: time_plan(n, h, w, self.backend, self.cfg, self.name))
+        done = _checkpoint_hint(ckpt_dir)
+        cached = cached_stages(self.work_dir)  # {stage: bytes}: a cached stage costs its reading
+        refined = ckpt_dir / "refined.pt"
+        if done >= self.cfg.iterations and refined.is_file():
+            cached["refine"] = refined.stat().st_size
+        eta.work_found({k: LOAD_RATE * b / 1e6 for k, b in cached.items()}, done, train_switch(self.cfg))
 
     # -- tracking ----------------------------------------------------------------------------------
     @property

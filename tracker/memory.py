@@ -163,13 +163,20 @@ TRAIN_CYC_COST = 1.3      # an iteration with the cycle + refined-BB losses vs o
 FUSION_RATE = 0.5         # s per frame pair at 854x480: dino-flow's full-resolution flows + refinement (in track;
                           # demo at 256x192: 1.6 s for 23 pairs, x8.3 pixels; cows 50 frames: 44.7 s at load ~15)
 FUSION_PIXELS = 854 * 480
+# s per frame to write the outputs (tracks files, overlay video and still): 0.03 + 0.2 at 854x480 scaled with the
+# pixels (load average 8-10: 0.036-0.09 s per frame at 256x192, 0.18 at 368x480, 0.32 at 854x480); without the
+# overlay the tracks files alone, 0.002 s per frame
+OUTPUT_FRAME_S, OUTPUT_RATE = 0.03, 0.2
+LOAD_RATE = 0.005         # s per MB to read and verify a cached stage (the demo's 57 MB work folder: 0.3-0.4 s)
 
 
-def time_plan(num_frames: int, image_h: int, image_w: int, backend, cfg, tracker: str = "dino") -> dict:
+def time_plan(num_frames: int, image_h: int, image_w: int, backend, cfg, tracker: str = "dino",
+              outputs: bool = False, overlay: bool = True) -> dict:
     """{stage: (units, prior seconds per unit)} of a DINO-Tracker run, the input of ``tracker.eta.RunETA``.
 
     Per-frame stages scale with the work size's pixel count; training does not grow with T; the
-    ``dino-flow`` fusion adds full-resolution flows per frame pair, scaled with the original size."""
+    ``dino-flow`` fusion adds full-resolution flows per frame pair, scaled with the original size;
+    ``outputs``: the CLI's last stage, writing the files (and the ``overlay`` at the original size)."""
     g, _ = _work_geometry(backend, cfg, image_h, image_w)
     scale = g.input_h * g.input_w / RATE_PIXELS
     plan = {k: (float(num_frames), v * scale) for k, v in STAGE_RATES.items() if k != "train"}
@@ -186,6 +193,9 @@ def time_plan(num_frames: int, image_h: int, image_w: int, backend, cfg, tracker
         units, rate = plan["track"]
         fusion = FUSION_RATE * image_h * image_w / FUSION_PIXELS * max(num_frames - 1, 0) / max(num_frames, 1)
         plan["track"] = (units, rate + fusion)
+    if outputs:
+        per_frame = OUTPUT_FRAME_S + OUTPUT_RATE * image_h * image_w / FUSION_PIXELS if overlay else 0.002
+        plan["write outputs"] = (float(num_frames), per_frame)
     return plan
 
 

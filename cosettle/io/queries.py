@@ -38,8 +38,10 @@ class Queries:
         return self.txy[:, 1:3]
 
 
-def load_queries(path: str | os.PathLike, num_frames: int, height: int, width: int) -> Queries:
-    """Read a JSON or CSV points file and validate it against the video."""
+def load_queries(path: str | os.PathLike, num_frames: int, height: int, width: int,
+                 frame_note: str | None = None) -> Queries:
+    """Read a JSON or CSV points file and validate it against the video. ``frame_note``: ``"why -- fix"`` for
+    a frame beyond the clip as read (e.g. ``--max-frames`` cut it), said instead of the generic fix."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"points file not found: {path}", "check the path passed to --points")
@@ -57,7 +59,7 @@ def load_queries(path: str | os.PathLike, num_frames: int, height: int, width: i
     txy = np.array([[r[0], r[1], r[2]] for r in rows], dtype=np.float64)
     names = [r[3] if r[3] else f"p{i}" for i, r in enumerate(rows)]
     queries = Queries(txy, names)
-    validate_queries(queries, num_frames, height, width, source=str(path))
+    validate_queries(queries, num_frames, height, width, source=str(path), frame_note=frame_note)
     return queries
 
 
@@ -111,11 +113,15 @@ def _num(value, path, i, field) -> float:
     return v
 
 
-def validate_queries(q: Queries, num_frames: int, height: int, width: int, source: str = "queries") -> None:
+def validate_queries(q: Queries, num_frames: int, height: int, width: int, source: str = "queries",
+                     frame_note: str | None = None) -> None:
     for i, (t, x, y) in enumerate(q.txy):
         if t != int(t) or not 0 <= t < num_frames:
-            raise UserError(f"point {i} ({q.names[i]}) in {source}: frame {t:g} is out of range "
-                            f"[0, {num_frames - 1}]", "use a 0-based frame index of the video as read")
+            msg = f"point {i} ({q.names[i]}) in {source}: frame {t:g} is out of range [0, {num_frames - 1}]"
+            if frame_note and t == int(t) and t >= num_frames:
+                why, _, fix = frame_note.partition(" -- ")
+                raise UserError(f"{msg}: {why}", fix or None)
+            raise UserError(msg, "use a 0-based frame index of the video as read")
         if not (-0.5 <= x <= width - 0.5 and -0.5 <= y <= height - 0.5):
             raise UserError(f"point {i} ({q.names[i]}) in {source}: (x={x:g}, y={y:g}) is outside the "
                             f"{height}x{width} (HxW) frame", "coordinates are pixels of the original video")

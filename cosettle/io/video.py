@@ -79,8 +79,9 @@ class Video(Sequence):
 
 
 def read_video(path: str | os.PathLike, max_frames: int | None = None, frame_stride: int = 1,
-               fps: float | None = None) -> Video:
-    """Open a video file or a folder of frames. ``fps`` overrides the file's (folders default 24)."""
+               fps: float | None = None, shown_as: str | None = None) -> Video:
+    """Open a video file or a folder of frames. ``fps`` overrides the file's (folders default 24).
+    ``shown_as``: the path the log names (a file read from a staging folder that moves away afterwards)."""
     path = Path(path)
     if fps is not None:
         fps = check_fps(fps)
@@ -104,7 +105,7 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None, frame_str
         video.fps = DEFAULT_FPS
     elif frame_stride > 1:
         video.fps = video.fps / frame_stride
-    log.info("video %s: %d frames, %dx%d (HxW), %.2f fps", path, len(video), video.height, video.width,
+    log.info("video %s: %d frames, %dx%d (HxW), %.2f fps", shown_as or path, len(video), video.height, video.width,
              video.fps)
     return video
 

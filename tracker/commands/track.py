@@ -17,7 +17,16 @@ Nothing is written there when an input is bad (one ``error:`` line, exit status 
 before any work, and the whole set is written into a hidden staging folder beside it and moved into
 place only when every file is complete (the overlay's frame count checked). The DINO tracker's
 preprocessing, checkpoints and refined features live in a work folder keyed by the video and the
-settings (``--work-dir``; default ~/.cache/cosettle/tracker/...): re-running resumes.
+settings (``--work-dir``; default ~/.cache/cosettle/tracker/...): re-running resumes. After each run
+the least recently used work folders are evicted down to the cache cap (default 5 GB, --cache-max-gb).
+
+Points file (--points), frame = 0-based index of the video as read, x/y = pixels (0,0 = the top-left
+pixel's centre), name optional:
+  pts.json   {"points": [{"frame": 0, "x": 120.5, "y": 80, "name": "nose"},
+                         {"frame": 40, "x": 300, "y": 210}]}
+  pts.csv    frame,x,y,name
+             0,120.5,80,nose
+             40,300,210,tail
 """
 from __future__ import annotations
 
@@ -53,6 +62,9 @@ from tracker.workdirs import clean, enforce_cap, folder_bytes, human_age, human_
 
 log = logging.getLogger("track")
 CACHE_CAP_ENV = "COSETTLE_CACHE_MAX_GB"
+# the work cache's default cap: about ten 141-frame 480p clips (~500 MB of work each); four demo-sized runs left
+# 470 MB unannounced before there was a default
+DEFAULT_CACHE_MAX_GB = 5.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_args(p, default="dsift", resolution_default="the DINO preset's: fast 240 short side (never "
                                                             "upsampling), paper the native size")
     g = p.add_argument_group("tracking")
-    g.add_argument("--points", default=None, help="query points, JSON or CSV (frame, x, y[, name])")
+    g.add_argument("--points", default=None, metavar="FILE",
+                   help='query points: .json {"points": [{"frame": 0, "x": 120.5, "y": 80, "name": "nose"}, ...]} '
+                        "or .csv with the header frame,x,y[,name]; frame 0-based, x/y in pixels (examples above)")
     g.add_argument("--grid-size", type=int, default=None, metavar="N",
                    help="track an N x N grid of points instead (N at most the frame's short side)")
     g.add_argument("--grid-mask", default=None, metavar="MASK.png",
@@ -102,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --clean-cache: only folders unused for more than DAYS days")
     c.add_argument("--cache-max-gb", type=float, default=None, metavar="GB",
                    help=f"after a run, evict the least recently used work folders until the cache is at most GB "
-                        f"(default ${CACHE_CAP_ENV} if set, else no cap)")
+                        f"(default ${CACHE_CAP_ENV} if set, else {DEFAULT_CACHE_MAX_GB:g}; inf: no cap)")
     return p
 
 
@@ -146,13 +160,34 @@ def check_query_args(args) -> None:
         raise UserError("mask queries need --video (the demo clip has its own points)", "pass --video PATH")
 
 
+def cut_note(args, num_frames: int) -> str | None:
+    """Why a query frame can lie beyond the clip as read, and the fix: --max-frames / --frame-stride cut it."""
+    notes = []
+    if args.max_frames is not None and num_frames >= args.max_frames:
+        notes.append(f"--max-frames {args.max_frames} cut the clip to frames 0-{num_frames - 1}")
+    if args.frame_stride > 1:
+        notes.append(f"--frame-stride {args.frame_stride} keeps every {args.frame_stride}th frame (frame k of the "
+                     f"clip as read is frame {args.frame_stride}*k of the source)")
+    if not notes:
+        return None
+    fix = "raise or drop --max-frames" if args.max_frames is not None else ""
+    if args.frame_stride > 1:
+        fix += (" and " if fix else "") + "give frames of the clip as read (source frame / stride)"
+    return "; ".join(notes) + f" -- {fix}"
+
+
 def get_queries(args, video):
     check_query_args(args)
+    note = cut_note(args, len(video))
     if args.points:
-        return load_queries(args.points, len(video), video.height, video.width)
+        return load_queries(args.points, len(video), video.height, video.width, frame_note=note)
     if args.grid_size or args.points_from_mask:
         if not 0 <= args.grid_frame < len(video):
-            raise UserError(f"--query-frame {args.grid_frame} is out of range [0, {len(video) - 1}]")
+            msg = f"--query-frame {args.grid_frame} is out of range [0, {len(video) - 1}]"
+            if note:
+                what, fix = note.split(" -- ")
+                raise UserError(f"{msg}: {what}", fix)
+            raise UserError(msg)
     if args.grid_size:
         check_grid_size(args.grid_size, video.height, video.width)
         if args.grid_mask:
@@ -192,8 +227,8 @@ def main(argv=None):
                 sys.modules["tracker.eta"].begin_run(None)
 
 
-def cache_cap_gb(args) -> float | None:
-    """--cache-max-gb, else $COSETTLE_CACHE_MAX_GB, else None (no cap)."""
+def cache_cap_gb(args) -> float:
+    """--cache-max-gb, else $COSETTLE_CACHE_MAX_GB, else ``DEFAULT_CACHE_MAX_GB`` (inf: no cap)."""
     val = args.cache_max_gb
     if val is None and os.environ.get(CACHE_CAP_ENV):
         try:
@@ -201,8 +236,10 @@ def cache_cap_gb(args) -> float | None:
         except ValueError:
             raise UserError(f"{CACHE_CAP_ENV}={os.environ[CACHE_CAP_ENV]!r} is not a number",
                             f"set it to gigabytes, e.g. {CACHE_CAP_ENV}=20") from None
-    if val is not None and not (np.isfinite(val) and val >= 0):
-        raise UserError(f"the cache cap must be a number of GB >= 0, got {val}", "e.g. --cache-max-gb 20")
+    if val is None:
+        return DEFAULT_CACHE_MAX_GB
+    if not val >= 0:  # also nan
+        raise UserError(f"the cache cap must be a number of GB >= 0, got {val}", "e.g. --cache-max-gb 20 (inf: no cap)")
     return val
 
 
@@ -256,12 +293,13 @@ def run(args, demo: bool, stage) -> int:
         args.video, args.points = str(video_path), str(points_path)
         shown = {"video": str(out / video_path.relative_to(tmp)), "points": str(out / points_path.relative_to(tmp))}
         stages["demo clip"] = time.perf_counter() - t0
-        # the clip is read from the staging folder; it moves to --out with the results
-        log.info("demo clip made: %d points; read from %s, kept as %s", len(gt), video_path, shown["video"])
+        # the clip is read from the staging folder, which moves to --out at the end: the log names only where it stays
+        log.info("demo clip made: %d points, kept as %s", len(gt), shown["video"])
     else:
         shown = {"video": str(Path(args.video).resolve()), "points": args.points and str(Path(args.points).resolve())}
     t0 = time.perf_counter()
-    video = read_video(args.video, max_frames=args.max_frames, frame_stride=args.frame_stride, fps=args.fps)
+    video = read_video(args.video, max_frames=args.max_frames, frame_stride=args.frame_stride, fps=args.fps,
+                       shown_as=shown["video"] if demo else None)
     queries = get_queries(args, video)
     frame_idx = getattr(video, "frame_indices", None) or range(len(video))
     masks = load_mask_folder(args.masks, frame_idx, video.height, video.width) if args.masks else None
@@ -279,12 +317,10 @@ def run(args, demo: bool, stage) -> int:
     if is_dino:  # refuse a run that cannot fit in memory before any work (never an OOM kill halfway)
 
         check_memory(len(video), video.height, video.width, backend, cfg, num_queries=len(queries))
-        plan = time_plan(len(video), video.height, video.width, backend, cfg, args.tracker)
-        run_eta = eta.begin_run(plan)
-        log.info("estimated time about %s from reference rates (re-estimated from this run's own timing as "
-                 "stages and iterations finish; cached stages and finished iterations count as done)",
-                 eta.fmt_seconds(run_eta.record()))
-
+        # the first estimate is logged by the fit once it has seen what its work folder holds (tracker/eta.py)
+        eta_at = time.perf_counter() - t_all  # the estimate starts here; its history is shown from the run start
+        run_eta = eta.begin_run(time_plan(len(video), video.height, video.width, backend, cfg, args.tracker,
+                                          outputs=True, overlay=not args.no_overlay))
 
     tracker = build_tracker(args.tracker, backend=backend, config=cfg if is_dino else None,
                             progress=not args.quiet)
@@ -309,6 +345,7 @@ def run(args, demo: bool, stage) -> int:
     # --- outputs (only now: a failure above leaves the output folder untouched) ----------------------
 
     t0 = time.perf_counter()
+    eta.stage_begin("write outputs")
     meta = {"tracker": args.tracker, "backend": backend.name if backend else None,
             "video": shown["video"], "preset": args.preset if is_dino else None}
     paths = save_tracks(tmp, result, video.fps, (video.height, video.width), meta)
@@ -316,6 +353,7 @@ def run(args, demo: bool, stage) -> int:
         paths["overlay"] = write_overlay(tmp / "overlay.mp4", frames, result, video.fps, style=args.overlay_style)
         paths["still"] = write_still(tmp / "overlay.png", frames, result, style=args.overlay_style)
     stages["write outputs"] = time.perf_counter() - t0
+    eta.stage_finish("write outputs", stages["write outputs"])
 
     resolved = {"tracker": args.tracker, "backend": backend.name if backend else None,
                 "backend_fields": backend.cache_fields() if backend else None,
@@ -332,16 +370,18 @@ def run(args, demo: bool, stage) -> int:
     summary = {"tracker": args.tracker, "backend": backend.name if backend else None,
                "points": len(queries), "frames": len(video), "size_hw": [video.height, video.width],
                "visible_share": round(float(result.visible.mean()) if result.visible.size else 0.0, 4),
+               "visible_entries": int(result.visible.sum()),
                "stages_s": {k: round(v, 3) for k, v in stages.items()}}
     if work:
         summary["work_dir"] = str(Path(work).resolve())
         summary["work_dir_bytes"] = folder_bytes(Path(work))
         summary["cache_dir"] = str(cache_root().resolve())
     if run_eta is not None:  # how the estimate fared (docs/tracking-cli.md "Time estimate")
-        summary["time_estimates"] = [{"at_s": round(a, 1), "left_s": round(b, 1)} for a, b in run_eta.history]
+        summary["time_estimates"] = [{"at_s": round(eta_at + a, 1), "left_s": round(b, 1)} for a, b in run_eta.history]
     if gt is not None:
         summary["demo_mean_error_px"] = round(float(np.linalg.norm(result.tracks - gt, axis=-1)[:, 1:].mean()), 3)
-    extra = {k: v for k, v in summary.items() if k not in ("tracker", "backend", "size_hw", "visible_share")}
+    extra = {k: v for k, v in summary.items()
+             if k not in ("tracker", "backend", "size_hw", "visible_share", "visible_entries")}
     extra["total_s"] = round(time.perf_counter() - t_all, 3)
     if getattr(tracker, "train_coverage", None):  # supervision the DINO-Tracker training received
         extra["training_coverage"] = tracker.train_coverage
@@ -354,16 +394,28 @@ def run(args, demo: bool, stage) -> int:
         summary["outputs"]["demo_clip"] = shown["video"]
     if work:
         cap = cache_cap_gb(args)
-        if cap is not None:
-            removed, now = enforce_cap(cache_root(), int(cap * 1024 ** 3), keep={Path(work)})
-            summary["cache_evicted"] = [str(f.path) for f in removed]
-            summary["cache_bytes"] = now
+        removed, now = enforce_cap(cache_root(), cap * 1024 ** 3, keep={Path(work)})
+        summary["cache_evicted"] = [str(f.path) for f in removed]
+        summary["cache_bytes"] = now
+        summary["cache_cap_gb"] = cap
     summary["total_s"] = round(time.perf_counter() - t_all, 3)
     log.info("finished in %.1f s; summary on stdout", summary["total_s"])
     close_file_logging()  # track.log complete before the set moves
     stage.commit()
     emit_summary(summary, args.json)
     return 0
+
+
+def share_text(part: int, whole: int) -> str:
+    """A percentage that never rounds to a claim: "100%" only when every entry is, "0%" only when none is
+    (1 of 240 not visible is "99.6%", which "{:.0f}%" printed as "100%")."""
+    if whole == 0 or part in (0, whole):
+        return f"{100 * part / max(whole, 1):.0f}%"
+    pct = 100 * part / whole
+    digits = 0
+    while round(pct, digits) in (0, 100):  # one more decimal until the number is neither 0 nor 100
+        digits += 1
+    return f"{pct:.{digits}f}%"
 
 
 def emit_summary(summary: dict, as_json: bool) -> None:
@@ -376,14 +428,15 @@ def emit_summary(summary: dict, as_json: bool) -> None:
     lines = [f"done in {s['total_s']:.1f} s  ({s['tracker']} tracker" + (f", backend {s['backend']}" if s["backend"]
                                                                          else "") + ")",
              f"  {s['points']} points x {s['frames']} frames ({s['size_hw'][0]}x{s['size_hw'][1]} HxW), "
-             f"{100 * s['visible_share']:.0f}% visible"]
+             f"{share_text(s['visible_entries'], s['points'] * s['frames'])} visible"]
     if "demo_mean_error_px" in s:
         lines.append(f"  demo: mean error vs ground truth {s['demo_mean_error_px']:.2f} px "
                      f"(frames 1..{s['frames'] - 1})")
     lines.append("  time: " + ", ".join(f"{k} {v:.1f} s" for k, v in s["stages_s"].items()))
     if "work_dir" in s:
-        lines.append(f"  work folder    {s['work_dir']} ({human_bytes(s['work_dir_bytes'])}; "
-                     f"see --cache-info, --clean-cache)")
+        cap = "no cap" if s["cache_cap_gb"] == float("inf") else f"cap {s['cache_cap_gb']:g} GB"
+        lines.append(f"  work folder    {s['work_dir']} ({human_bytes(s['work_dir_bytes'])}; the cache holds "
+                     f"{human_bytes(s['cache_bytes'])}, {cap} (--cache-max-gb); see --cache-info, --clean-cache)")
     if s.get("cache_evicted"):
         lines.append(f"  cache cap: evicted {len(s['cache_evicted'])} old work folder(s), cache now "
                      f"{human_bytes(s['cache_bytes'])}")

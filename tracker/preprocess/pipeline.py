@@ -179,6 +179,18 @@ def _save_npy(path: Path, arr: np.ndarray):
     np.save(path, arr, allow_pickle=False)
 
 
+def cached_stages(work_dir: Path | str) -> dict[str, int]:
+    """{stage: bytes} of the stages that have a complete folder (``meta.json`` is written last) in
+    ``work_dir``: what a re-run reads instead of computing. For the time estimate only; ``StageCache.run``
+    verifies a folder before it loads it."""
+    out: dict[str, int] = {}
+    for meta in Path(work_dir).glob("*-*/meta.json"):
+        name = meta.parent.name.rsplit("-", 1)[0]
+        if name in STAGES:
+            out[name] = out.get(name, 0) + sum(f.stat().st_size for f in meta.parent.iterdir() if f.is_file())
+    return out
+
+
 # -- helpers -------------------------------------------------------------------------------------------
 def video_array(video) -> np.ndarray:
     """Any accepted video (Video, array (T,H,W,3)) -> (T, H, W, 3) uint8."""
