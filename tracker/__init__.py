@@ -13,15 +13,8 @@ inference) -> ``preprocess/`` (flow, trajectories, masks, best buddies, the cach
 """
 from __future__ import annotations
 
-import os
-import sys
-
-if "torch" not in sys.modules:
-    # before torch loads its OpenMP runtime (it reads this once): idle OpenMP threads sleep instead of spinning,
-    # which made tracking crawl on shared CPUs. Only a default (a user's setting wins); results do not change.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from cosettle.io.tracks import TrackResult  # noqa: E402
+# importing cosettle first (this line) sets OMP_WAIT_POLICY before torch loads (cosettle/__init__.py)
+from cosettle.io.tracks import TrackResult
 
 # importing the front modules registers their trackers (tracker/registry.py)
 from . import baselines, fusion  # noqa: E402,F401
