@@ -43,6 +43,12 @@ log = logging.getLogger("badja_eval")
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"  # the project's shared data, seen from a checkout
+# what an error without data says: where each dataset comes from, and the benchmark that needs none
+DATA_SOURCES = ("BADJA = joint annotations from github.com/benjiebob/BADJA + DAVIS 480p frames and masks from "
+                "davischallenge.org, as DIR/badja/joint_annotations/<seq>.json and DIR/davis480/<seq>/; TAP-Vid: "
+                "tapvid_davis.pkl from storage.googleapis.com/dm-tapnet/tapvid_davis.zip (--benchmark tapvid "
+                "--pickle); see docs/evaluation.md#where-the-data-comes-from. Offline, no download (about 20 s): "
+                "python badja_eval/run.py --benchmark synthetic --trackers static,flow --num-videos 1")
 BENCHMARKS = ("badja", "tapvid", "synthetic", "davis-masks")
 QUERY_MODES = {"badja": ("clip0", "first-visible"), "tapvid": ("first", "strided"),
                "synthetic": ("first", "strided"), "davis-masks": ("frame0",)}
@@ -184,12 +190,12 @@ def resolve(args: argparse.Namespace) -> EvalConfig:
         if cfg.data_root is None:
             if not DEFAULT_DATA_ROOT.is_dir():
                 raise UserError(f"no --data-root given and the default {DEFAULT_DATA_ROOT} does not exist",
-                                "pass --data-root DIR (see docs/evaluation.md for the layouts)")
+                                f"pass --data-root DIR. {DATA_SOURCES}")
             cfg.data_root = str(DEFAULT_DATA_ROOT)
         if not Path(cfg.data_root).is_dir():
-            raise UserError(f"data root not found: {cfg.data_root}", "check --data-root")
+            raise UserError(f"data root not found: {cfg.data_root}", f"check --data-root. {DATA_SOURCES}")
     if cfg.benchmark == "tapvid" and not cfg.pickle:
-        raise UserError("--benchmark tapvid needs --pickle FILE", "e.g. --pickle tapvid_davis.pkl")
+        raise UserError("--benchmark tapvid needs --pickle FILE", f"e.g. --pickle tapvid_davis.pkl. {DATA_SOURCES}")
     return cfg
 
 
@@ -215,8 +221,7 @@ def badja_tasks(cfg: EvalConfig):
         for line in skipped_lines(skipped_sequences(root), len(found)):
             print(line)
     if not names:
-        raise UserError(f"no BADJA sequences with frames under {root}",
-                        "expected badja/joint_annotations/<seq>.json + davis480/<seq>/ (see docs/evaluation.md)")
+        raise UserError(f"no BADJA sequences with frames under {root}", DATA_SOURCES)
     tasks, scorers = [], {}
     for name in names:
         seq = load_sequence(root, name)  # raises UserError naming any missing file

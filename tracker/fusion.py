@@ -307,7 +307,7 @@ class FlowGuidedTracker(Tracker):
 
 
 @register_tracker("dino-flow", summary="DINO-Tracker fused with optical flow, the default (trains per video, fast "
-                  "preset, 2 CPU cores: 80 s for the 24-frame demo, 6-8 min for 50 frames of 854x480; a cached re-run "
-                  "takes seconds)", needs_backend=True, dino_config=True, rank=10)
+                  "preset, measured on 2 CPU cores: 80 s for the 24-frame demo to ~8 min for 50 frames of 854x480; a "
+                  "cached re-run takes seconds)", needs_backend=True, dino_config=True, rank=10)
 def _build_dino_flow(backend, config, progress, **kwargs) -> FlowGuidedTracker:
     return FlowGuidedTracker(backend, config, progress=progress, **kwargs)
