@@ -10,7 +10,7 @@ if "torch" not in _sys.modules:
     # before torch loads its OpenMP runtime (which reads this once, at load): idle OpenMP threads sleep instead of
     # spinning. Set here, the package every import path goes through first: set in ``tracker`` only, the README's
     # ``from cosettle import ...`` loaded torch before it and Tracker.fit ran 1.9x slower than the CLI on 2 shared
-    # cores (docs/tracking.md#the-python-api-and-the-cli-run-at-the-same-speed). A user's own setting wins;
+    # cores (docs/tracking-cli.md#the-python-api-and-the-cli-fit-at-the-same-speed). A user's setting wins;
     # results do not change.
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 elif "OMP_WAIT_POLICY" not in _os.environ:
