@@ -62,7 +62,7 @@ def test_quiet_and_json(tmp_path):
 
 def test_dino_summary_reports_the_work_folder_and_the_estimate_ends_at_zero(tmp_path):
     env = {"COSETTLE_CACHE": str(tmp_path / "cache")}
-    p = _run("--tracker", "dino", "--iterations", "3", "--out", tmp_path / "o", "--json", "--no-overlay", env=env)
+    p = _run("--tracker", "dino", "--iterations", "20", "--out", tmp_path / "o", "--json", "--no-overlay", env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     s = json.loads(p.stdout)
     work = Path(s["work_dir"])
@@ -71,19 +71,20 @@ def test_dino_summary_reports_the_work_folder_and_the_estimate_ends_at_zero(tmp_
     assert len(est) >= 5 and est[-1]["left_s"] == 0.0                    # initial + every stage end
     assert "about" in p.stderr and "left" in p.stderr
     # stderr is a pipe, not a terminal: one line per stage with its time, no \r-joined bar frames
-    assert "\r" not in p.stderr and re.search(r"^train: 3/3 it in \d+\.\d s", p.stderr, re.M), p.stderr[-1500:]
-    # the fully cached re-run (with the overlay, as a user re-runs): its FIRST estimate already knows the cache --
-    # within 1.5x of the time the run really had left then (it once opened with the fresh run's plan: ~9 s here
-    # for a ~2 s re-run, "about 6 min" for a 13 s one)
-    p2 = _run("--tracker", "dino", "--iterations", "3", "--out", tmp_path / "o2", "--json", env=env)
+    assert "\r" not in p.stderr and re.search(r"^train: 20/20 it in \d+\.\d s", p.stderr, re.M), p.stderr[-1500:]
+    # the fully cached re-run (with the overlay, as a user re-runs): its FIRST estimate already knows the cache.
+    # It once opened with the fresh run's plan: 15.6 s for a 4.5-s re-run at 15 iterations (3.5x; "about 6 min"
+    # for a 13-s re-run of a real clip). Measured now: 0.7-1.3x of the time left (docs/tracking-cli.md); the test
+    # allows 2x, as the priors of a cached run cannot follow a shared CI machine's load swings (nothing is timed yet)
+    p2 = _run("--tracker", "dino", "--iterations", "20", "--out", tmp_path / "o2", "--json", env=env)
     s2 = json.loads(p2.stdout)
     assert s2["work_dir"] == s["work_dir"] and s2["time_estimates"][-1]["left_s"] == 0.0
     first = s2["time_estimates"][0]
     really_left = s2["total_s"] - first["at_s"]
-    assert really_left / 1.5 <= first["left_s"] <= 1.5 * really_left, (first, s2["total_s"], s2["stages_s"])
-    assert "stages cached, training resumes at iteration 3" in p2.stderr
+    assert really_left / 2 <= first["left_s"] <= 2 * really_left, (first, s2["total_s"], s2["stages_s"])
+    assert "stages cached, training resumes at iteration 20" in p2.stderr
     assert s2["cache_cap_gb"] == 5.0 and s2["cache_bytes"] >= s2["work_dir_bytes"]
-    p3 = _run("--tracker", "dino", "--iterations", "3", "--out", tmp_path / "o3", "--no-overlay", env=env)
+    p3 = _run("--tracker", "dino", "--iterations", "20", "--out", tmp_path / "o3", "--no-overlay", env=env)
     assert re.search(r"work folder .*; the cache holds \d+\.\d MB, cap 5 GB \(--cache-max-gb\)", p3.stdout), p3.stdout
     info = _run("--cache-info", env=env)
     assert work.name in info.stdout and info.stdout.startswith(f"{tmp_path / 'cache' / 'tracker'}: 1 work folder(s)")

@@ -163,11 +163,11 @@ TRAIN_CYC_COST = 1.3      # an iteration with the cycle + refined-BB losses vs o
 FUSION_RATE = 0.5         # s per frame pair at 854x480: dino-flow's full-resolution flows + refinement (in track;
                           # demo at 256x192: 1.6 s for 23 pairs, x8.3 pixels; cows 50 frames: 44.7 s at load ~15)
 FUSION_PIXELS = 854 * 480
-# s per frame to write the outputs (tracks files, overlay video and still): 0.03 + 0.2 at 854x480 scaled with the
-# pixels (load average 8-10: 0.036-0.09 s per frame at 256x192, 0.18 at 368x480, 0.32 at 854x480); without the
-# overlay the tracks files alone, 0.002 s per frame
-OUTPUT_FRAME_S, OUTPUT_RATE = 0.03, 0.2
-LOAD_RATE = 0.005         # s per MB to read and verify a cached stage (the demo's 57 MB work folder: 0.3-0.4 s)
+# s per frame to write the outputs (tracks files, overlay video and still): 0.01 + 0.12 at 854x480 scaled with the
+# pixels. Measured on the 2 shared cores: the demo (256x192) 0.017 s per frame at load average 5, 0.036-0.045 at 8;
+# alone at load 10: 0.09 at 256x192, 0.18 at 368x480, 0.32 at 854x480. Without the overlay: tracks files, 0.002 s
+OUTPUT_FRAME_S, OUTPUT_RATE = 0.01, 0.12
+LOAD_RATE = 0.004         # s per MB to read and verify a cached stage (the demo's 57 MB: 0.16-0.2 s at load 5, 0.3 at 8)
 
 
 def time_plan(num_frames: int, image_h: int, image_w: int, backend, cfg, tracker: str = "dino",
