@@ -16,9 +16,10 @@ training, which is most of a run, nor knew that a resumed run had only part of i
 * cached stages and units finished before a resume (``begin(stage, done=...)``) count as done, never as
   a measurement (a cache hit says nothing about speed); a planned stage that a run skips (masks given,
   say) counts as done once a later stage begins;
-* the first estimate is made only after the fit has looked into its work folder (``work_found``): cached
-  preprocessing stages, the newest checkpoint and cached refined features count as done from the start
-  (a re-run that took 13 s opened with "about 6 min" when the first estimate was the fresh run's plan).
+* the first estimate is made only after the fit has looked into its work folder (``work_found``): a cached
+  stage (preprocessing, refined features) is planned as the reading of its files, the newest checkpoint's
+  iterations count as done (a re-run that took 13 s opened with "about 6 min" when the first estimate was
+  the fresh run's plan). A fit called outside the CLI makes an estimate of its own (``begin_fit``).
 
 The clock is injectable so the arithmetic is tested with a fake clock (``tests/test_eta.py``).
 """
