@@ -135,6 +135,6 @@ def test_the_work_cache_has_a_default_cap(monkeypatch):
 
     monkeypatch.delenv("COSETTLE_CACHE_MAX_GB", raising=False)
     assert cache_cap_gb(build_parser().parse_args([])) == DEFAULT_CACHE_MAX_GB == 5.0   # it was None: no cap
-    assert cache_cap_gb(build_parser().parse_args(["--cache-max-gb", "inf"])) == float("inf")
+    assert cache_cap_gb(build_parser().parse_args(["--cache-max-gb", "inf"])) == float("inf")     # no cap
     monkeypatch.setenv("COSETTLE_CACHE_MAX_GB", "2")
     assert cache_cap_gb(build_parser().parse_args([])) == 2.0

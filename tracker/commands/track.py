@@ -239,7 +239,8 @@ def cache_cap_gb(args) -> float:
     if val is None:
         return DEFAULT_CACHE_MAX_GB
     if not val >= 0:  # also nan
-        raise UserError(f"the cache cap must be a number of GB >= 0, got {val}", "e.g. --cache-max-gb 20 (inf: no cap)")
+        raise UserError(f"the cache cap must be a number of GB >= 0, got {val}",
+                        "e.g. --cache-max-gb 20 (inf: no cap)")
     return val
 
 
@@ -293,7 +294,7 @@ def run(args, demo: bool, stage) -> int:
         args.video, args.points = str(video_path), str(points_path)
         shown = {"video": str(out / video_path.relative_to(tmp)), "points": str(out / points_path.relative_to(tmp))}
         stages["demo clip"] = time.perf_counter() - t0
-        # the clip is read from the staging folder, which moves to --out at the end: the log names only where it stays
+        # the clip is read from the staging folder, which moves to --out at the end: the log names where it stays
         log.info("demo clip made: %d points, kept as %s", len(gt), shown["video"])
     else:
         shown = {"video": str(Path(args.video).resolve()), "points": args.points and str(Path(args.points).resolve())}
@@ -377,7 +378,8 @@ def run(args, demo: bool, stage) -> int:
         summary["work_dir_bytes"] = folder_bytes(Path(work))
         summary["cache_dir"] = str(cache_root().resolve())
     if run_eta is not None:  # how the estimate fared (docs/tracking-cli.md "Time estimate")
-        summary["time_estimates"] = [{"at_s": round(eta_at + a, 1), "left_s": round(b, 1)} for a, b in run_eta.history]
+        summary["time_estimates"] = [{"at_s": round(eta_at + a, 1), "left_s": round(b, 1)}
+                                     for a, b in run_eta.history]
     if gt is not None:
         summary["demo_mean_error_px"] = round(float(np.linalg.norm(result.tracks - gt, axis=-1)[:, 1:].mean()), 3)
     extra = {k: v for k, v in summary.items()
@@ -397,7 +399,7 @@ def run(args, demo: bool, stage) -> int:
         removed, now = enforce_cap(cache_root(), cap * 1024 ** 3, keep={Path(work)})
         summary["cache_evicted"] = [str(f.path) for f in removed]
         summary["cache_bytes"] = now
-        summary["cache_cap_gb"] = cap
+        summary["cache_cap_gb"] = cap if np.isfinite(cap) else None  # None: no cap (JSON has no infinity)
     summary["total_s"] = round(time.perf_counter() - t_all, 3)
     log.info("finished in %.1f s; summary on stdout", summary["total_s"])
     close_file_logging()  # track.log complete before the set moves
@@ -434,7 +436,7 @@ def emit_summary(summary: dict, as_json: bool) -> None:
                      f"(frames 1..{s['frames'] - 1})")
     lines.append("  time: " + ", ".join(f"{k} {v:.1f} s" for k, v in s["stages_s"].items()))
     if "work_dir" in s:
-        cap = "no cap" if s["cache_cap_gb"] == float("inf") else f"cap {s['cache_cap_gb']:g} GB"
+        cap = "no cap" if s["cache_cap_gb"] is None else f"cap {s['cache_cap_gb']:g} GB"
         lines.append(f"  work folder    {s['work_dir']} ({human_bytes(s['work_dir_bytes'])}; the cache holds "
                      f"{human_bytes(s['cache_bytes'])}, {cap} (--cache-max-gb); see --cache-info, --clean-cache)")
     if s.get("cache_evicted"):
