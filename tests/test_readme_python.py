@@ -52,7 +52,7 @@ def test_the_readme_python_block_runs_as_printed(tmp_path):
 
 def test_both_import_orders_make_idle_openmp_threads_sleep():
     """``from cosettle import ...`` first (the README's order) imported torch before ``tracker`` could set
-    OMP_WAIT_POLICY, so the API's idle OpenMP threads spun (a fit 1.9x slower than the CLI's on 2 shared cores)."""
+    OMP_WAIT_POLICY, so the API's idle OpenMP threads spun (a fit 2x slower than the CLI's on 2 shared cores)."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     env["PYTHONPATH"] = str(REPO)
     for first in ("cosettle", "tracker"):
