@@ -33,7 +33,7 @@ from cosettle.io.tracks import TrackResult
 from cosettle.io.verified import load_verified, save_verified
 
 from . import eta
-from .config import TrackerConfig, config_dict, preprocess_at, preset, train_switch
+from .config import TrackerConfig, config_dict, preprocess_at, preset, train_switch, training_fields
 from .dino.inference import TrackInference, refined_features
 from .dino.train import Trainer, latest_checkpoint
 from .preprocess.pipeline import preprocess_video
@@ -42,20 +42,15 @@ from .resolution import work_backend
 
 log = logging.getLogger(__name__)
 
-# fields that do not change the trained model (excluded from the training cache key)
-_INFERENCE_ONLY = {"occlusion", "anchor_cos", "visible_cos", "fb_thresh_cells", "infer_chunk_maps", "infer_block_frames",
-                   "work_dir", "preprocess", "device", "log_every", "checkpoint_every",
-                   "fusion_snap_cells", "fusion_fb_px", "fusion_dis_preset", "fusion_verify_ncc",
-                   "fusion_drift_frames", "fusion_verify_cells"}
-
-
 def cache_root() -> Path:
     return cache_home() / "tracker"
 
 
 def training_key(cfg: TrackerConfig) -> str:
-    d = {k: v for k, v in config_dict(cfg).items() if k not in _INFERENCE_ONLY}
-    return json_digest(d)
+    """The name of the fit's ``train_<key>`` folder: a digest of every setting that changes the trained model
+    (the fields not marked ``inference``/``run_setting``/work-folder in tracker/config.py)."""
+    keep = set(training_fields(type(cfg)))
+    return json_digest({k: v for k, v in config_dict(cfg).items() if k in keep})
 
 
 class Tracker:
