@@ -42,6 +42,9 @@ from .resolution import work_backend
 
 log = logging.getLogger(__name__)
 
+PREPROCESS_LOCK = ".preprocess.lock"  # in the work folder, beside the shared ".lock" of the whole fit
+
+
 def cache_root() -> Path:
     return cache_home() / "tracker"
 
@@ -99,8 +102,9 @@ class Tracker:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         os.utime(self.work_dir)  # "last used" for --cache-info and the LRU cap (tracker/workdirs.py)
         log.info("work folder %s", self.work_dir)
-        # one run per work folder: a second run on the same video waits, then reuses the first's results
-        with folder_lock(self.work_dir):
+        # locks scoped to what each stage writes (docs/development.md#locks-scoped-to-what-each-stage-writes):
+        # the work folder is in use for the whole fit (shared: --clean-cache skips it, other fits may share it)
+        with folder_lock(self.work_dir, shared=True):
             self._fit_locked(video, masks, t0)
         return self
 
@@ -108,9 +112,18 @@ class Tracker:
         cfg = self.cfg
         ckpt_dir = self.work_dir / f"train_{training_key(cfg)}"
         eta.training_resumes_at(_checkpoint_hint(ckpt_dir), train_switch(cfg))
-        self.prep = preprocess_video(video, self.work_backend, self.prep_cfg, self.work_dir, masks=masks,
-                                     progress=self.progress)
+        # one writer of the preprocessing stages: a second fit on the same video waits, then reuses them
+        with folder_lock(self.work_dir, "work folder's preprocessing", name=PREPROCESS_LOCK):
+            self.prep = preprocess_video(video, self.work_backend, self.prep_cfg, self.work_dir, masks=masks,
+                                         progress=self.progress)
         self.timings["preprocess"] = time.perf_counter() - t0
+        # one trainer per training folder (train_<key>: the seed is in the key), so fits of other seeds on
+        # the same clip train at the same time; the same settings wait, then reuse the checkpoints
+        with folder_lock(ckpt_dir, "training folder"):
+            self._train_locked(ckpt_dir)
+
+    def _train_locked(self, ckpt_dir: Path) -> None:
+        cfg = self.cfg
         geom = self.prep.geometry
         t0 = time.perf_counter()
         trainer = Trainer(self.prep, cfg, ckpt_dir)
