@@ -96,7 +96,7 @@ def timed_run(self, *args, **kwargs):
     # CLOCK_MONOTONIC is one clock for every process of the machine: the parent compares the intervals
     start = time.monotonic()
     (sync / f"training-{{seed}}").write_text(str(start))
-    deadline = start + 60  # hold training open until the parent has run --clean-cache (or give up)
+    deadline = start + 240  # hold training open until the parent has run --clean-cache (or give up)
     while not (sync / "go").exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     model = run(self, *args, **kwargs)
@@ -113,9 +113,10 @@ Tracker(_backend(), cfg, progress=False).fit(translating_clip(32, 48, 4, 2, 1))
 def test_two_seeds_on_one_clip_train_at_the_same_time_while_clean_cache_keeps_both(tmp_path):
     """Real processes: two fits of seeds 1 and 2 on one clip share the work folder (the seed is not in its
     key). Each child records when its training starts and ends (one machine-wide monotonic clock) and keeps
-    training open until this test has run ``--clean-cache`` against the cache while both train (or for 60 s).
-    On the old code (the work folder's lock held through training) the second seed waited for the first's
-    whole fit: the first gave up waiting after 60 s and ended before the second started training."""
+    training open until this test has run ``--clean-cache`` against the cache while both train (or for 240 s:
+    the other may still be preprocessing on a loaded machine). On the old code (the work folder's lock held
+    through training) the second seed waited for the first's whole fit: the first gave up waiting after 240 s
+    and ended before the second started training."""
     cache, sync = tmp_path / "cache", tmp_path / "sync"
     sync.mkdir()
     stale = cache / "tracker" / "stale"  # a folder no run uses: --clean-cache must remove it
@@ -129,7 +130,7 @@ def test_two_seeds_on_one_clip_train_at_the_same_time_while_clean_cache_keeps_bo
             script.write_text(_CHILD.format(repo=str(REPO), seed=seed, sync=str(sync)))
             procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True))
-        deadline = time.monotonic() + 240  # preprocessing, imports: generous on a loaded 2-core machine
+        deadline = time.monotonic() + 300  # preprocessing, imports: generous on a loaded 2-core machine
         while time.monotonic() < deadline and all(p.poll() is None for p in procs):  # until one exits
             if all((sync / f"training-{s}").exists() for s in (1, 2)):
                 break
