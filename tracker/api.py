@@ -33,7 +33,7 @@ from cosettle.io.tracks import TrackResult
 from cosettle.io.verified import load_verified, save_verified
 
 from . import eta
-from .config import TrackerConfig, config_dict, preprocess_at, preset, train_switch
+from .config import TrackerConfig, config_dict, preprocess_at, preset, train_switch, training_fields
 from .dino.inference import TrackInference, refined_features
 from .dino.train import Trainer, latest_checkpoint
 from .memory import LOAD_RATE, time_plan
@@ -43,11 +43,7 @@ from .resolution import work_backend
 
 log = logging.getLogger(__name__)
 
-# fields that do not change the trained model (excluded from the training cache key)
-_INFERENCE_ONLY = {"occlusion", "anchor_cos", "visible_cos", "fb_thresh_cells", "infer_chunk_maps", "infer_block_frames",
-                   "work_dir", "preprocess", "device", "log_every", "checkpoint_every",
-                   "fusion_snap_cells", "fusion_fb_px", "fusion_dis_preset", "fusion_verify_ncc",
-                   "fusion_drift_frames", "fusion_verify_cells"}
+PREPROCESS_LOCK = ".preprocess.lock"  # in the work folder, beside the shared ".lock" of the whole fit
 
 
 def cache_root() -> Path:
@@ -55,8 +51,10 @@ def cache_root() -> Path:
 
 
 def training_key(cfg: TrackerConfig) -> str:
-    d = {k: v for k, v in config_dict(cfg).items() if k not in _INFERENCE_ONLY}
-    return json_digest(d)
+    """The name of the fit's ``train_<key>`` folder: a digest of every setting that changes the trained model
+    (the fields not marked ``inference``/``run_setting``/work-folder in tracker/config.py)."""
+    keep = set(training_fields(type(cfg)))
+    return json_digest({k: v for k, v in config_dict(cfg).items() if k in keep})
 
 
 class Tracker:
@@ -105,8 +103,9 @@ class Tracker:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         os.utime(self.work_dir)  # "last used" for --cache-info and the LRU cap (tracker/workdirs.py)
         log.info("work folder %s", self.work_dir)
-        # one run per work folder: a second run on the same video waits, then reuses the first's results
-        with folder_lock(self.work_dir):
+        # locks scoped to what each stage writes (docs/development.md#locks-scoped-to-what-each-stage-writes):
+        # the work folder is in use for the whole fit (shared: --clean-cache skips it, other fits may share it)
+        with folder_lock(self.work_dir, shared=True):
             self._fit_locked(video, masks, t0)
         return self
 
@@ -114,9 +113,18 @@ class Tracker:
         cfg = self.cfg
         ckpt_dir = self.work_dir / f"train_{training_key(cfg)}"
         self._first_estimate(video, ckpt_dir)
-        self.prep = preprocess_video(video, self.work_backend, self.prep_cfg, self.work_dir, masks=masks,
-                                     progress=self.progress)
+        # one writer of the preprocessing stages: a second fit on the same video waits, then reuses them
+        with folder_lock(self.work_dir, "work folder's preprocessing", name=PREPROCESS_LOCK):
+            self.prep = preprocess_video(video, self.work_backend, self.prep_cfg, self.work_dir, masks=masks,
+                                         progress=self.progress)
         self.timings["preprocess"] = time.perf_counter() - t0
+        # one trainer per training folder (train_<key>: the seed is in the key), so fits of other seeds on
+        # the same clip train at the same time; the same settings wait, then reuse the checkpoints
+        with folder_lock(ckpt_dir, "training folder"):
+            self._train_locked(ckpt_dir)
+
+    def _train_locked(self, ckpt_dir: Path) -> None:
+        cfg = self.cfg
         geom = self.prep.geometry
         t0 = time.perf_counter()
         trainer = Trainer(self.prep, cfg, ckpt_dir)

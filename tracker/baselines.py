@@ -227,4 +227,4 @@ def _build_features(backend, config, progress, **kwargs) -> FeatureTracker:
 
 @register_tracker("static", summary="points stay where they were queried", rank=50)
 def _build_static(backend, config, progress, **kwargs) -> StaticTracker:
-    return StaticTracker()
+    return StaticTracker(**kwargs)  # passed through, as every factory does: it takes none

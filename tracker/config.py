@@ -24,6 +24,28 @@ from cosettle.errors import UserError
 PRESETS = ("fast", "paper")
 REF_HEIGHT = 476  # the reference's model height; pixel thresholds below are given at this height
 
+# The training key (``training_key`` in tracker/api.py: the name of a fit's ``train_<key>`` folder) holds every
+# ``TrackerConfig`` field except those marked, where they are defined, with one of the helpers below. A new
+# field is in the key unless marked, so forgetting the mark costs a retrain, never a stale fit served for a
+# setting that changes training.
+NOT_TRAINED = "not_in_training_key"  # the field metadata key; its value says why
+
+
+def inference(default: Any) -> Any:
+    """A setting read only after training (occlusion rule, fusion, inference memory bounds): changing it
+    reuses the cached fit."""
+    return field(default=default, metadata={NOT_TRAINED: "inference"})
+
+
+def run_setting(default: Any) -> Any:
+    """How a run goes, not what it trains: device, log and checkpoint cadence, the work folder."""
+    return field(default=default, metadata={NOT_TRAINED: "run"})
+
+
+def training_fields(cls: type | None = None) -> list[str]:
+    """The fields of ``cls`` (default ``TrackerConfig``) that the training key holds, in definition order."""
+    return [f.name for f in dataclasses.fields(cls or TrackerConfig) if NOT_TRAINED not in f.metadata]
+
 
 @dataclass
 class PreprocessConfig:
@@ -110,30 +132,32 @@ class TrackerConfig:
     rbb_after: int = 5000
     bb_sig_a: float = 27.0
     bb_sig_b: float = -5.7
-    checkpoint_every: int = 2500
-    log_every: int = 100
+    checkpoint_every: int = run_setting(2500)
+    log_every: int = run_setting(100)
     seed: int = 2                   # reference seed
-    device: str = "cpu"
+    device: str = run_setting("cpu")
     # --- inference ----------------------------------------------------------------------------
-    occlusion: str = "fb"           # "fb": O(N*T) forward-backward check (default); "anchors": spec §5.2
-    anchor_cos: float = 0.7
-    visible_cos: float = 0.6
-    fb_thresh_cells: float = 1.0    # fb rule: back-tracking error above this (in cells) = occluded
-    infer_chunk_maps: int = 2048    # cost volumes per head call at inference (memory bound)
-    infer_block_frames: int = 32    # frames whose normalised maps are held at once at inference (memory bound)
+    occlusion: str = inference("fb")  # "fb": O(N*T) forward-backward check (default); "anchors": spec §5.2
+    anchor_cos: float = inference(0.7)
+    visible_cos: float = inference(0.6)
+    fb_thresh_cells: float = inference(1.0)  # fb rule: back-tracking error above this (in cells) = occluded
+    infer_chunk_maps: int = inference(2048)  # cost volumes per head call at inference (memory bound)
+    infer_block_frames: int = inference(32)  # frames whose normalised maps are held at once at inference (memory bound)
     # --- flow-guided inference (tracker ``dino-flow`` only; not in the paper, see tracker/fusion.py)
-    fusion_snap_cells: float = 6.0  # the head "agrees" with flow within this many feature cells
-    fusion_fb_px: float = 1.5       # forward-backward error (original px) above which flow is broken
-    fusion_drift_frames: int = 1    # frames in a row that consistent flow must stay off the foreground
-    #                                 (while the head sees the point elsewhere) before a drift candidate
-    fusion_verify_ncc: float = 0.5  # a candidate is accepted only where the query's own patch correlates
-    #                                 at least this much within fusion_verify_cells (else the point is lost)
-    fusion_verify_cells: float = 2.0  # search radius of that patch around the head's candidate, in cells
-    fusion_dis_preset: str = "medium"  # DIS preset of the full-resolution flow
+    fusion_snap_cells: float = inference(6.0)  # the head "agrees" with flow within this many feature cells
+    fusion_fb_px: float = inference(1.5)  # forward-backward error (original px) above which flow is broken
+    fusion_drift_frames: int = inference(1)  # frames in a row that consistent flow must stay off the
+    #                                          foreground (while the head sees the point elsewhere) before a drift
+    #                                          candidate
+    fusion_verify_ncc: float = inference(0.5)  # a candidate is accepted only where the query's own patch
+    #                                             correlates at least this much within fusion_verify_cells (else lost)
+    fusion_verify_cells: float = inference(2.0)  # search radius of that patch around the head's candidate, in cells
+    fusion_dis_preset: str = inference("medium")  # DIS preset of the full-resolution flow
     scale_preprocess_px: bool = True  # preprocessing px thresholds are at 476 px height: scale them
     # --- files --------------------------------------------------------------------------------
-    work_dir: Any = None            # None: ~/.cache/cosettle/tracker/<content+settings hash>
-    preprocess: Any = field(default=None)  # PreprocessConfig (or its dict form)
+    work_dir: Any = run_setting(None)  # None: ~/.cache/cosettle/tracker/<content+settings hash>
+    # PreprocessConfig (or its dict form); keyed by the work folder (tracker/api.py), so not by the training key
+    preprocess: Any = field(default=None, metadata={NOT_TRAINED: "work folder"})
 
     def __post_init__(self):
         if self.preprocess is None:

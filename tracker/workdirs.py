@@ -3,7 +3,8 @@
 Why: every video x setting leaves a work folder (preprocessing, checkpoints, refined features; 508 MB
 for a 141-frame 480p clip) and nothing reported or removed them, so the cache grew silently.
 ``scripts/track.py --cache-info`` / ``--clean-cache [--older-than DAYS]`` / ``--cache-max-gb GB`` use
-this module. A folder another run is using (its ``.lock`` held, ``cosettle.io.lock``) is never removed.
+this module. A folder another run is using (its ``.lock`` held, shared or exclusive: ``cosettle.io.lock``) is
+never removed.
 Age = time since the folder was last used: the newest modification time of the folder and its direct
 entries (``Tracker.fit`` touches the folder on every run, cached or not).
 """
@@ -15,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cosettle.io.lock import LOCK_NAME
+from cosettle.io.lock import is_locked
 
 DAY = 86400.0
 
@@ -74,21 +75,8 @@ def list_work_folders(root: Path) -> list[WorkFolder]:
 
 
 def in_use(path: Path) -> bool:
-    """True when another process holds the folder's lock (a run on it is in progress)."""
-    try:
-        import fcntl  # deferred: POSIX-only module
-    except ImportError:  # pragma: no cover - not POSIX: assume free
-        return False
-    lock = Path(path) / LOCK_NAME
-    if not lock.exists():
-        return False
-    with open(lock, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
+    """True when another process holds the folder's lock, shared or exclusive (a fit on it is in progress)."""
+    return is_locked(path)
 
 
 def remove_folders(folders: list[WorkFolder],

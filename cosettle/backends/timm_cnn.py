@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from .registry import register_timm_family, register_timm_names
 from .timm_common import TimmBackend
 from .weights import create_timm_model
 
@@ -118,6 +119,7 @@ def _truncate_after_stage(model: nn.Module) -> None:
         model.blocks = blocks[:last]
 
 
+@register_timm_family("cnn")
 class TimmCNNBackend(TimmBackend):
     position_encoding = None
 
@@ -226,6 +228,9 @@ class TimmCNNBackend(TimmBackend):
         if self.hypercolumn:
             d["hypercolumn"] = list(self.hypercolumn)
         return d
+
+
+register_timm_names(CNN_MODELS, TimmCNNBackend, " (CNN, features_only stage)")
 
 
 def parse_stages(spec, n: int, timm_name: str) -> tuple[int, ...] | None:

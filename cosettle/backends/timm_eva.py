@@ -24,6 +24,7 @@ import logging
 import torch
 
 from ..errors import UserError
+from .registry import register_timm_family, register_timm_names
 from .timm_common import TimmBackend, block_index, overlapping_patches
 from .weights import create_timm_model
 
@@ -46,6 +47,7 @@ def eva_filter(state, model):
     return checkpoint_filter_fn(state, model)
 
 
+@register_timm_family("dinov3")
 class TimmDinoV3Backend(TimmBackend):
     position_encoding = "rotary"
 
@@ -123,3 +125,6 @@ class TimmDinoV3Backend(TimmBackend):
 
     def cache_fields(self):
         return super().cache_fields() | {"norm": self.norm, "rope": "physical"}
+
+
+register_timm_names(DINOV3_MODELS, TimmDinoV3Backend)

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from ..errors import UserError
+from .registry import register_timm_family, register_timm_names
 from .timm_common import (TimmBackend, block_index, cpu_bf16_supported, default_layer,  # noqa: F401
                           overlapping_patches, precision_dtype)
 from .weights import create_pretrained, load_into_timm
@@ -25,7 +26,26 @@ log = logging.getLogger(__name__)
 
 PosEmbedTransform = Callable[[torch.Tensor], torch.Tensor]  # (1, C, gh, gw) -> (1, C, gh, gw)
 
+# curated names -> timm model names (pretrained tag included)
+VIT_MODELS = {
+    "dinov2_vits14": "vit_small_patch14_dinov2.lvd142m",
+    "dinov2_vitb14": "vit_base_patch14_dinov2.lvd142m",
+    "dinov2_vitl14": "vit_large_patch14_dinov2.lvd142m",
+    "dinov2_vitg14": "vit_giant_patch14_dinov2.lvd142m",
+    "dinov2_vits14_reg": "vit_small_patch14_reg4_dinov2.lvd142m",
+    "dinov2_vitb14_reg": "vit_base_patch14_reg4_dinov2.lvd142m",
+    "dinov2_vitl14_reg": "vit_large_patch14_reg4_dinov2.lvd142m",
+    "dinov2_vitg14_reg": "vit_giant_patch14_reg4_dinov2.lvd142m",
+    "dino_vits8": "vit_small_patch8_224.dino",
+    "dino_vits16": "vit_small_patch16_224.dino",
+    "dino_vitb8": "vit_base_patch8_224.dino",
+    "dino_vitb16": "vit_base_patch16_224.dino",
+    "mae_vitb16": "vit_base_patch16_224.mae",
+    "clip_vitb16": "vit_base_patch16_clip_224.openai",
+}
 
+
+@register_timm_family("vit")
 class TimmViTBackend(TimmBackend):
     def __init__(self, timm_name: str, *, name: str | None = None, stride: int | None = None,
                  layer: int | None = None, weights: str | None = None, resolution=None,
@@ -130,6 +150,9 @@ class TimmViTBackend(TimmBackend):
 
     def cache_fields(self):
         return super().cache_fields() | {"norm": self.norm}
+
+
+register_timm_names(VIT_MODELS, TimmViTBackend)
 
 
 @contextlib.contextmanager
