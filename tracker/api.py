@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 _INFERENCE_ONLY = {"occlusion", "anchor_cos", "visible_cos", "fb_thresh_cells", "infer_chunk_maps", "infer_block_frames",
                    "work_dir", "preprocess", "device", "log_every", "checkpoint_every",
                    "fusion_snap_cells", "fusion_fb_px", "fusion_dis_preset", "fusion_verify_ncc",
-                   "fusion_drift_frames", "fusion_verify_cells"}
+                   "fusion_drift_frames", "fusion_verify_cells", "fusion_train"}
 
 
 def cache_root() -> Path:
