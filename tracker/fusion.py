@@ -333,16 +333,18 @@ class FlowGuidedTracker(Tracker):
             raise RuntimeError("call fit(video) before track()")
         if self.cfg.fusion_train == "always" or (self._trained and self.cfg.fusion_train == "auto"):
             return self._fuse(queries, occlusion)  # the head is paid for: use it
-        res, self.gate = self._prepass(queries)
+        res, self.gate = self.prepass(queries)
         log.info("fusion gate: %s", self.gate.message())
         if not self.gate.train:
             return res
         self._train()
         return self._fuse(queries, occlusion)
 
-    def _prepass(self, queries) -> tuple[TrackResult, GateDecision]:
-        """The fusion rule with a head that sees nothing (tracker/fusion_gate.py): flow's positions, not
-        visible after an inconsistent step; and which queries the trained head could change."""
+    def prepass(self, queries) -> tuple[TrackResult, GateDecision]:
+        """What ``track`` does first, before any training: the fusion rule with a head that sees nothing
+        (tracker/fusion_gate.py) -> (flow's positions, not visible after an inconsistent step; the decision:
+        which queries the trained head could change, and whether ``track`` trains). When the decision does
+        not train, this result is the one ``track`` returns."""
         q = np.asarray(getattr(queries, "txy", queries), dtype=np.float64).reshape(-1, 3)
         names = list(getattr(queries, "names", []) or [])
         T = self._frames.shape[0]
