@@ -388,7 +388,7 @@ class _GatedStats(FusionStats):
         return {**super().to_dict(), "gate": self.gate}
 
 
-@register_tracker("dino-flow", summary="DINO-Tracker fused with optical flow, the default (trains per video: "
-                  "~8 min on 2 CPU cores with the fast preset)", needs_backend=True, dino_config=True, rank=10)
+@register_tracker("dino-flow", summary="DINO-Tracker fused with optical flow, the default (trains per video when "
+                  "flow fails its checks: ~8 min on 2 CPU cores with the fast preset)", needs_backend=True, dino_config=True, rank=10)
 def _build_dino_flow(backend, config, progress, **kwargs) -> FlowGuidedTracker:
     return FlowGuidedTracker(backend, config, progress=progress, **kwargs)
