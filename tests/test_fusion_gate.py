@@ -19,6 +19,7 @@ from tests._tracker_synth import texture, translating_clip
 from tracker import build_tracker
 from tracker.api import training_key
 from tracker.config import preset
+from tracker.eta import RunETA
 from tracker.fusion import fuse_tracks
 from tracker.fusion_gate import blind_head, decide, off_foreground_runs, reuse_flows
 
@@ -236,3 +237,17 @@ def test_what_the_gate_flags_a_head_can_change():
     assert gate.left_fg.all() and not gate.broke.any()
     head.tracks[:] = 5.0  # seen on the foreground, far from flow: a drift re-detection there
     assert not np.array_equal(fuse_tracks(head, lambda _: (fwd, back), 4, 3.0, 1.5, None, 0.5, 1, fg)[0], blind[0])
+
+
+def test_time_left_counts_a_training_that_begins_after_tracking_began():
+    """The track command begins its 'track' stage before track(), which counts the stages not begun as skipped;
+    dino-flow's gate may then train inside track(): the estimate must count that training again."""
+    clock = [0.0]
+    run = RunETA({"masks": (10, 1.0), "train": (100, 1.0), "track": (1, 1.0)}, clock=lambda: clock[0],
+                 prior_weight_s=0)
+    run.begin("masks")
+    run.finish("masks", 10.0)
+    run.begin("track")
+    assert run.stage_left("train") == 0.0  # skipped, as far as anyone knew
+    run.begin("train")
+    assert run.stage_left("train") == pytest.approx(100.0)
