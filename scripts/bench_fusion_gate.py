@@ -10,7 +10,8 @@ the pre-pass decides to train, the training is not run unless ``--train`` (it is
 see the tracker's own time) and the JSON says how many queries needed the head and why; when it does not,
 the pre-pass result is what ``track`` returns, so its time is the default's whole time.
 
-Clips: ``demo`` (the built-in demo clip and its 6 points, no masks, as ``scripts/track.py`` runs it), a DAVIS
+Clips: ``demo`` (the built-in demo clip and its 6 points, no masks, as ``scripts/track.py`` runs it: through
+its mp4), ``demo-frames`` (the same clip as rendered, no video codec between), a DAVIS
 mask-only clip name (``--num-points`` queries inside its eroded frame-0 mask, the evaluator's sampler), or
 ``badja:NAME`` (the 20 BADJA joints at clip frame 0). ``--masks davis`` gives the tracker the DAVIS masks
 (the evaluators' protocol); ``auto`` lets it make its own (motion masks for dsift). Results are written
@@ -33,8 +34,9 @@ from badja_eval.badja import load_sequence  # noqa: E402
 from badja_eval.davis_masks import MaskBenchConfig, clip_rng, load_clip, sample_queries  # noqa: E402
 from cosettle.backends.registry import load_backend  # noqa: E402
 from cosettle.cli import ArgumentParser  # noqa: E402  (one-line argparse errors)
-from cosettle.demo import render_demo  # noqa: E402
+from cosettle.demo import make_demo_clip, render_demo  # noqa: E402
 from cosettle.io.atomic import atomic_path  # noqa: E402
+from cosettle.io.video import read_video  # noqa: E402
 from cosettle.provenance import run_info  # noqa: E402
 from tracker import build_tracker  # noqa: E402
 from tracker.config import preset  # noqa: E402
@@ -44,8 +46,13 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def load(name: str, data_root: Path, num_points: int, max_frames: int | None):
     """-> frames (T,H,W,3) uint8, DAVIS masks (T,H,W) or None, queries (N,3) t,x,y."""
-    if name == "demo":
-        frames, queries, _ = render_demo(24, 192, 256, 0)  # what scripts/track.py renders for its demo
+    if name == "demo":  # what scripts/track.py tracks with no --video: the rendered clip, through its mp4
+        with tempfile.TemporaryDirectory(prefix="bench_gate_demo_") as tmp:
+            video, _, gt = make_demo_clip(tmp)
+            frames = read_video(video).numpy()
+        return frames, None, np.concatenate([np.zeros((len(gt), 1), np.float32), gt[:, 0]], axis=1)
+    if name == "demo-frames":  # the same clip as rendered (no video codec between)
+        frames, queries, _ = render_demo()
         return frames, None, queries
     if name.startswith("badja:"):
         seq = load_sequence(data_root, name.split(":", 1)[1])
