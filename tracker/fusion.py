@@ -332,6 +332,7 @@ class FlowGuidedTracker(Tracker):
         if self.prep is None:
             raise RuntimeError("call fit(video) before track()")
         if self.cfg.fusion_train == "always" or (self._trained and self.cfg.fusion_train == "auto"):
+            self.gate = None
             return self._fuse(queries, occlusion)  # the head is paid for: use it
         res, self.gate = self.prepass(queries)
         log.info("fusion gate: %s", self.gate.message())
@@ -367,6 +368,7 @@ class FlowGuidedTracker(Tracker):
         c = self.cfg
         flow_pair = self._flow_pair()
         frames = self._frames
+        # the decision that led here (None: no pre-pass ran, the head was trained already or 'always')
         self.fusion_stats = _GatedStats(gate=None if self.gate is None else self.gate.to_dict())
         cell = self._cell_px()
         verifier = TemplateVerifier(frames, res.queries, search_px=c.fusion_verify_cells * cell)
@@ -382,13 +384,14 @@ class FlowGuidedTracker(Tracker):
 class _GatedStats(FusionStats):
     """The fusion's counts plus the gate's decision (run_info.json ``fusion``)."""
 
-    gate: dict | None = None  # GateDecision.to_dict(); None: fusion_train=always (no pre-pass)
+    gate: dict | None = None  # GateDecision.to_dict(); None: no pre-pass (fusion_train=always, or trained already)
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "gate": self.gate}
 
 
 @register_tracker("dino-flow", summary="DINO-Tracker fused with optical flow, the default (trains per video when "
-                  "flow fails its checks: ~8 min on 2 CPU cores with the fast preset)", needs_backend=True, dino_config=True, rank=10)
+                  "flow fails its checks: ~8 min on 2 CPU cores with the fast preset)", needs_backend=True,
+                  dino_config=True, rank=10)
 def _build_dino_flow(backend, config, progress, **kwargs) -> FlowGuidedTracker:
     return FlowGuidedTracker(backend, config, progress=progress, **kwargs)
