@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Time of the default ``dino-flow`` against ``flow`` where its training gate skips training, and which
-clips' queries make it train (tracker/fusion_gate.py; docs/tracking.md#when-the-default-trains).
+clips' queries make it train (tracker/fusion_gate.py; docs/tracking.md#when-the-default-trains-fusion_train).
 
     python scripts/bench_fusion_gate.py --clips demo,blackswan,badja:cows --out runs/gate/bench.json
 
