@@ -65,7 +65,8 @@ def child(args) -> dict:
     if args.iterations is not None:
         it = int(args.iterations)
         over.update(iterations=it, cyc_after=it // 2, rbb_after=it // 2, checkpoint_every=max(1, it))
-    cfg = preset("fast", **over)
+    # the fit is what this measures: dino-flow trains in fit() as before its gate (tracker/fusion_gate.py)
+    cfg = preset("fast", fusion_train="always", **over)
     if args.direct_window is not None:  # cheaper direct-flow filter (memory runs); not the default
         import dataclasses
 

@@ -127,6 +127,8 @@ def main(argv=None):
         over["work_dir"] = tmp.name
     else:
         over["work_dir"] = args.work_dir
+    # the fit is what this measures: dino-flow trains in fit() as before its gate (tracker/fusion_gate.py)
+    over["fusion_train"] = "always"
     cfg = preset(args.preset, **over)
     if args.masks != "davis":
         cfg.preprocess.mask_source = args.masks

@@ -126,3 +126,17 @@ def test_bench_motion_masks_tiny(shared_dir, tmp_path):
     bad = subprocess.run([sys.executable, REPO / "scripts" / "bench_motion_masks.py", "--size", "abc"],
                          capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error:")
+
+
+def test_bench_fusion_gate_tiny(shared_dir, tmp_path):
+    out = tmp_path / "gate.json"
+    args = [REPO / "scripts" / "bench_fusion_gate.py", "--data-root", shared_dir / "data", "--clips", "demo,blackswan",
+            "--max-frames", "4", "--num-points", "2", "--out", out]
+    _run(args)
+    clips = json.loads(out.read_text())["clips"]
+    assert clips["demo"]["frames"] == 24 and clips["demo"]["queries"] == 6 and clips["demo"]["masks"] == "auto"
+    assert clips["blackswan"]["frames"] == 4 and clips["blackswan"]["queries"] == 2
+    for c in clips.values():  # a time where the gate skipped training, the pre-pass's time where it did not
+        assert ("ratio" in c) != c["gate"]["trained"] and c["flow_s"] > 0
+        assert c["gate"]["need_head"] == 0 or c["gate"]["trained"]
+    assert _run(args).stdout == ""  # resumed: both clips are in --out already

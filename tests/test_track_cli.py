@@ -41,8 +41,12 @@ def clip_files(tmp_path_factory):
 def test_dino_run_writes_every_output(clip_files, tmp_path, capsys):
     video, pts = clip_files
     out = tmp_path / "out"
+    # this clip's flow holds, so the default would skip training (tests/test_fusion_gate.py); train as before
+    conf = tmp_path / "always.yaml"
+    conf.write_text("fusion_train: always\n")
     code, stdout, err = run(["--video", str(video), "--points", str(pts), "--out", str(out), "--iterations", "6",
-                        "--work-dir", str(tmp_path / "work"), "--stride", "4", "--seed", "1"], capsys)
+                        "--work-dir", str(tmp_path / "work"), "--stride", "4", "--seed", "1",
+                        "--config", str(conf)], capsys)
     assert code == 0, err
     for name in ("tracks.npz", "tracks.json", "tracks.csv", "overlay.mp4", "config.yaml", "run_info.json",
                  "track.log"):

@@ -22,6 +22,7 @@ from cosettle.config import to_dict
 from cosettle.errors import UserError
 
 PRESETS = ("fast", "paper")
+FUSION_TRAIN = ("auto", "always", "never")  # when dino-flow trains (TrackerConfig.fusion_train)
 REF_HEIGHT = 476  # the reference's model height; pixel thresholds below are given at this height
 
 # The training key (``training_key`` in tracker/api.py: the name of a fit's ``train_<key>`` folder) holds every
@@ -153,6 +154,10 @@ class TrackerConfig:
     #                                             correlates at least this much within fusion_verify_cells (else lost)
     fusion_verify_cells: float = inference(2.0)  # search radius of that patch around the head's candidate, in cells
     fusion_dis_preset: str = inference("medium")  # DIS preset of the full-resolution flow
+    fusion_train: str = inference("auto")  # "auto": train only when the flow pre-pass finds a query the head
+    #                                        could change (tracker/fusion_gate.py); "always": train first (the path
+    #                                        before the gate); "never": flow's positions with honest visibility,
+    #                                        no training
     scale_preprocess_px: bool = True  # preprocessing px thresholds are at 476 px height: scale them
     # --- files --------------------------------------------------------------------------------
     work_dir: Any = run_setting(None)  # None: ~/.cache/cosettle/tracker/<content+settings hash>
@@ -174,6 +179,8 @@ class TrackerConfig:
             raise UserError(f"unknown occlusion rule {self.occlusion!r}", "use 'fb' or 'anchors'")
         if self.fusion_drift_frames < 1 or not -1.0 <= self.fusion_verify_ncc <= 1.0 or self.fusion_verify_cells < 0:
             raise UserError("fusion_drift_frames must be >= 1, fusion_verify_ncc in [-1, 1], fusion_verify_cells >= 0")
+        if self.fusion_train not in FUSION_TRAIN:
+            raise UserError(f"unknown fusion_train {self.fusion_train!r}", f"use one of {', '.join(FUSION_TRAIN)}")
         if self.iterations < 0 or self.batch_size < 1 or self.batch_n_frames < 2:
             raise UserError("iterations must be >= 0, batch_size >= 1 and batch_n_frames >= 2")
 

@@ -83,6 +83,9 @@ class RunETA:
                 other.finished = True
         if units is not None:
             s.units = float(units)
+        # a stage that begins is not done, even when a later stage began first and counted it as skipped:
+        # dino-flow trains inside track() when its gate asks for it (tracker/fusion_gate.py)
+        s.finished = False
         s.done = float(done)
         s.timed_units, s.timed_s, s.first_s = 0.0, 0.0, None
         s.recent.clear()

@@ -50,13 +50,17 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from cosettle.errors import UserError
+from cosettle.io.lock import folder_lock
 from cosettle.io.tracks import TrackResult
 from cosettle.progress import tqdm
 
-from .api import Tracker
+from .api import PREPROCESS_LOCK, Tracker
 from .baselines import _as_frames
+from .fusion_gate import GateDecision, blind_head, decide, reuse_flows
 from .preprocess.flow import inside, make_flow_estimator, sample_flow
 from .preprocess.masks import points_on_mask
+from .preprocess.pipeline import preprocess_video
 from .registry import register_tracker
 
 log = logging.getLogger(__name__)
@@ -261,14 +265,49 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
 
 
 class FlowGuidedTracker(Tracker):
-    """DINO-Tracker (trained exactly as ``dino``) + flow-guided inference; same API as ``Tracker``."""
+    """DINO-Tracker (trained exactly as ``dino``) + flow-guided inference; same API as ``Tracker``.
+
+    Training is paid only where the trained head can change the answer (``fusion_train``,
+    tracker/fusion_gate.py): ``fit(video)`` runs the preprocessing stages that the foreground masks need
+    (cached in the work folder, so not lost when training follows); ``track(queries)`` first runs the
+    fusion rule with a head that sees nothing and trains (the same full ``fit`` as ``dino``) only when some
+    query has an inconsistent flow step or is carried off the foreground; else it returns that pre-pass,
+    whose positions and visibility are what the trained rule would give (confidence: flow's own).
+    ``fusion_train: always`` fits fully in ``fit`` as before the gate; ``never`` never trains.
+    ``track_head`` (the pure head of the same fit, tracker ``dino``) trains when it has not yet."""
 
     name = "dino-flow"
 
     def fit(self, video, masks=None) -> "FlowGuidedTracker":
+        self._fit_args = (video, masks)   # the full fit, if the gate asks for it, sees the same inputs
+        self._full = self.cfg.fusion_train == "always"
+        self._trained = False
+        self.gate: GateDecision | None = None
+        self.prep = self.infer = self.model = None
         super().fit(video, masks)
         self._frames = _as_frames(video)  # original resolution: flow is pixel-precise there
         return self
+
+    def _fit_locked(self, video, masks, t0: float) -> None:
+        if self._full:
+            super()._fit_locked(video, masks, t0)
+            self._trained = True
+            return
+        # only what the pre-pass reads: the work geometry and the foreground masks the fit would use (under the
+        # same preprocessing lock as the full fit: one writer of the cached stages)
+        with folder_lock(self.work_dir, "work folder's preprocessing", name=PREPROCESS_LOCK):
+            self.prep = preprocess_video(video, self.work_backend, self.prep_cfg, self.work_dir, masks=masks,
+                                         progress=self.progress, until="masks")
+        self.timings["preprocess"] = time.perf_counter() - t0
+
+    def _train(self) -> None:
+        """The full fit of ``dino`` (the stages already computed are read from the work folder)."""
+        if self._trained:
+            return
+        if getattr(self, "_fit_args", None) is None:
+            raise RuntimeError("call fit(video) before track()")
+        self._full = True
+        Tracker.fit(self, *self._fit_args)
 
     def _cell_px(self) -> float:
         """One feature cell in original-video pixels (the geometry's stride times the resize scale)."""
@@ -281,21 +320,62 @@ class FlowGuidedTracker(Tracker):
         work resolution); points outside the frame are not."""
         return points_on_mask(self.prep.masks[t], self.geometry.image_to_input(np.asarray(xy, np.float64)))
 
-    def track_head(self, queries, occlusion: str | None = None) -> TrackResult:
-        """The pure DINO-Tracker result of the same fitted model (tracker ``dino``)."""
-        return super().track(queries, occlusion)
-
-    def track(self, queries, occlusion: str | None = None) -> TrackResult:
-        res = self.track_head(queries, occlusion)
-        c = self.cfg
+    def _flow_pair(self):
         # DIS at full resolution (finest scale 0), as the ``flow`` baseline: no weights needed
-        est = make_flow_estimator("dis", c.fusion_dis_preset, None, "cpu", 0)
+        est = make_flow_estimator("dis", self.cfg.fusion_dis_preset, None, "cpu", 0)
         frames = self._frames
 
         def flow_pair(t):
             return est(frames[t], frames[t + 1]), est(frames[t + 1], frames[t])
+        return flow_pair
 
-        self.fusion_stats = FusionStats()
+    def track_head(self, queries, occlusion: str | None = None) -> TrackResult:
+        """The pure DINO-Tracker result of the same fitted model (tracker ``dino``); trains if not yet."""
+        self._train()
+        return super().track(queries, occlusion)
+
+    def track(self, queries, occlusion: str | None = None) -> TrackResult:
+        if self.prep is None:
+            raise RuntimeError("call fit(video) before track()")
+        if self.cfg.fusion_train == "always" or (self._trained and self.cfg.fusion_train == "auto"):
+            self.gate = None
+            return self._fuse(queries, occlusion)  # the head is paid for: use it
+        res, self.gate = self.prepass(queries)
+        log.info("fusion gate: %s", self.gate.message())
+        if not self.gate.train:
+            return res
+        self._train()
+        return self._fuse(queries, occlusion)
+
+    def prepass(self, queries) -> tuple[TrackResult, GateDecision]:
+        """What ``track`` does first, before any training: the fusion rule with a head that sees nothing
+        (tracker/fusion_gate.py) -> (flow's positions, not visible after an inconsistent step; the decision:
+        which queries the trained head could change, and whether ``track`` trains). When the decision does
+        not train, this result is the one ``track`` returns."""
+        q = np.asarray(getattr(queries, "txy", queries), dtype=np.float64).reshape(-1, 3)
+        names = list(getattr(queries, "names", []) or [])
+        T = self._frames.shape[0]
+        if len(q) and (q[:, 0].min() < 0 or q[:, 0].max() > T - 1):
+            raise UserError(f"query frame out of range [0, {T - 1}]")
+        c = self.cfg
+        head = blind_head(q, T)  # queries as float32, as the trained head's result carries them
+        stats = FusionStats()
+        tracks, vis, conf = fuse_tracks(head, reuse_flows(self._flow_pair(), head.queries[:, 0]), T,
+                                        0.0, c.fusion_fb_px, None, c.fusion_verify_ncc, c.fusion_drift_frames,
+                                        self._foreground, progress=self.progress, stats=stats)
+        self.timings["fusion gate"] = self.timings.get("fusion gate", 0.0) + stats.seconds
+        gate = decide(c.fusion_train, vis, tracks, head.queries, self._foreground, c.fusion_drift_frames)
+        self.fusion_stats = _GatedStats(**vars(stats), gate=gate.to_dict())
+        return TrackResult(tracks, vis, conf, head.queries, names), gate
+
+    def _fuse(self, queries, occlusion: str | None = None) -> TrackResult:
+        """The rule with the trained head (the path before the gate, unchanged)."""
+        res = self.track_head(queries, occlusion)
+        c = self.cfg
+        flow_pair = self._flow_pair()
+        frames = self._frames
+        # the decision that led here (None: no pre-pass ran, the head was trained already or 'always')
+        self.fusion_stats = _GatedStats(gate=None if self.gate is None else self.gate.to_dict())
         cell = self._cell_px()
         verifier = TemplateVerifier(frames, res.queries, search_px=c.fusion_verify_cells * cell)
         tracks, vis, conf = fuse_tracks(res, flow_pair, frames.shape[0], c.fusion_snap_cells * cell,
@@ -306,8 +386,19 @@ class FlowGuidedTracker(Tracker):
         return TrackResult(tracks, vis, conf, res.queries, res.names, redetected=self.fusion_stats.redetected)
 
 
-@register_tracker("dino-flow", summary="DINO-Tracker fused with optical flow, the default (trains per video, fast "
-                  "preset, measured on 2 CPU cores: 80 s for the 24-frame demo to ~8 min for 50 frames of 854x480; a "
-                  "cached re-run takes seconds)", needs_backend=True, dino_config=True, rank=10)
+@dataclass
+class _GatedStats(FusionStats):
+    """The fusion's counts plus the gate's decision (run_info.json ``fusion``)."""
+
+    gate: dict | None = None  # GateDecision.to_dict(); None: no pre-pass (fusion_train=always, or trained already)
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "gate": self.gate}
+
+
+@register_tracker("dino-flow", summary="DINO-Tracker fused with optical flow, the default (trains per video only "
+                  "when flow fails its checks; fast preset, measured on 2 CPU cores: 80 s for the 24-frame demo to ~8 "
+                  "min for 50 frames of 854x480; a cached re-run takes seconds)", needs_backend=True, dino_config=True,
+                  rank=10)
 def _build_dino_flow(backend, config, progress, **kwargs) -> FlowGuidedTracker:
     return FlowGuidedTracker(backend, config, progress=progress, **kwargs)

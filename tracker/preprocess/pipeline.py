@@ -227,20 +227,27 @@ def is_dino_backend(backend) -> bool:
 
 # -- the pipeline --------------------------------------------------------------------------------------
 def preprocess_video(video, backend, config: PreprocessConfig | None = None, work_dir: Path | str = "work",
-                     masks: np.ndarray | None = None, progress: bool = True) -> Preprocessed:
-    """Run (or load from ``work_dir``) every preprocessing stage. See the module docstring."""
+                     masks: np.ndarray | None = None, progress: bool = True, until: str | None = None) -> Preprocessed:
+    """Run (or load from ``work_dir``) every preprocessing stage. See the module docstring.
+
+    ``until="masks"``: only the stages the foreground masks need (frames, then the features for saliency
+    masks or the flows for motion masks; nothing more for the user's) and the masks; ``trajectories`` and
+    ``best_buddies`` of the result are None. What ``dino-flow``'s flow pre-pass needs before it decides
+    whether to train (tracker/fusion_gate.py); a later full run loads these stages from the cache."""
     cfg = config or PreprocessConfig()
+    if until not in (None, "masks"):
+        raise ValueError(f"until must be None or 'masks', not {until!r}")
     if cfg.threads is None:
-        return _preprocess(video, backend, cfg, work_dir, masks, progress)
+        return _preprocess(video, backend, cfg, work_dir, masks, progress, until)
     before = torch.get_num_threads()
     torch.set_num_threads(int(cfg.threads))
     try:
-        return _preprocess(video, backend, cfg, work_dir, masks, progress)
+        return _preprocess(video, backend, cfg, work_dir, masks, progress, until)
     finally:
         torch.set_num_threads(before)
 
 
-def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress) -> Preprocessed:
+def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress, until=None) -> Preprocessed:
     frames0 = video_array(video)
     T, H0, W0 = frames0.shape[:3]
     if masks is not None:
@@ -252,6 +259,21 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
                    "geometry": geom.to_dict()}
     log.info("preprocessing %d frames %dx%d -> work %dx%d (HxW; %s), cache %s", T, H0, W0, geom.input_h,
              geom.input_w, backend.name, cache.root)
+
+    # the foreground masks' source, first: a run ``until`` the masks computes only what they need
+    source = cfg.mask_source
+    if source not in MASK_SOURCES:
+        raise UserError(f"unknown mask_source {source!r}", f"use one of {', '.join(MASK_SOURCES)}")
+    if source == "auto":
+        # motion masks beat PCA saliency by 9 delta_seg points with dsift on horsejump-high (docs/history.md);
+        # the saliency threshold is the reference's, tuned for DINO features
+        source = "user" if masks is not None else "saliency" if is_dino_backend(backend) else "motion"
+    if source == "user" and masks is None:
+        raise UserError("mask_source 'user' but no masks were given", "pass masks, or use auto/saliency/motion")
+    if source != "user" and masks is not None:
+        log.warning("mask_source %r: ignoring the given masks", source)
+    need_features = until is None or source == "saliency"
+    need_flows = until is None or source == "motion"
 
     # 1. frames at the work resolution
     def c_frames(d):
@@ -287,7 +309,9 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
             raise ValueError(f"features shape {tuple(f.shape)} does not match the geometry")
         return f
 
-    features, stats["features"] = cache.run("features", feat_fields, c_feats, l_feats)
+    features = None
+    if need_features:
+        features, stats["features"] = cache.run("features", feat_fields, c_feats, l_feats)
 
     # 3. consecutive flows, once (before the masks: motion masks use them)
     estimator = make_flow_estimator(cfg.flow, cfg.dis_preset, cfg.raft_weights, cfg.device, cfg.dis_finest_scale)
@@ -303,20 +327,11 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
             raise ValueError(f"flows {fwd.shape} / {bwd.shape} do not match the frames")
         return fwd, bwd
 
-    (fwd, bwd), stats["flows"] = cache.run("flows", flow_fields, c_flows, l_flows)
+    fwd = bwd = None
+    if need_flows:
+        (fwd, bwd), stats["flows"] = cache.run("flows", flow_fields, c_flows, l_flows)
 
     # 4. foreground masks: the user's, PCA saliency of the backend features, or motion (flow residual)
-    source = cfg.mask_source
-    if source not in MASK_SOURCES:
-        raise UserError(f"unknown mask_source {source!r}", f"use one of {', '.join(MASK_SOURCES)}")
-    if source == "auto":
-        # motion masks beat PCA saliency by 9 delta_seg points with dsift on horsejump-high (docs/history.md);
-        # the saliency threshold is the reference's, tuned for DINO features
-        source = "user" if masks is not None else "saliency" if is_dino_backend(backend) else "motion"
-    if source == "user" and masks is None:
-        raise UserError("mask_source 'user' but no masks were given", "pass masks, or use auto/saliency/motion")
-    if source != "user" and masks is not None:
-        log.warning("mask_source %r: ignoring the given masks", source)
     if source == "user":
         mask_fields = {"user": array_digest(masks), "size": [geom.input_h, geom.input_w], "v": 1}
     elif source == "saliency":
@@ -346,6 +361,8 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
         return np.stack([iio.imread(f) > 127 for f in files])
 
     fg_masks, stats["masks"] = cache.run("masks", mask_fields, c_masks, l_masks)
+    if until == "masks":
+        return Preprocessed(geom, frames, features, None, np.zeros(0, bool), fg_masks, None, cache.root, stats)
 
     # 5. trajectories with the direct-flow filter (training supervision) ...
     traj_common = {"flows": stats["flows"]["key"], "fb": cfg.fb_threshold, "min_len": cfg.min_traj_len,
