@@ -165,15 +165,19 @@ class TemplateVerifier:
 def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, fb_px: float,
                 verifier: TemplateVerifier | None, verify_ncc: float = 0.5, drift_frames: int = 1,
                 foreground: Callable[[int, np.ndarray], np.ndarray] | None = None,
-                progress: bool = False, stats: FusionStats | None = None):
+                progress: bool = False, stats: FusionStats | None = None, drift_fail: str = "lost"):
     """Fuse DINO predictions with flow. ``flow_pair(t) -> (F[t], B[t])``: flows t -> t+1 and t+1 -> t.
     ``verifier``: a :class:`TemplateVerifier` of the queries; None accepts every re-detection candidate
     that the head sees (no appearance check: for tests of the rule alone, never the tracker's default).
     ``foreground(t, xy) -> (M,) bool``: points on the foreground mask of frame t (original pixels);
     None: no drift re-detections (only broken flow is re-detected).
+    ``drift_fail``: what a drift candidate that fails verification does: ``"lost"`` (the rule) or ``"flow"``
+    (keeps following flow, visible; a development variant for ``scripts/tune_fusion.py``, measured worse).
 
     Returns (tracks (N,T,2), visible (N,T), confidence (N,T)) in original pixels.
     """
+    if drift_fail not in ("lost", "flow"):
+        raise ValueError(f"drift_fail must be 'lost' or 'flow', not {drift_fail!r}")
     st = stats if stats is not None else FusionStats()
     q = np.asarray(dino.queries, np.float64)
     n, T = len(q), num_frames
@@ -199,7 +203,8 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
                         left_fg)
         p_b = dec.flow.copy()
         was_lost = lost[idx].copy()
-        v_b = dec.follow & ~was_lost
+        follow = dec.follow | dec.drift if drift_fail == "flow" else dec.follow  # drift & ok: re-detected below
+        v_b = follow & ~was_lost
         fconf = np.where(dec.consistent, 1.0 / (1.0 + (dec.fb_err / fb_px) ** 2), 0.0)
         c_b = np.where(v_b, np.maximum(fconf, dconf_b), 0.0).astype(np.float32)
         ok = np.zeros(len(idx), bool)
@@ -219,14 +224,14 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
             st.rejected += int((~good).sum())
             st.drift_redetections += int((good & drift_c).sum())
         v_b |= ok
-        newly_lost = ~dec.follow & ~ok  # flow broke and nothing verified where the head looked
+        newly_lost = ~follow & ~ok  # flow broke (or drifted) and nothing verified where the head looked
         p_b[newly_lost] = np.clip(p_b[newly_lost], 0.0, [w - 1.0, h - 1.0])
         lost[idx] = (was_lost & ~ok) | newly_lost
         run[idx] = np.where(ok, 0, dec.run)
         tracks[idx, b] = p_b
         vis[idx, b] = v_b
         conf[idx, b] = np.where(v_b, c_b, 0.0)
-        st.flow_steps += int((dec.follow & ~ok).sum())
+        st.flow_steps += int((follow & ~ok).sum())
         st.redetections += int(ok.sum())
         st.lost_new += int(newly_lost.sum())
         st.not_visible += int((~v_b).sum())
