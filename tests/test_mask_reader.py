@@ -90,3 +90,52 @@ def test_folder_one_image_per_source_frame_by_sorted_name(tmp_path):
         load_mask_folder(tmp_path, 2, 2, 4)
     with pytest.raises(UserError, match="folder not found"):
         load_mask_folder(tmp_path / "none", 1, 2, 3)
+
+
+def _one_pixel_png(path, mode):
+    """An 8x8 PNG of ``mode``, built pixel by pixel: background everywhere (opaque where there is alpha), one
+    object pixel at (row 2, column 5). Returns the mode PIL reads back (the test must test what it claims)."""
+    g = np.zeros((8, 8), np.uint8)
+    g[2, 5] = 255
+    if mode == "L":
+        im = Image.fromarray(g, "L")
+    elif mode == "LA":  # grey + alpha: alpha 255 everywhere, brighter than any object value would need
+        im = Image.fromarray(np.stack([g, np.full_like(g, 255)], -1), "LA")
+    elif mode == "P":
+        im = Image.fromarray((g > 0).astype(np.uint8), "P")
+        im.putpalette([0, 0, 0, 255, 255, 255] + [0] * (254 * 3))
+    elif mode == "RGB":
+        rgb = np.zeros((8, 8, 3), np.uint8)
+        rgb[2, 5] = (0, 0, 255)  # blue only: the brightest channel decides
+        im = Image.fromarray(rgb, "RGB")
+    elif mode == "RGBA":
+        rgba = np.zeros((8, 8, 4), np.uint8)
+        rgba[..., 3] = 255
+        rgba[2, 5] = (255, 0, 0, 255)
+        im = Image.fromarray(rgba, "RGBA")
+    elif mode == "I;16":  # 16-bit grey, object 65535
+        im = Image.fromarray(g.astype(np.uint16) * 257)
+    im.save(path)
+    with Image.open(path) as back:
+        return back.mode
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGB", "RGBA", "I;16"])
+def test_every_png_mode_one_object_pixel_is_one_foreground_pixel(tmp_path, mode):
+    """(Issue 29: an LA mask read alpha as a colour channel -> 64 of 64 pixels foreground.)"""
+    read_back = _one_pixel_png(tmp_path / "m.png", mode)
+    assert read_back == mode
+    got = read_mask(tmp_path / "m.png")
+    want = np.zeros((8, 8), bool)
+    want[2, 5] = True
+    assert got.shape == (8, 8) and int(got.sum()) == 1
+    np.testing.assert_array_equal(got, want)
+
+
+def test_la_mask_with_transparent_object_and_opaque_background(tmp_path):
+    """Alpha never decides, whichever way it goes: grey 200 object with alpha 0, grey 0 background with alpha 255."""
+    la = np.zeros((4, 4, 2), np.uint8)
+    la[..., 1] = 255
+    la[1, 1] = (200, 0)
+    Image.fromarray(la, "LA").save(tmp_path / "m.png")
+    assert np.argwhere(read_mask(tmp_path / "m.png")).tolist() == [[1, 1]]
