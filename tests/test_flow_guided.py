@@ -339,3 +339,12 @@ def test_a_blind_head_is_not_far_and_counts_nothing_towards_drift():
     # a run already under way is reset by a blind head (not continued)
     dec = _step([[10, 10]], fwd, bwd, [[20, 15]], [False], run=2, left_fg=off, drift_frames=3)
     assert dec.run.tolist() == [0] and not dec.candidate.any()
+
+
+def test_template_verifier_defaults_are_the_documented_17_px_patch_and_16_px_search():
+    """The tracker builds its verifier with the default patch (17x17 px: half 8) -- the module docstring's
+    number; the default search radius is 16 px. (Mutation testing: the defaults survived.)"""
+    f0 = texture(80, 100, seed=4)
+    ver = TemplateVerifier(np.stack([f0, f0]), np.array([[0, 40.0, 40.0]], np.float32))
+    assert ver.templates[0].shape == (17, 17) and ver.half == 8 and ver.search == 16
+    np.testing.assert_array_equal(ver.templates[0], cv2.cvtColor(f0, cv2.COLOR_RGB2GRAY)[32:49, 32:49])

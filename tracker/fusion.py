@@ -29,11 +29,14 @@ Rule, per query and step a -> b (forwards from the query frame, then backwards),
   the foreground;
 * a candidate is **verified** when the query's own patch (17x17 px of the query frame) is found by
   normalised cross-correlation within ``fusion_verify_cells`` feature cells of ``d`` with correlation
-  >= ``fusion_verify_ncc``; the point moves to that match (pixel-precise again). A drift candidate that
-  fails keeps following flow; a break candidate that fails, or broken flow with a head that does not
-  see the point, makes the point **lost**: not visible, positioned where flow took it (clamped to the
-  frame), and it stays not visible (while still following flow, so it can come back) until a verified
-  re-detection. A query patch that leaves the frame or has no texture can never verify.
+  >= ``fusion_verify_ncc``; the point moves to that match (pixel-precise again). Any candidate that
+  fails (drift or break), or broken flow with a head that does not see the point, makes the point
+  **lost**: not visible, positioned where flow took it (clamped to the frame), and it stays not visible
+  (while still following flow, so it can come back) until a verified re-detection. A failed drift
+  candidate is lost too, not shown on the flow that left the foreground: positions are the same either
+  way; showing them (``fuse_tracks(drift_fail="flow")``) added wrong-visible entries on horsejump-high
+  and only right ones on cows (seed 0, docs/tracking.md): not a win on both clips, so the rule stays.
+  A query patch that leaves the frame or has no texture can never verify.
 * visible = followed flow and not lost, or verified re-detection. Confidence: the larger of flow's
   (1 / (1 + (err / fusion_fb_px)^2)) and the head's where flow was followed, the verification
   correlation where re-detected, 0 where not visible.
@@ -172,7 +175,7 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
     ``foreground(t, xy) -> (M,) bool``: points on the foreground mask of frame t (original pixels);
     None: no drift re-detections (only broken flow is re-detected).
     ``drift_fail``: what a drift candidate that fails verification does: ``"lost"`` (the rule) or ``"flow"``
-    (keeps following flow, visible; a development variant for ``scripts/tune_fusion.py``, measured worse).
+    (keeps following flow, visible; a development variant for ``scripts/tune_fusion.py``, docs/tracking.md).
 
     Returns (tracks (N,T,2), visible (N,T), confidence (N,T)) in original pixels.
     """
