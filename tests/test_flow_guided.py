@@ -348,3 +348,24 @@ def test_template_verifier_defaults_are_the_documented_17_px_patch_and_16_px_sea
     ver = TemplateVerifier(np.stack([f0, f0]), np.array([[0, 40.0, 40.0]], np.float32))
     assert ver.templates[0].shape == (17, 17) and ver.half == 8 and ver.search == 16
     np.testing.assert_array_equal(ver.templates[0], cv2.cvtColor(f0, cv2.COLOR_RGB2GRAY)[32:49, 32:49])
+
+
+def test_template_patch_edges_and_match_leaves_the_callers_array_alone():
+    """A 17x17 patch (half 8) fits exactly when its centre is 8 px from every edge of a 30 x 20 image (x 8..21,
+    y 8..11) and is refused one pixel further out, on each of the four sides. ``match`` returns float32 arrays
+    and never writes into the positions it was given. (Mutation testing: the edge comparisons, the dtypes
+    and the copy survived.)"""
+    img = np.arange(20 * 30, dtype=np.uint8).reshape(20, 30)
+    fits = [(8, 8), (21, 8), (8, 11), (21, 11)]
+    refused = [(7, 9), (22, 9), (9, 7), (9, 12)]
+    assert all(TemplateVerifier._patch(img, x, y, 8) is not None for x, y in fits)
+    assert all(TemplateVerifier._patch(img, x, y, 8) is None for x, y in refused)
+    np.testing.assert_array_equal(TemplateVerifier._patch(img, 8, 8, 8), img[0:17, 0:17])
+    f0 = texture(80, 100, seed=4)
+    f1 = np.roll(f0, shift=(-3, 5), axis=(0, 1))
+    ver = TemplateVerifier(np.stack([f0, f1]), np.array([[0, 40.0, 40.0]], np.float32), half=8, search_px=10)
+    xy = np.array([[49.0, 35.0]], np.float32)
+    peaks, out = ver.match(np.array([0]), 1, xy)
+    assert peaks.dtype == np.float32 and out.dtype == np.float32
+    assert out.tolist() == [[45.0, 37.0]] and xy.tolist() == [[49.0, 35.0]]
+    assert ver.match(np.array([0]), 1, xy.astype(np.float64))[1].dtype == np.float32  # float64 in: float32 out
