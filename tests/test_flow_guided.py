@@ -369,3 +369,18 @@ def test_template_patch_edges_and_match_leaves_the_callers_array_alone():
     assert peaks.dtype == np.float32 and out.dtype == np.float32
     assert out.tolist() == [[45.0, 37.0]] and xy.tolist() == [[49.0, 35.0]]
     assert ver.match(np.array([0]), 1, xy.astype(np.float64))[1].dtype == np.float32  # float64 in: float32 out
+
+
+def test_fuse_tracks_leaves_the_head_result_alone_and_prints_nothing(capfd):
+    """The head's TrackResult is not written into (positions change here: the point is lost and clamped), and
+    no progress bar unless asked. (Mutation testing: the copy and the progress default survived.)"""
+    q = np.array([[0, 98.0, 40.0]], np.float32)
+    head = np.repeat(q[:, None, 1:], 3, axis=1).astype(np.float32)
+    before = head.copy()
+    dvis = np.array([[True, False, False]])
+    res = TrackResult(head, dvis, np.full((1, 3), 0.4, np.float32), q)
+    fwd, bwd = _const_flow(5, 4, 80, 100), _const_flow(-5, -4, 80, 100)
+    tracks, _, _ = fuse_tracks(res, lambda t: (fwd, bwd), 3, 3.0, 1.5, verifier=None)
+    assert tracks[0, 1].tolist() == [99.0, 44.0]
+    np.testing.assert_array_equal(res.tracks, before)
+    assert capfd.readouterr().err == ""
