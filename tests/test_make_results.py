@@ -192,3 +192,70 @@ def test_run_info_records_opencv():
     from cosettle.provenance import run_info
 
     assert run_info()["opencv"] == cv2.__version__
+
+
+@pytest.fixture
+def tiny_git(tmp_path, monkeypatch):
+    """A throwaway git repository standing in for the checkout: c1 (code), c2 (docs only), c3 (code again);
+    the results page and git_sha look at it."""
+    import cosettle.provenance as prov
+
+    repo = tmp_path / "repo"
+    (repo / "tracker").mkdir(parents=True)
+    (repo / "docs").mkdir()
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    shas = []
+    for path, text in (("tracker/rule.py", "x = 1\n"), ("docs/page.md", "words\n"), ("tracker/rule.py", "x = 2\n")):
+        (repo / path).write_text(text)
+        git("add", path)
+        git("commit", "-q", "-m", path)
+        shas.append(git("rev-parse", "HEAD"))
+    monkeypatch.setattr(rp, "REPO_ROOT", repo)
+    monkeypatch.setattr(prov, "REPO_ROOT", repo)
+    return repo, shas
+
+
+def test_current_marks_and_uncommitted_changes(tiny_git):
+    """'current' only when no code changed between the run's commit and the page's; a run made with
+    uncommitted changes is never 'current' from another commit (its changes cannot be compared)."""
+    _, (c1, c2, c3) = tiny_git
+    assert rp.freshness([c1], c2) == f"current: made at `{c1[:7]}`, no code changed since (only docs/scripts)"
+    assert rp.freshness([c2], c2) == "current: made at this page's commit"
+    assert rp.freshness([c2 + "-dirty"], c2) == "current: made at this page's commit with uncommitted changes"
+    stale = rp.freshness([c1], c3)
+    assert stale.startswith(f"**stale**: made at `{c1[:7]}`, code changed since then") and f"`{c3[:7]}`" in stale
+    dirty_old = rp.freshness([c1 + "-dirty"], c2)
+    assert "current" not in dirty_old and f"`{c1[:7]}-dirty` with uncommitted changes" in dirty_old
+    # two folders of one table, one current and one stale: both marks, once each
+    both = rp.freshness([c2, c1, c2], c3)
+    assert both.count("**stale**") == 2 and both.count("; ") == 1
+
+
+def test_git_sha_marks_a_dirty_tree_but_not_untracked_files(tiny_git):
+    repo, (_, _, c3) = tiny_git
+    assert git_sha() == c3
+    (repo / "notes.txt").write_text("untracked")  # not part of any run's code
+    assert git_sha() == c3
+    (repo / "tracker" / "rule.py").write_text("x = 3\n")
+    assert git_sha() == c3 + "-dirty"
+
+
+def test_page_marks_a_docs_only_older_run_current(tiny_git, tmp_path):
+    """End to end: a folder made at c1 on a page generated at c2 (docs changed only) is marked current."""
+    repo, (c1, c2, _) = tiny_git
+    subprocess.run(["git", "checkout", "-q", c2], cwd=repo, check=True)  # the page is generated at c2
+    root = tmp_path / "runs"
+    _folder(root, "old", _rows({("clip", "flow"): (39.74, 10.6)}), _info(c1))
+    man = _manifest(tmp_path / "results.yaml", [{"id": "old", "title": "Old table", "args": "--trackers flow",
+                                                 "out": "old", "columns": ["delta_seg", "delta_3px"]}])
+    out = tmp_path / "results.md"
+    assert _make(["--manifest", man, "--runs-root", root, "--out", out]) == 0
+    page = out.read_text()
+    old = _table(page, "Old table")
+    assert f"current: made at `{c1[:7]}`, no code changed since (only docs/scripts)" in old
+    assert f"at git `{c2[:7]}`" in page and "**stale" not in old

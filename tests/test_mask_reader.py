@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from cosettle.errors import UserError
-from cosettle.io.masks import foreground, load_mask_folder, read_mask
+from cosettle.io.masks import foreground, load_mask_folder, mask_files, read_mask
 from tracker.preprocess.masks import check_masks
 
 
@@ -90,3 +90,103 @@ def test_folder_one_image_per_source_frame_by_sorted_name(tmp_path):
         load_mask_folder(tmp_path, 2, 2, 4)
     with pytest.raises(UserError, match="folder not found"):
         load_mask_folder(tmp_path / "none", 1, 2, 3)
+
+
+def _one_pixel_png(path, mode):
+    """An 8x8 PNG of ``mode``, built pixel by pixel: background everywhere (opaque where there is alpha), one
+    object pixel at (row 2, column 5). Returns the mode PIL reads back (the test must test what it claims)."""
+    g = np.zeros((8, 8), np.uint8)
+    g[2, 5] = 255
+    if mode == "L":
+        im = Image.fromarray(g, "L")
+    elif mode == "LA":  # grey + alpha: alpha 255 everywhere, brighter than any object value would need
+        im = Image.fromarray(np.stack([g, np.full_like(g, 255)], -1), "LA")
+    elif mode == "P":
+        im = Image.fromarray((g > 0).astype(np.uint8), "P")
+        im.putpalette([0, 0, 0, 255, 255, 255] + [0] * (254 * 3))
+    elif mode == "RGB":
+        rgb = np.zeros((8, 8, 3), np.uint8)
+        rgb[2, 5] = (0, 0, 255)  # blue only: the brightest channel decides
+        im = Image.fromarray(rgb, "RGB")
+    elif mode == "RGBA":
+        rgba = np.zeros((8, 8, 4), np.uint8)
+        rgba[..., 3] = 255
+        rgba[2, 5] = (255, 0, 0, 255)
+        im = Image.fromarray(rgba, "RGBA")
+    elif mode == "I;16":  # 16-bit grey, object 65535
+        im = Image.fromarray(g.astype(np.uint16) * 257)
+    im.save(path)
+    with Image.open(path) as back:
+        return back.mode
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGB", "RGBA", "I;16"])
+def test_every_png_mode_one_object_pixel_is_one_foreground_pixel(tmp_path, mode):
+    """(Issue 29: an LA mask read alpha as a colour channel -> 64 of 64 pixels foreground.)"""
+    read_back = _one_pixel_png(tmp_path / "m.png", mode)
+    assert read_back == mode
+    got = read_mask(tmp_path / "m.png")
+    want = np.zeros((8, 8), bool)
+    want[2, 5] = True
+    assert got.shape == (8, 8) and int(got.sum()) == 1
+    np.testing.assert_array_equal(got, want)
+
+
+def test_la_mask_with_transparent_object_and_opaque_background(tmp_path):
+    """Alpha never decides, whichever way it goes: grey 200 object with alpha 0, grey 0 background with alpha 255."""
+    la = np.zeros((4, 4, 2), np.uint8)
+    la[..., 1] = 255
+    la[1, 1] = (200, 0)
+    Image.fromarray(la, "LA").save(tmp_path / "m.png")
+    assert np.argwhere(read_mask(tmp_path / "m.png")).tolist() == [[1, 1]]
+
+
+def test_threshold_switch_is_strictly_above_127():
+    """The > 127 threshold applies only when some value exceeds 127: max 127 -> 0/1-label rule (> 0), max 128
+    -> the 8-bit rule (> 127). (Mutation testing: '>= 127' and '> 128' survived.)"""
+    assert foreground(np.array([[0, 1, 127]], np.uint8)).tolist() == [[False, True, True]]
+    assert foreground(np.array([[0, 1, 128]], np.uint8)).tolist() == [[False, False, True]]
+
+
+def test_empty_frame_list_and_bool_dtype(tmp_path):
+    """No frames asked: an empty (0, H, W) bool array, even from an empty folder; masks are bool."""
+    (tmp_path / "empty").mkdir()
+    got = load_mask_folder(tmp_path / "empty", 0, 2, 3)
+    assert got.shape == (0, 2, 3) and got.dtype == bool
+    (tmp_path / "one").mkdir()
+    _save(tmp_path / "one" / "00000.png", np.array([[0, 255, 0], [0, 0, 0]], np.uint8))
+    one = load_mask_folder(tmp_path / "one", 1, 2, 3)
+    assert one.dtype == bool and one.tolist() == [[[False, True, False], [False, False, False]]]
+
+
+def test_errors_name_the_flag_the_cause_and_the_fix(tmp_path):
+    """Every error of the reader, word for word: the flag the user typed (given or the default), the cause
+    (the PIL exception type for a non-image) and the fix. (Mutation testing: the fix texts, the default
+    flags and the flag passed down from load_mask_folder survived.)"""
+    def msg(fn, *a, **kw):
+        with pytest.raises(UserError) as ei:
+            fn(*a, **kw)
+        return ei.value.one_line()
+
+    (tmp_path / "x.png").write_bytes(b"not an image")
+    assert msg(read_mask, tmp_path / "x.png") == (
+        f"mask {tmp_path / 'x.png'} is not a readable image (UnidentifiedImageError) -- pass a png mask "
+        "(object pixels non-zero)")
+    assert msg(read_mask, tmp_path / "nope.png") == (
+        f"mask {tmp_path / 'nope.png'}: file not found -- pass an existing mask image")
+    assert msg(load_mask_folder, tmp_path / "none", 1, 2, 3) == (
+        f"--masks {tmp_path / 'none'}: folder not found -- pass a folder of mask images, one per frame")
+    assert msg(load_mask_folder, tmp_path / "none", 1, 2, 3, flag="--grid-mask").startswith("--grid-mask ")
+    assert msg(mask_files, tmp_path / "none").startswith(f"--masks {tmp_path / 'none'}: folder not found")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "00000.png").write_bytes(b"junk")
+    assert msg(load_mask_folder, bad, 1, 2, 3, flag="--fg") == (
+        f"--fg {bad / '00000.png'} is not a readable image (UnidentifiedImageError) -- pass a png mask "
+        "(object pixels non-zero)")
+    assert msg(load_mask_folder, bad, 2, 2, 3) == (
+        f"--masks {bad} has 1 images, the video 2 frames -- give one mask per frame of the source video "
+        "(sorted by file name)")
+    _save(bad / "00000.png", np.zeros((2, 3), np.uint8))
+    assert msg(load_mask_folder, bad, 1, 2, 4) == (
+        f"mask {bad / '00000.png'} is 2x3 (HxW), the video is 2x4 -- masks must have the video's size")

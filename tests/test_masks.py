@@ -194,3 +194,55 @@ def test_points_on_mask_nearest_pixel_and_outside_is_off():
     # on / rounds to (2, 1) / rounds to (3, 1) / rounds to 0 but is on the frame's edge pixel (0, 0) (off)
     # / rounds to x = 5, outside / rounds to y = 4, outside
     assert points_on_mask(m, xy).tolist() == [True, True, False, False, False, False]
+
+
+def _two_sided_flows(h=60, w=100, moving=20.0):
+    """3 frames. Forward flows move the left 45 columns by `moving` px (the rest, 55 %, is still: the fitted
+    background motion is the identity); backward flows move the right 45 columns. Frame 0 sees only the
+    forward flow (left 45 % foreground), frame 2 only the backward one (right 45 %), frame 1 both: its
+    averaged residual (20 px / the 0.58 px floor, halved) marks left and right, 90 %. Masks: 60 % of all
+    pixels, (45 + 90 + 45) / 3 -- regions touch the frame's edges, so opening and closing keep them exactly."""
+    fwd = np.zeros((2, h, w, 2), np.float32)
+    bwd = np.zeros_like(fwd)
+    fwd[:, :, :45, 0] = moving
+    bwd[:, :, 55:, 0] = -moving
+    truth = np.zeros((3, h, w), bool)
+    truth[0, :, :45] = truth[1, :, :45] = True
+    truth[1, :, 55:] = truth[2, :, 55:] = True
+    return fwd, bwd, truth
+
+
+def test_masks_covering_most_of_the_frame_warn_once_naming_masks(caplog):
+    """Motion masks over 50 % of the frame do not isolate an object: one warning naming --masks with the
+    share; 45 % (one side only) is plausible and gives none."""
+    import logging
+
+    fwd, bwd, truth = _two_sided_flows()
+    with caplog.at_level(logging.WARNING, logger="tracker.preprocess.masks"):
+        m, info = motion_masks(fwd, bwd)
+    np.testing.assert_array_equal(m, truth)
+    assert info["fg_fraction"] == pytest.approx(0.6) and info["window"] == 1
+    warn = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warn) == 1, warn
+    assert "motion masks cover 60% of the frame -- they do not isolate the object" in warn[0]
+    assert "--masks" in warn[0]
+    caplog.clear()
+    fwd[:] = 0.0  # backward motion only: frames 1 and 2 hold the right 45 %, frame 0 nothing -> 30 %
+    with caplog.at_level(logging.WARNING, logger="tracker.preprocess.masks"):
+        m, info = motion_masks(fwd, bwd)
+    assert info["fg_fraction"] == pytest.approx(0.3)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize("share, words", [(0.019, "cover only 1.9%"), (0.02, None), (0.5, None),
+                                          (0.51, "cover 51% of the frame")])
+def test_coverage_warning_bounds(caplog, share, words):
+    """The two limits: below 2 % (MIN_AUTO_FG) and above 50 %; exactly at either, no warning."""
+    import logging
+
+    from tracker.preprocess.masks import warn_mask_coverage
+
+    with caplog.at_level(logging.WARNING, logger="tracker.preprocess.masks"):
+        warn_mask_coverage("motion", share)
+    got = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (got == []) if words is None else (len(got) == 1 and words in got[0] and "--masks" in got[0]), got

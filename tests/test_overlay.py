@@ -106,3 +106,20 @@ def test_still_holds_first_middle_last():
     assert still.shape == (120, 3 * 240 + 2 * 4, 3)
     withlegend = overlay_still(_clip(), _result(tr, names=["nose"]), style="trails")
     assert withlegend.shape[0] > 120 and withlegend.shape[1] == still.shape[1]
+
+
+def test_hollow_follows_visibility_and_confidence_separately():
+    """Visibility and confidence given independently (not tied as in ``_result``): filled only when visible AND
+    confidence >= 0.5. Points: visible 0.3 (uncertain: hollow), visible 0.5 (the boundary: filled), visible
+    0.7 (filled), not visible 0.9 (occluded although confident: hollow)."""
+    xs = [40.0, 90.0, 140.0, 190.0]
+    tr = np.array([[[x, 60.0]] for x in xs], np.float32)
+    vis = np.array([[True], [True], [True], [False]])
+    conf = np.array([[0.3], [0.5], [0.7], [0.9]], np.float32)
+    res = TrackResult(tr, vis, conf, np.concatenate([np.zeros((4, 1)), tr[:, 0]], 1), [])
+    f = next(draw_overlay_frames(_clip(1), res, style="rainbow"))
+    centre_drawn = [bool((f[60, int(x)] != GREY).any()) for x in xs]
+    assert centre_drawn == [False, True, True, False]
+    # every point has a marker (a ring at least): hollow is not "not drawn"
+    r = max(3, round(120 / 80))
+    assert all((f[60 - r - 1:60 + r + 2, int(x) - r - 1:int(x) + r + 2] != GREY).any() for x in xs)

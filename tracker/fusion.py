@@ -29,11 +29,14 @@ Rule, per query and step a -> b (forwards from the query frame, then backwards),
   the foreground;
 * a candidate is **verified** when the query's own patch (17x17 px of the query frame) is found by
   normalised cross-correlation within ``fusion_verify_cells`` feature cells of ``d`` with correlation
-  >= ``fusion_verify_ncc``; the point moves to that match (pixel-precise again). A drift candidate that
-  fails keeps following flow; a break candidate that fails, or broken flow with a head that does not
-  see the point, makes the point **lost**: not visible, positioned where flow took it (clamped to the
-  frame), and it stays not visible (while still following flow, so it can come back) until a verified
-  re-detection. A query patch that leaves the frame or has no texture can never verify.
+  >= ``fusion_verify_ncc``; the point moves to that match (pixel-precise again). Any candidate that
+  fails (drift or break), or broken flow with a head that does not see the point, makes the point
+  **lost**: not visible, positioned where flow took it (clamped to the frame), and it stays not visible
+  (while still following flow, so it can come back) until a verified re-detection. A failed drift
+  candidate is lost too, not shown on the flow that left the foreground: positions are the same either
+  way; showing them (``fuse_tracks(drift_fail="flow")``) added wrong-visible entries on horsejump-high
+  and only right ones on cows (seed 0, docs/tracking.md): not a win on both clips, so the rule stays.
+  A query patch that leaves the frame or has no texture can never verify.
 * visible = followed flow and not lost, or verified re-detection. Confidence: the larger of flow's
   (1 / (1 + (err / fusion_fb_px)^2)) and the head's where flow was followed, the verification
   correlation where re-detected, 0 where not visible.
@@ -170,15 +173,19 @@ class TemplateVerifier:
 def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, fb_px: float,
                 verifier: TemplateVerifier | None, verify_ncc: float = 0.5, drift_frames: int = 1,
                 foreground: Callable[[int, np.ndarray], np.ndarray] | None = None,
-                progress: bool = False, stats: FusionStats | None = None):
+                progress: bool = False, stats: FusionStats | None = None, drift_fail: str = "lost"):
     """Fuse DINO predictions with flow. ``flow_pair(t) -> (F[t], B[t])``: flows t -> t+1 and t+1 -> t.
     ``verifier``: a :class:`TemplateVerifier` of the queries; None accepts every re-detection candidate
     that the head sees (no appearance check: for tests of the rule alone, never the tracker's default).
     ``foreground(t, xy) -> (M,) bool``: points on the foreground mask of frame t (original pixels);
     None: no drift re-detections (only broken flow is re-detected).
+    ``drift_fail``: what a drift candidate that fails verification does: ``"lost"`` (the rule) or ``"flow"``
+    (keeps following flow, visible; a development variant for ``scripts/tune_fusion.py``, docs/tracking.md).
 
     Returns (tracks (N,T,2), visible (N,T), confidence (N,T)) in original pixels.
     """
+    if drift_fail not in ("lost", "flow"):
+        raise ValueError(f"drift_fail must be 'lost' or 'flow', not {drift_fail!r}")
     st = stats if stats is not None else FusionStats()
     q = np.asarray(dino.queries, np.float64)
     n, T = len(q), num_frames
@@ -205,7 +212,8 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
                         left_fg)
         p_b = dec.flow.copy()
         was_lost = lost[idx].copy()
-        v_b = dec.follow & ~was_lost
+        follow = dec.follow | dec.drift if drift_fail == "flow" else dec.follow  # drift & ok: re-detected below
+        v_b = follow & ~was_lost
         fconf = np.where(dec.consistent, 1.0 / (1.0 + (dec.fb_err / fb_px) ** 2), 0.0)
         c_b = np.where(v_b, np.maximum(fconf, dconf_b), 0.0).astype(np.float32)
         ok = np.zeros(len(idx), bool)
@@ -226,14 +234,14 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
             st.rejected += int((~good).sum())
             st.drift_redetections += int((good & drift_c).sum())
         v_b |= ok
-        newly_lost = ~dec.follow & ~ok  # flow broke and nothing verified where the head looked
+        newly_lost = ~follow & ~ok  # flow broke (or drifted) and nothing verified where the head looked
         p_b[newly_lost] = np.clip(p_b[newly_lost], 0.0, [w - 1.0, h - 1.0])
         lost[idx] = (was_lost & ~ok) | newly_lost
         run[idx] = np.where(ok, 0, dec.run)
         tracks[idx, b] = p_b
         vis[idx, b] = v_b
         conf[idx, b] = np.where(v_b, c_b, 0.0)
-        st.flow_steps += int((dec.follow & ~ok).sum())
+        st.flow_steps += int((follow & ~ok).sum())
         st.redetections += int(ok.sum())
         st.lost_new += int(newly_lost.sum())
         st.not_visible += int((~v_b).sum())

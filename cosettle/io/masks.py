@@ -2,9 +2,9 @@
 DAVIS/BADJA annotations, masks handed to ``Tracker.fit``), with one documented rule:
 
 * a **palette** image (DAVIS annotations): foreground = palette index > 0 (every object, whatever its colour);
-* any other image or array: the brightest of R, G, B (alpha ignored; a bool mask counts as 0/1) is compared
-  with a threshold: **> 127** when the mask holds any value above 127 (0/255 masks, and JPEG-saved ones whose
-  ringing must not count), else **> 0** (0/1 label masks).
+* any other image or array: the grey value, or the brightest of R, G, B (alpha ignored in LA and RGBA
+  images; a bool mask counts as 0/1), is compared with a threshold: **> 127** when the mask holds any value
+  above 127 (0/255 masks, and JPEG-saved ones whose ringing must not count), else **> 0** (0/1 label masks).
 
 A folder holds one image per frame of the source video (png, jpg, jpeg or bmp; hidden files ignored), matched to
 the frames by sorted file name; it may hold more than a run uses (``--max-frames`` / ``--frame-stride`` pick
@@ -46,8 +46,8 @@ def read_mask(path: str | Path, flag: str = "mask") -> np.ndarray:
     except Exception as err:  # PIL raises many types for a non-image
         raise UserError(f"{flag} {path} is not a readable image ({type(err).__name__})",
                         "pass a png mask (object pixels non-zero)") from None
-    if arr.ndim == 3:  # RGB(A): the brightest colour channel, alpha ignored
-        arr = arr[..., :3].max(axis=-1)
+    if arr.ndim == 3:  # RGB(A) or grey+alpha (LA): the brightest colour channel, alpha (last of 2 or 4) ignored
+        arr = arr[..., :1 if arr.shape[-1] == 2 else 3].max(axis=-1)
     return foreground(arr)
 
 
