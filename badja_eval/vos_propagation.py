@@ -69,7 +69,7 @@ class PropagationConfig:
     n_last: int = 7  # ref --n_last_frames: previous frames in the queue (plus the first frame)
     radius: int = 12  # ref --size_mask_neighborhood, in cells of the backend's grid; <= 0: no restriction
     temperature: float = 0.1  # ref: exp(aff / 0.1)
-    tile: int = 12  # targets per tile side (speed only; the result does not depend on it)
+    tile: int = 8  # targets per tile side (speed only; the result does not depend on it)
     tile_chunk: int = 16  # tiles per batched matmul (memory only)
 
     def check(self) -> "PropagationConfig":
@@ -87,13 +87,20 @@ class PropagationConfig:
 class _Tiles:
     """Target tiles of a ``h x w`` grid and, per tile, the block of source cells its neighbourhood reaches.
 
-    Tiles are ``th x tw`` (origins clamped inside the grid, so edge tiles overlap their neighbours and every
-    tile has the same shape); the block of a tile is ``bh x bw`` = the tile grown by ``radius`` on each side,
-    clipped to the grid size and shifted inside it (so blocks need no padding either)."""
+    Tiles are ``th x tw`` (about ``tile`` cells a side, the whole side where a block would span it anyway;
+    origins clamped inside the grid, so edge tiles may overlap their neighbours and every tile has the same
+    shape); the block of a tile is ``bh x bw`` = the tile grown by ``radius`` on each side, clipped to the grid
+    size and shifted inside it (so blocks need no padding either)."""
 
     def __init__(self, h: int, w: int, radius: int, tile: int):
         dense = radius <= 0
-        th, tw = (h, w) if dense else (min(tile, h), min(tile, w))
+
+        def side(n: int) -> int:  # tiles of about ``tile`` cells covering n evenly (little overlap)
+            if dense or n <= tile + 2 * radius:  # the block spans all of n anyway: one tile, no overlap
+                return n
+            return -(-n // -(-n // tile))
+
+        th, tw = side(h), side(w)
         bh, bw = (h, w) if dense else (min(h, th + 2 * radius), min(w, tw + 2 * radius))
         i0s = sorted({min(i, h - th) for i in range(0, h, th)})
         j0s = sorted({min(j, w - tw) for j in range(0, w, tw)})

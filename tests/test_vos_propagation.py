@@ -34,7 +34,7 @@ def dense_reference(q, ctx_feats, ctx_labels, topk, radius, temperature, h, w):
     return out.t().reshape(-1, h, w).float()
 
 
-@pytest.mark.parametrize("tile,radius,topk,n_last", [(3, 2, 5, 2), (8, 12, 5, 7), (1, 1, 3, 1), (4, 0, 5, 3),
+@pytest.mark.parametrize("tile,radius,topk,n_last", [(3, 2, 5, 2), (8, 12, 5, 7), (1, 1, 3, 1), (4, 0, 5, 3), (2, 1, 5, 3),
                                                      (5, 3, 40, 2)])
 def test_tiled_propagation_equals_dense_protocol(tile, radius, topk, n_last):
     g = torch.Generator().manual_seed(tile * 31 + radius)
