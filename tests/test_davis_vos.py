@@ -158,3 +158,32 @@ def test_bad_input_one_line_exit_2(tmp_path, extra, needle):
     lines = [ln for ln in p.stderr.strip().splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in p.stderr
     assert not (tmp_path / "o" / "results.csv").exists()
+
+
+def test_vos_gain_chain_commands(tmp_path):
+    """scripts/vos_gain.py: one command per backend = train on the 16 mask-only clips, then base vs +cosettle."""
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "vos_gain.py"), "--backend", "dsift", "--out",
+                        str(tmp_path / "v"), "--backend-args", "resolution=240", "--dry-run"],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    shared = REPO.parent / "shared" / "data" / "davis480"
+    if not shared.is_dir():
+        assert p.returncode == 2 and "training clips missing" in p.stderr
+        return
+    assert p.returncode == 0, p.stderr
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("$ ")]
+    assert len(lines) == 2 and "train_projector.py" in lines[0] and "--benchmark davis-vos" in lines[1]
+    assert f"dsift,dsift+cosettle:{tmp_path / 'v' / 'proj_dsift' / 'projector.safetensors'}" in lines[1]
+    assert not (tmp_path / "v").exists()  # a dry run writes nothing
+    from badja_eval.davis_masks import CLIPS as TRAIN_CLIPS
+    assert len(TRAIN_CLIPS) == 16 and "cows" not in TRAIN_CLIPS and "horsejump-high" not in TRAIN_CLIPS
+
+
+def test_bench_vos_tiny(tmp_path):
+    root = _make_root(tmp_path)
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_vos.py"), "--clip",
+                        str(root / "davis480" / "twoobj"), "--random", "8"],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["propagated_frames"] == T - 1 and out["channels"] == 8 and out["grid_hw"] == [15, 23]
+    assert out["propagation_s"] > 0 and out["peak_rss_mb"] > 0
