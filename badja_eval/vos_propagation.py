@@ -199,9 +199,9 @@ class LabelPropagator:
                 v, i = sim.topk(min(k + 1, nb), dim=-1)
                 vals.append(v)
                 idx.append(i + f * nb)
-            v, j = torch.cat(vals, -1).topk(min(k + 1, nf * nb), dim=-1)
+            v_all, j = torch.cat(vals, -1).topk(min(k + 1, nf * nb), dim=-1)
             i = torch.cat(idx, -1).gather(-1, j)  # (L, m, k+1) indices into (frame, block cell)
-            v, i = v[..., :k], i[..., :k]
+            v, i = v_all[..., :k], i[..., :k]
             wgt = torch.exp((v - v[..., :1]) / cfg.temperature)  # ref: exp(aff / 0.1), normalised below
             wgt = wgt / wgt.sum(-1, keepdim=True)
             # labels of the chosen sources: frame i // nb, grid cell srcs[tile, i % nb]
@@ -209,8 +209,7 @@ class LabelPropagator:
             chosen = lab[i // nb, cell]  # (L, m, k, K)
             res = (wgt[..., None] * chosen).sum(-2)  # (L, m, K)
             if nf * nb > k:
-                kth = v[..., -1]
-                nxt = torch.cat(vals, -1).topk(k + 1, dim=-1).values[..., -1]
+                kth, nxt = v_all[..., k - 1], v_all[..., k]  # the k-th and (k+1)-th best over all frames
                 tie = (nxt == kth) & torch.isfinite(kth)
                 if bool(tie.any()):
                     res[tie] = self._with_ties(qt, [b[a:a + cfg.tile_chunk] for b in src], lab, srcs,
