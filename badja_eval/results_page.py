@@ -50,7 +50,8 @@ STAMP_FIELDS = (("torch", "torch"), ("timm", "timm"), ("OpenCV", "opencv"), ("nu
 NOT_RECORDED = "not recorded"
 HEADERS = {"delta_seg": "δseg", "delta_3px": "δ3px", "false_visible": "wrong-visible ↓", "visible": "visible",
            "average_jaccard": "AJ", "average_pts_within_thresh": "δavg", "occlusion_accuracy": "OA",
-           "in_mask": "in-mask", "in_mask_all": "in-mask (all)", "jump": "jump ↓", "count": "entries"}
+           "in_mask": "in-mask", "in_mask_all": "in-mask (all)", "jump": "jump ↓", "count": "entries",
+           "jf": "J&F", "j": "J", "f": "F", "gain_jf": "ΔJ&F", "gain_j": "ΔJ", "gain_f": "ΔF"}
 ROW_KEYS = ("sequence", "tracker", "backend")
 
 
@@ -104,7 +105,7 @@ def load_manifest(path: str | os.PathLike) -> tuple[dict, list[TableSpec]]:
 def eval_command(spec: TableSpec, seed: Any, folder: Path, data_root: str | None) -> list[str]:
     argv = spec.argv(seed)
     benchmark = argv[argv.index("--benchmark") + 1] if "--benchmark" in argv else "badja"
-    if data_root and "--data-root" not in argv and benchmark in ("badja", "davis-masks"):
+    if data_root and "--data-root" not in argv and benchmark in ("badja", "davis-masks", "davis-vos"):
         argv += ["--data-root", str(data_root)]
     return argv + ["--out", str(folder), "--quiet"]
 

@@ -8,6 +8,7 @@
     python badja_eval/run.py --benchmark tapvid --pickle tapvid_davis.pkl --query-mode strided
     python badja_eval/run.py --benchmark synthetic --difficulty easy,medium,hard
     python badja_eval/run.py --benchmark davis-masks --split tune --trackers static,flow   # 16 DAVIS clips
+    python badja_eval/run.py --benchmark davis-vos --backends dsift,dsift+cosettle:proj.safetensors  # J&F, 18 clips
 
 Results are cached per (sequence, tracker, backend) under ``<out>/cache``: re-running the same command
 after an interruption resumes. ``--workers N`` splits the sequences over N processes; ``--shard i/n``
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from badja_eval import davis_masks, tapvid
+from badja_eval import davis_masks, davis_vos, tapvid
 from badja_eval.badja import evaluate_badja, list_sequences, load_sequence, skipped_sequences
 from badja_eval.davis_masks import protocol as masks_protocol
 from badja_eval.metrics import mean_over_videos
@@ -49,9 +50,9 @@ DATA_SOURCES = ("BADJA = joint annotations from github.com/benjiebob/BADJA + DAV
                 "tapvid_davis.pkl from storage.googleapis.com/dm-tapnet/tapvid_davis.zip (--benchmark tapvid "
                 "--pickle); see docs/evaluation.md#where-the-data-comes-from. Offline, no download (about 20 s): "
                 "python badja_eval/run.py --benchmark synthetic --trackers static,flow --num-videos 1")
-BENCHMARKS = ("badja", "tapvid", "synthetic", "davis-masks")
+BENCHMARKS = ("badja", "tapvid", "synthetic", "davis-masks", "davis-vos")
 QUERY_MODES = {"badja": ("clip0", "first-visible"), "tapvid": ("first", "strided"),
-               "synthetic": ("first", "strided"), "davis-masks": ("frame0",)}
+               "synthetic": ("first", "strided"), "davis-masks": ("frame0",), "davis-vos": ("mask0",)}
 HEADERS = {"delta_seg": "δseg", "delta_3px": "δ3px", "false_visible": "wrong-visible↓", "average_jaccard": "AJ",
            "average_pts_within_thresh": "δavg", "occlusion_accuracy": "OA"}
 for _k in ("delta_seg", "delta_3px", "average_jaccard", "average_pts_within_thresh", "occlusion_accuracy"):
@@ -94,6 +95,10 @@ class EvalConfig:
     max_frames: int | None = None
     split: str = "all"
     flow_cache: str | None = None
+    topk: int = 5  # davis-vos (badja_eval/davis_vos.py)
+    queue: int = 7
+    neighborhood: int = 12
+    feature_cache: str | None = None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -156,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="davis-masks: clips to tune defaults on, the held-out ones, or all (+ a mean per split)")
     p.add_argument("--flow-cache", help="davis-masks: folder of the cached DIS flows (default <out>/flow; share it "
                                         "between runs)")
+    p.add_argument("--topk", type=int, default=5, help="davis-vos: labels from the top-k most similar source cells")
+    p.add_argument("--queue", type=int, default=7, help="davis-vos: previous frames used besides the first frame")
+    p.add_argument("--neighborhood", type=int, default=12,
+                   help="davis-vos: sources within ±N cells of the target (0 = whole frame)")
+    p.add_argument("--feature-cache", help="davis-vos: feature cache folder (default $COSETTLE_CACHE/features)")
     p.add_argument("--no-masks", dest="masks", action="store_false", help="do not pass BADJA/DAVIS masks to fit()")
     p.add_argument("--device", type=device_arg,  # checked against this machine (cuda without a GPU, tpu)
                    help="torch device for backends/trackers (default: theirs)")
@@ -186,7 +196,7 @@ def resolve(args: argparse.Namespace) -> EvalConfig:
 
     check_output_dir(cfg.out)  # a file / a path under a file / an unwritable folder: error before any work
     cfg.masks = cfg.masks and cfg.benchmark in ("badja", "davis-masks")  # the benchmarks with masks for fit()
-    if cfg.benchmark in ("badja", "davis-masks"):
+    if cfg.benchmark in ("badja", "davis-masks", "davis-vos"):
         if cfg.data_root is None:
             if not DEFAULT_DATA_ROOT.is_dir():
                 raise UserError(f"no --data-root given and the default {DEFAULT_DATA_ROOT} does not exist",
@@ -310,6 +320,8 @@ def main(argv=None):
     setup_logging(args.verbose)
     cfg = resolve(args)
     shard = parse_shard(cfg.shard)
+    if cfg.benchmark == "davis-vos":  # no trackers: its own loop over backends x clips (badja_eval/davis_vos.py)
+        return davis_vos.run(cfg, progress=not args.quiet)
 
     methods = make_methods(cfg.trackers, cfg.backends)
     if cfg.benchmark == "badja":

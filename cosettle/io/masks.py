@@ -76,3 +76,17 @@ def load_mask_folder(folder: str | Path, frames: int | Sequence[int], height: in
                             "masks must have the video's size")
         out[k] = m
     return out
+
+
+def read_labels(path: str | Path, flag: str = "mask") -> np.ndarray:
+    """One annotation image -> (H, W) uint8 object indices, for multi-object segmentation (DAVIS 2017):
+    a **palette** image gives its indices as they are (0 background, k = object k, 255 void); any other image
+    gives 0/1 by the rule of :func:`read_mask` (one object). ``read_mask(path) == (read_labels(path) != 0)``
+    for every image ``read_mask`` reads."""
+    try:
+        with Image.open(path) as im:
+            if im.mode == "P":
+                return np.array(im, dtype=np.uint8)
+    except Exception:  # PIL raises many types for a non-image; read_mask below names the problem in one line
+        pass
+    return read_mask(path, flag).astype(np.uint8)
