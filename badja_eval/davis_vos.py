@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cosettle.progress import tqdm
 
 from cosettle.backends.registry import load_backend
 from cosettle.cache import FeatureCache
@@ -35,6 +34,7 @@ from cosettle.errors import UserError
 from cosettle.io.atomic import write_json
 from cosettle.io.masks import read_labels
 from cosettle.io.video import read_video
+from cosettle.progress import tqdm
 
 from . import vos_io
 from .davis_masks import CLIPS as MASK_CLIPS, HELD_OUT as MASK_HELD_OUT, clip_dir
