@@ -175,7 +175,8 @@ def test_the_conversion_is_cached_with_a_checksum(onnx_file, tmp_path, monkeypat
         fixed, _ = dv.converted_state_dict(onnx_file, cache_dir=tmp_path)
     assert "checksum mismatch" in caplog.text
     assert all(torch.equal(fixed[k], state[k]) for k in state)
-    assert dv.file_digest(path) == meta["blake2b"]
+    # the rewritten entry verifies again (its bytes may differ: safetensors orders the header's metadata freely)
+    assert dv.file_digest(path) == json.loads(path.with_suffix(".json").read_text())["blake2b"]
 
 
 def test_a_key_or_shape_mismatch_is_one_error_line(onnx_file):
