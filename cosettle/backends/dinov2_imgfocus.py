@@ -62,12 +62,13 @@ POS_EMBED_RULE = ("bicubic (Keys a=-0.75), half-pixel centres (align_corners=Fal
                   "exact target size")
 GRAPH_RESIZE = {"mode": "cubic", "cubic_coeff_a": -0.75, "coordinate_transformation_mode": "half_pixel",
                 "antialias": 0, "exclude_outside": 0}
-# Default stride: the patch stride 14, by measurement (docs/backends-dinov2.md#default-stride). DINO-Tracker
-# extracts at stride 7 (difference from the reference): on a 2-core CPU in fp32 that costs ~8.5x per frame
-# (measured 32.0 vs 3.8 s/frame), and the extraction alone of a 100-frame clip exceeds the 10-minute fit
-# budget. Pass stride=7 (e.g. on a GPU) for DINO-Tracker's grid. The default layer is the relative-depth
-# one (timm_common.default_layer: block 7 of 12).
-DEFAULT_STRIDE = 14
+# Default stride: 7, DINO-Tracker's (docs/backends-dinov2.md#default-stride). In the tracker's `fast` preset
+# (short side 240 -> 238x420) stride 7 gives a 33x59 grid, about the token count of stride 14 at the native
+# 476x854 (34x61) and so about its cost; stride 14 there would leave a 16x29 grid (~28 px cells). At the
+# native size stride 7 costs ~8.5x stride 14 per frame in fp32 (measured 32.0 vs 3.8 s/frame under load):
+# pass stride=14 for the `features` tracker or other native-size uses on a CPU. The default layer is the
+# relative-depth one (timm_common.default_layer: block 7 of 12).
+DEFAULT_STRIDE = 7
 CONVERTER_VERSION = 1  # bump when the conversion changes: old cache entries are then not reused
 HF = "backbone."
 LAYER_MAP = {  # HF Dinov2Layer tensor -> timm Block tensor (qkv handled apart)
