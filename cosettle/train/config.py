@@ -29,6 +29,10 @@ class TrainConfig:
     layer: Optional[int] = field(default=None, metadata={"help": "encoder block (CNN: feature stage) whose tokens "
                                                          "are projected (default: the backend's default; -1 = last)"})
     norm: bool = field(default=True, metadata={"help": "apply the encoder's final LayerNorm to those tokens (ViTs)"})
+    # None = the backend's own default stride (e.g. 7 for dinov2_vits14_imgfocus, DINO-Tracker's); the
+    # projector acts per token, so one trained at the patch stride (the paper's grid) applies at any stride
+    stride: Optional[int] = field(default=None, metadata={"help": "ViT patch stride while training (default: the "
+                                                           "backend's own; the patch size = the paper's grid)"})
     input_size: int = field(default=224, metadata={"help": "square training input size"})
     # projector
     variant: str = field(default="linear", metadata={"help": f"projector: {', '.join(VARIANTS)}"})

@@ -56,6 +56,8 @@ def build_encoder(cfg: TrainConfig, device: torch.device):
                               seed=cfg.seed)
     if cfg.weights is not None:
         kw["weights"] = cfg.weights
+    if cfg.stride is not None:
+        kw["stride"] = cfg.stride
     if cfg.trust_checkpoint:
         kw["allow_pickle"] = True
     if "+" in cfg.backend:
