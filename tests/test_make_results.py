@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -259,3 +260,32 @@ def test_page_marks_a_docs_only_older_run_current(tiny_git, tmp_path):
     old = _table(page, "Old table")
     assert f"current: made at `{c1[:7]}`, no code changed since (only docs/scripts)" in old
     assert f"at git `{c2[:7]}`" in page and "**stale" not in old
+
+
+def test_keep_missing_copies_a_table_whose_folders_are_gone_and_renders_the_rest(runs, tmp_path):
+    """--keep-missing: the 'Old table' folder is removed; its section is copied verbatim from the current page
+    (marked as copied, with that page's commit) while 'Seeded table' is rendered from its folders. Without the
+    flag the run stops and names the missing folder; a table the page lacks too still stops it."""
+    root, man, head = runs
+    page = tmp_path / "page.md"
+    assert _make(["--manifest", man, "--runs-root", root, "--out", page]) == 0
+    before = page.read_text()
+    old_section = before[before.index("## Old table"):]
+    (root / "old" / "results.json").unlink()
+    assert _make(["--manifest", man, "--runs-root", root, "--out", page]) == 2  # the usual error
+    assert page.read_text() == before                                          # and nothing written
+    assert _make(["--manifest", man, "--runs-root", root, "--out", page, "--keep-missing"]) == 0
+    after = page.read_text()
+    copied = after[after.index("## Old table"):]
+    sha = re.search(r"^Generated .*? at git `([^`]+)`", before, re.M).group(1)  # the page's own stamp
+    assert sha.startswith(head[:7])
+    assert f"*Copied unchanged from the page generated at git `{sha}`" in copied
+    # every line of the old section is still there, in order, the note inserted after the title only
+    assert copied.replace(copied.split("\n")[2] + "\n\n", "", 1).rstrip() == old_section.rstrip()
+    assert "| dino-flow |" in after[after.index("## Seeded table"):after.index("## Old table")]
+    # a second run keeps the first page's commit in the note (no second note)
+    assert _make(["--manifest", man, "--runs-root", root, "--out", page, "--keep-missing"]) == 0
+    assert page.read_text().count("*Copied unchanged") == 1
+    # a missing table that the page does not hold either: the usual error
+    page.write_text(before[:before.index("## Old table")])
+    assert _make(["--manifest", man, "--runs-root", root, "--out", page, "--keep-missing"]) == 2
