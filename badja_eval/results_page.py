@@ -237,6 +237,15 @@ def _join(values: list) -> str:
     return " / ".join(vals)
 
 
+_ABS_PATH = re.compile(r"(?<![\w.])/[^\s,:;'\"`|]+")  # an absolute path inside an argument or a table cell
+
+
+def relative_paths(text: str) -> str:
+    """Absolute paths in ``text`` (a projector in ``--backends``, a backend label in a table cell) made relative
+    to the checkout, as a reader types them there: ``/x/runs/p.safetensors`` -> ``../runs/p.safetensors``."""
+    return _ABS_PATH.sub(lambda m: os.path.relpath(m.group(0), REPO_ROOT), text)
+
+
 def checkout_args(argv: list[str], spec: TableSpec, seed: Any) -> list[str]:
     """The arguments as a reader types them in the checkout: ``--out`` is the table's folder under ``runs/``
     (what ``make_results.py --runs-root runs`` reads) and an absolute ``--data-root`` is made relative to the
@@ -255,7 +264,7 @@ def checkout_args(argv: list[str], spec: TableSpec, seed: Any) -> list[str]:
                 value = os.path.relpath(value, REPO_ROOT)
             out += [flag, value]
         else:
-            out.append(argv[i])
+            out.append(relative_paths(argv[i]))
         i += 1
     return out
 
@@ -302,8 +311,8 @@ def render_table(spec: TableSpec, folders: list[Path], head: str, data_root: str
     lines.append("| " + " | ".join(head_cells) + " |")
     lines.append("|" + "---|" * len(head_cells))
     for r in rows:
-        cells = [r["key"][ROW_KEYS.index(k)] for k in shown] + [fmt_values(r["values"][c], c == "count")
-                                                                  for c in spec.columns]
+        cells = [relative_paths(r["key"][ROW_KEYS.index(k)]) for k in shown]
+        cells += [fmt_values(r["values"][c], c == "count") for c in spec.columns]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if seeds:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from badja_eval.results_page import REPO_ROOT
+from badja_eval.results_page import REPO_ROOT, checkout_args, relative_paths
 from cosettle.provenance import git_sha
 from tests.test_make_results import _folder, _info, _make, _manifest, _rows, _table
 
@@ -39,3 +39,18 @@ def test_commands_on_the_page_are_relative_to_the_checkout(tmp_path):
     for ln in commands:  # no absolute folder of any machine on the page
         assert not [t for t in shlex.split(ln.split("  (")[0]) if t.startswith("/")], ln
         assert not re.search(r"(/work/|/tmp/|/home/|/root/)", ln), ln
+
+
+def test_projector_paths_in_arguments_and_backend_labels_are_relative_to_the_checkout():
+    """A davis-vos run records its projectors as absolute paths (``--backends dsift+cosettle:/x/runs/p``), and its
+    table rows carry them as backend labels: both reach the page relative to the checkout."""
+    proj = REPO_ROOT.parent / "runs" / "vos" / "p.safetensors"      # beside the checkout: ../runs/vos/...
+    inside = REPO_ROOT / "runs" / "q.safetensors"                   # inside it: runs/...
+    assert relative_paths(f"dsift+cosettle:{proj}") == "dsift+cosettle:../runs/vos/p.safetensors"
+    assert relative_paths(f"a,b+cosettle:{inside},c") == "a,b+cosettle:runs/q.safetensors,c"
+    assert relative_paths("dsift 1/2 and a/b") == "dsift 1/2 and a/b"      # not absolute: untouched
+
+    class Spec:
+        out = "vos_{seed}"
+    args = checkout_args(["--backends", f"dsift,dsift+cosettle:{proj}", "--out", "/abs/x"], Spec, 0)
+    assert args == ["--backends", "dsift,dsift+cosettle:../runs/vos/p.safetensors", "--out", "runs/vos_0"]
