@@ -101,7 +101,8 @@ def test_dino_flow_hands_its_report_to_the_result_and_flow_reports_none(monkeypa
     assert flow.redetected is None   # flow re-detects nothing: the overlay marks nothing
 
     backend = load_backend("dsift", patch_size=8, stride=4)
-    fused = build_tracker("dino-flow", backend, preset("fast"), progress=False)
+    # fusion_train=always: the fused path with the given head (no flow pre-pass, tracker/fusion_gate.py)
+    fused = build_tracker("dino-flow", backend, preset("fast", fusion_train="always"), progress=False)
     head = TrackResult(np.zeros((2, 6, 2), np.float32), np.ones((2, 6), bool), np.ones((2, 6)), q)
     fused.track_head = lambda queries, occlusion=None: head            # no training: the head is given
     fused._frames, fused.geometry_image_hw = clip, (64, 96)
