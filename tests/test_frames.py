@@ -60,23 +60,24 @@ def test_bad_video_is_one_user_error_line(bad):
     assert "\n" not in err.value.one_line()
 
 
-@pytest.mark.parametrize("tracker", ["flow", "dino"])
+@pytest.mark.parametrize("tracker", ["flow", "dino", "dino-flow"])
 def test_bad_shape_is_the_same_user_error_for_every_tracker(tracker, tmp_path):
-    tr = _tracker(tracker, tmp_path)
-    with pytest.raises(UserError, match="3 channels"):
-        tr.fit(np.zeros((4, 16, 16, 2), np.uint8))
-    with pytest.raises(UserError, match="at least 2 frames"):
-        if tracker == "dino":
-            tr.fit(np.zeros((1, 16, 16, 3), np.uint8))
-        else:
-            raise UserError("the flow tracker takes one frame: at least 2 frames only for dino")
+    with pytest.raises(UserError, match="3 channels") as err:
+        _tracker(tracker, tmp_path).fit(np.zeros((4, 16, 16, 2), np.uint8))
+    assert "\n" not in err.value.one_line()
+
+
+@pytest.mark.parametrize("tracker", ["dino", "dino-flow"])
+def test_one_frame_is_refused_by_the_trackers_that_need_two(tracker, tmp_path):
+    with pytest.raises(UserError, match=f"the {tracker} tracker's video needs at least 2 frames, got 1"):
+        _tracker(tracker, tmp_path).fit(np.zeros((1, 16, 16, 3), np.uint8))
 
 
 def _tracker(name, work):
-    if name == "dino":
+    if name != "flow":
         cfg = preset("fast", iterations=4, batch_size=64, cyc_after=2, rbb_after=2, checkpoint_every=2,
                      log_every=2, cl_points=32, cyc_points=32, seed=5, work_dir=str(work))
-        return build_tracker("dino", backend=load_backend("dsift", patch_size=8, stride=4), config=cfg,
+        return build_tracker(name, backend=load_backend("dsift", patch_size=8, stride=4), config=cfg,
                              progress=False)
     return build_tracker(name, progress=False)
 
