@@ -170,5 +170,6 @@ def as_frames(video, *, min_frames: int = 1, who: str = "video") -> Frames:
             arr = np.moveaxis(arr, 1, -1)
         frames = Frames(np.ascontiguousarray(_uint8_frames(arr, who)))
     if frames.T < min_frames:
-        raise UserError(f"{who} needs at least {min_frames} frames, got {frames.T}", "use a longer video")
+        plural = "" if min_frames == 1 else "s"
+        raise UserError(f"{who} needs at least {min_frames} frame{plural}, got {frames.T}", "use a longer video")
     return frames
