@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .frames import frames_layout, video_hw
+from .frames import Frames, frames_layout, video_hw
 from .io.atomic import write_text
 
 
@@ -32,8 +32,10 @@ def video_fingerprint(video) -> str:
     """SHA-1 of the decoded frames as uint8 (T,H,W,3), streamed frame by frame.
 
     Any accepted video input (arrays in either layout, uint8 or float, lazy frame sequences) gives the
-    same fingerprint for the same pictures.
+    same fingerprint for the same pictures. A :class:`Frames` gives its digest, computed once.
     """
+    if isinstance(video, Frames):
+        return video.digest
 
     h = hashlib.sha1()
     n, hh, ww = video_hw(video)

@@ -14,8 +14,10 @@ re-running the same command is instant and an interrupted run resumes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -26,8 +28,9 @@ import torch.nn.functional as F
 from cosettle.backends.base import FeatureBackend
 from cosettle.cache import cache_home
 from cosettle.errors import UserError
-from cosettle.frames import frames_to_tensor, video_hw
-from cosettle.hashing import array_digest, json_digest, video_fingerprint
+from cosettle.frames import Frames, as_frames, frames_to_tensor, video_hw
+from cosettle.hashing import array_digest, json_digest
+from cosettle.io.atomic import write_text
 from cosettle.io.lock import folder_lock
 from cosettle.io.tracks import TrackResult
 from cosettle.io.verified import load_verified, save_verified
@@ -44,6 +47,10 @@ from .resolution import work_backend
 log = logging.getLogger(__name__)
 
 PREPROCESS_LOCK = ".preprocess.lock"  # in the work folder, beside the shared ".lock" of the whole fit
+
+
+# in a default work folder: the video's fingerprint (the folder's key) and content digest (the stages' key)
+VIDEO_DIGESTS = "video.json"
 
 
 def cache_root() -> Path:
@@ -77,24 +84,41 @@ class Tracker:
         self.model = None
         self.infer = None
         self.work_dir: Path | None = None
+        self.video_digest: str | None = None
 
     # -- fitting ---------------------------------------------------------------------------------
-    def _work_dir(self, video, masks) -> Path:
+    def _work_dir(self, frames: Frames, masks) -> Path:
         if self.cfg.work_dir:
             return Path(self.cfg.work_dir)
         pre = config_dict_any(self.prep_cfg)
-        key = json_digest({"video": video_fingerprint(video), "backend": self.work_backend.cache_key(),
+        key = json_digest({"video": frames.digest, "backend": self.work_backend.cache_key(),
                        "resolution": self.work_backend.resolution, "preprocess": pre,
                        "masks": None if masks is None else array_digest(np.asarray(masks) > 0, 64)})
         return cache_root() / key
 
+    def _content_digest(self, frames: Frames) -> str:
+        """The preprocessing stages' video key (``frames.content_digest``), hashed once per video: a default
+        work folder is keyed by the frames' fingerprint, so the content digest written there by the first fit
+        is this video's, and a re-fit reads it instead of hashing the video a second time. (Both keys stay
+        what they were before the one normaliser, so cached folders stay valid.)"""
+        if self.cfg.work_dir:  # a folder the user named is not keyed by the video: no fingerprint computed
+            return frames.content_digest
+        side = self.work_dir / VIDEO_DIGESTS
+        try:
+            known = json.loads(side.read_text())
+            content = known.get("content", "")
+            if known.get("fingerprint") == frames.digest and re.fullmatch("[0-9a-f]{16}", content):
+                return content
+        except (OSError, ValueError, AttributeError, TypeError):
+            pass  # none yet, or unreadable: hash, and write it
+        write_text(side, json.dumps({"fingerprint": frames.digest, "content": frames.content_digest}) + "\n")
+        return frames.content_digest
+
     def fit(self, video, masks: np.ndarray | None = None) -> "Tracker":
         cfg = self.cfg
-        if isinstance(video, np.ndarray) and video.ndim == 4 and video.shape[-1] == 3 and video.dtype != np.uint8:
-            raise UserError("video frames must be uint8 RGB")
-        n, h, w = video_hw(video)
-        if n < 2:
-            raise UserError(f"the dino tracker needs at least 2 frames, got {n}")
+        # checked and converted once; its digests (computed once) key the work folder and every stage
+        video = as_frames(video, min_frames=2, who=f"the {self.name} tracker's video")
+        h, w = video.H, video.W
         self.work_backend = work_backend(self.backend, cfg.resolution, h, w)
         self.geometry_image_hw = (h, w)
         self.prep_cfg = preprocess_at(cfg, self.work_backend.geometry(h, w).input_h)
@@ -102,6 +126,7 @@ class Tracker:
         self.work_dir = self._work_dir(video, masks)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         os.utime(self.work_dir)  # "last used" for --cache-info and the LRU cap (tracker/workdirs.py)
+        self.video_digest = self._content_digest(video)  # passed down to the preprocessing: not hashed again
         log.info("work folder %s", self.work_dir)
         # locks scoped to what each stage writes (docs/development.md#locks-scoped-to-what-each-stage-writes):
         # the work folder is in use for the whole fit (shared: --clean-cache skips it, other fits may share it)
@@ -116,7 +141,7 @@ class Tracker:
         # one writer of the preprocessing stages: a second fit on the same video waits, then reuses them
         with folder_lock(self.work_dir, "work folder's preprocessing", name=PREPROCESS_LOCK):
             self.prep = preprocess_video(video, self.work_backend, self.prep_cfg, self.work_dir, masks=masks,
-                                         progress=self.progress)
+                                         progress=self.progress, video_digest=self.video_digest)
         self.timings["preprocess"] = time.perf_counter() - t0
         # one trainer per training folder (train_<key>: the seed is in the key), so fits of other seeds on
         # the same clip train at the same time; the same settings wait, then reuse the checkpoints

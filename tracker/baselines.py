@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from cosettle.errors import UserError
-from cosettle.frames import video_hw
+from cosettle.frames import as_frames, video_hw
 from cosettle.io.tracks import TrackResult
 
 from .config import FeatureTrackerConfig, FlowTrackerConfig
@@ -26,19 +26,6 @@ from .preprocess.flow import consecutive_flows, inside, make_flow_estimator, sam
 from .registry import register_tracker
 
 log = logging.getLogger(__name__)
-
-
-def _as_frames(video) -> np.ndarray:
-    """Any accepted video -> (T, H, W, 3) uint8 numpy array."""
-    if hasattr(video, "numpy") and not isinstance(video, (np.ndarray, torch.Tensor)):
-        arr = video.numpy()
-    else:
-        arr = np.asarray(video)
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise UserError(f"video must be (T,H,W,3), got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8) if arr.dtype.kind == "f" else arr.astype(np.uint8)
-    return arr
 
 
 def check_queries(queries, num_frames: int) -> np.ndarray:
@@ -96,7 +83,7 @@ class FlowTracker(_Fitted):
         else:
             c = self.config
             est = make_flow_estimator(c.flow, c.dis_preset, c.raft_weights, c.device, c.dis_finest_scale)
-            frames = _as_frames(video)
+            frames = as_frames(video, who="the flow tracker's video").array
             fwd, bwd = consecutive_flows(frames, est, progress=self.progress)
             log.info("flow tracker: %d flow calls", est.calls)
         self.fwd, self.bwd = fwd, bwd

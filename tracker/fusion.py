@@ -54,12 +54,12 @@ import cv2
 import numpy as np
 
 from cosettle.errors import UserError
+from cosettle.frames import as_frames
 from cosettle.io.lock import folder_lock
 from cosettle.io.tracks import TrackResult
 from cosettle.progress import tqdm
 
 from .api import PREPROCESS_LOCK, Tracker
-from .baselines import _as_frames
 from .fusion_gate import GateDecision, blind_head, decide, reuse_flows
 from .preprocess.flow import inside, make_flow_estimator, sample_flow
 from .preprocess.masks import points_on_mask
@@ -287,13 +287,16 @@ class FlowGuidedTracker(Tracker):
     name = "dino-flow"
 
     def fit(self, video, masks=None) -> "FlowGuidedTracker":
+        # checked and converted once: the pre-pass, the full fit the gate may ask for and the flow all read
+        # these frames, and their digest is computed once
+        video = as_frames(video, min_frames=2, who=f"the {self.name} tracker's video")
         self._fit_args = (video, masks)   # the full fit, if the gate asks for it, sees the same inputs
         self._full = self.cfg.fusion_train == "always"
         self._trained = False
         self.gate: GateDecision | None = None
         self.prep = self.infer = self.model = None
         super().fit(video, masks)
-        self._frames = _as_frames(video)  # original resolution: flow is pixel-precise there
+        self._frames = video.array  # original resolution: flow is pixel-precise there
         return self
 
     def _fit_locked(self, video, masks, t0: float) -> None:
@@ -305,7 +308,7 @@ class FlowGuidedTracker(Tracker):
         # same preprocessing lock as the full fit: one writer of the cached stages)
         with folder_lock(self.work_dir, "work folder's preprocessing", name=PREPROCESS_LOCK):
             self.prep = preprocess_video(video, self.work_backend, self.prep_cfg, self.work_dir, masks=masks,
-                                         progress=self.progress, until="masks")
+                                         progress=self.progress, until="masks", video_digest=self.video_digest)
         self.timings["preprocess"] = time.perf_counter() - t0
 
     def _train(self) -> None:

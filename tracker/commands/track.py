@@ -45,6 +45,7 @@ from cosettle.cli import (ArgumentParser, add_backend_args, add_video_args, back
 from cosettle.config import dump_yaml, load_yaml_dict
 from cosettle.demo import make_demo_clip
 from cosettle.errors import UserError, cli_entry
+from cosettle.frames import as_frames
 from cosettle.io.atomic import OutputStage
 from cosettle.io.mask_queries import load_mask, mask_grid_queries, points_from_mask
 from cosettle.io.masks import load_mask_folder
@@ -312,8 +313,9 @@ def run(args, demo: bool, stage) -> int:
         t0 = time.perf_counter()
         backend = backend_from_args(args)
         stages["load backend"] = time.perf_counter() - t0
-    if is_dino and len(video) < 2:
-        raise UserError(f"the {args.tracker} tracker needs at least 2 frames", "use a longer video")
+    # the one video check and conversion (cosettle.frames.as_frames), before the memory check; the tracker's
+    # fit reuses these frames and their digest
+    frames = as_frames(video, min_frames=2 if is_dino else 1, who=f"the {args.tracker} tracker's video")
     run_eta = None
     if is_dino:  # refuse a run that cannot fit in memory before any work (never an OOM kill halfway)
 
@@ -325,7 +327,6 @@ def run(args, demo: bool, stage) -> int:
 
     tracker = build_tracker(args.tracker, backend=backend, config=cfg if is_dino else None,
                             progress=not args.quiet)
-    frames = video.numpy()
     log.info("tracking %d points over %d frames (%dx%d HxW) with %s%s", len(queries), len(video), video.height,
              video.width, args.tracker, f" on {backend.name}" if backend else "")
     t0 = time.perf_counter()
@@ -358,8 +359,9 @@ def run(args, demo: bool, stage) -> int:
             "video": shown["video"], "preset": args.preset if is_dino else None}
     paths = save_tracks(tmp, result, video.fps, (video.height, video.width), meta)
     if not args.no_overlay:
-        paths["overlay"] = write_overlay(tmp / "overlay.mp4", frames, result, video.fps, style=args.overlay_style)
-        paths["still"] = write_still(tmp / "overlay.png", frames, result, style=args.overlay_style)
+        pixels = frames.array
+        paths["overlay"] = write_overlay(tmp / "overlay.mp4", pixels, result, video.fps, style=args.overlay_style)
+        paths["still"] = write_still(tmp / "overlay.png", pixels, result, style=args.overlay_style)
     stages["write outputs"] = time.perf_counter() - t0
     eta.stage_finish("write outputs", stages["write outputs"])
 

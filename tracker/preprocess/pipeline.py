@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from cosettle.errors import UserError
+from cosettle.frames import as_frames
 from cosettle.geometry import Geometry
 from cosettle.hashing import array_digest, file_digest, json_digest
 from cosettle.provenance import peak_rss_mb
@@ -192,21 +193,6 @@ def cached_stages(work_dir: Path | str) -> dict[str, int]:
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-def video_array(video) -> np.ndarray:
-    """Any accepted video (Video, array (T,H,W,3)) -> (T, H, W, 3) uint8."""
-    if hasattr(video, "numpy") and not isinstance(video, (np.ndarray, torch.Tensor)):
-        arr = np.asarray(video.numpy())
-    else:
-        arr = np.asarray(video)
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise UserError(f"video must be (T, H, W, 3) RGB, got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        raise UserError(f"video frames must be uint8, got {arr.dtype}")
-    if arr.shape[0] < 2:
-        raise UserError(f"the tracker needs at least 2 frames, got {arr.shape[0]}")
-    return np.ascontiguousarray(arr)
-
-
 def resize_frames(frames: np.ndarray, h: int, w: int, chunk: int = 8) -> np.ndarray:
     """uint8 frames -> (T, h, w, 3) uint8 with the backends' resize (antialiased bilinear)."""
     if frames.shape[1:3] == (h, w):
@@ -227,34 +213,42 @@ def is_dino_backend(backend) -> bool:
 
 # -- the pipeline --------------------------------------------------------------------------------------
 def preprocess_video(video, backend, config: PreprocessConfig | None = None, work_dir: Path | str = "work",
-                     masks: np.ndarray | None = None, progress: bool = True, until: str | None = None) -> Preprocessed:
+                     masks: np.ndarray | None = None, progress: bool = True, until: str | None = None,
+                     video_digest: str | None = None) -> Preprocessed:
     """Run (or load from ``work_dir``) every preprocessing stage. See the module docstring.
 
     ``until="masks"``: only the stages the foreground masks need (frames, then the features for saliency
     masks or the flows for motion masks; nothing more for the user's) and the masks; ``trajectories`` and
     ``best_buddies`` of the result are None. What ``dino-flow``'s flow pre-pass needs before it decides
-    whether to train (tracker/fusion_gate.py); a later full run loads these stages from the cache."""
+    whether to train (tracker/fusion_gate.py); a later full run loads these stages from the cache.
+
+    ``video_digest``: the video's content digest when the caller has it (``Tracker.fit``), so the video is
+    not hashed again; by default ``as_frames(video).content_digest``."""
     cfg = config or PreprocessConfig()
     if until not in (None, "masks"):
         raise ValueError(f"until must be None or 'masks', not {until!r}")
     if cfg.threads is None:
-        return _preprocess(video, backend, cfg, work_dir, masks, progress, until)
+        return _preprocess(video, backend, cfg, work_dir, masks, progress, until, video_digest)
     before = torch.get_num_threads()
     torch.set_num_threads(int(cfg.threads))
     try:
-        return _preprocess(video, backend, cfg, work_dir, masks, progress, until)
+        return _preprocess(video, backend, cfg, work_dir, masks, progress, until, video_digest)
     finally:
         torch.set_num_threads(before)
 
 
-def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress, until=None) -> Preprocessed:
-    frames0 = video_array(video)
+def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress, until=None,
+                video_digest=None) -> Preprocessed:
+    # the one normaliser (a float clip is converted, not refused); a Frames from Tracker.fit is passed through
+    # with its digest, so the fit hashes the video once
+    video = as_frames(video, min_frames=2, who="the tracker's video")
+    frames0 = video.array
     T, H0, W0 = frames0.shape[:3]
     if masks is not None:
         masks = check_masks(masks, T, H0, W0)
     geom = backend.geometry(H0, W0)
     cache = _ReportingCache(Path(work_dir))
-    vid_key = array_digest(frames0)
+    vid_key = video_digest or video.content_digest  # == array_digest(frames0): the stage keys as before
     stats: dict = {"video": {"frames": T, "height": H0, "width": W0, "content": vid_key},
                    "geometry": geom.to_dict()}
     log.info("preprocessing %d frames %dx%d -> work %dx%d (HxW; %s), cache %s", T, H0, W0, geom.input_h,
