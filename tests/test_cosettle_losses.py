@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cosettle.errors import UserError
-from cosettle.losses import LossConfig, cosettle_loss, cycle_loss, kl_anchor, pool_nodes
+from cosettle.losses import LossConfig, cosettle_loss, cycle_loss, kl_anchor, pool_nodes, walk_loss
 from cosettle.pea import PEA, apply_pea
 from cosettle.projector import Projector
 
@@ -288,4 +288,18 @@ def test_cycle_term_walks_t1_t2_t1_pea_with_the_configs_tau_pool_eps():
     s, eps = 1 / (1 + math.exp(-1)), 0.1
     expect = 0.5 * (-math.log(s + eps) - math.log(1 - s + eps)) + math.log(1 + 2 * eps)
     _, st = cosettle_loss(p, p, (1, 2), LossConfig(tau=1.0, pool=1, eps=eps, reg="none"))
+    assert st["l_cyc"] == pytest.approx(expect, rel=1e-6)
+
+
+def test_walk_loss_default_eps_and_the_frame_order_of_the_total_loss():
+    # S = I: -log(1 + eps) + log(1 + 2 eps) ~ 1e-6 with the documented eps = 1e-6
+    assert float(walk_loss(torch.eye(2)[None])) == pytest.approx(math.log((1 + 2e-6) / (1 + 1e-6)), abs=1e-6)
+    # t1 = [e1, e1], t2 = [e1, e2], t1' = [e1, e2]; tau = 1, no pooling, s = sigmoid(1):
+    # S12 rows both [s, 1-s]; S21' = [[s, 1-s], [1-s, s]] -> S rows both [s^2 + (1-s)^2, 2 s (1-s)]
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    p = torch.stack([torch.stack([e1, e1]), torch.stack([e1, e2]), torch.stack([e1, e2])])[None]
+    s = 1 / (1 + math.exp(-1))
+    s00, s11 = s * s + (1 - s) ** 2, 2 * s * (1 - s)
+    expect = 0.5 * (-math.log(s00 + 1e-6) - math.log(s11 + 1e-6)) + math.log(1 + 2e-6)
+    _, st = cosettle_loss(p, p, (1, 2), LossConfig(tau=1.0, pool=1, reg="none"))
     assert st["l_cyc"] == pytest.approx(expect, rel=1e-6)
