@@ -187,8 +187,9 @@ def test_the_run_helpers_do_nothing_without_a_run_and_drive_it_with_one(caplog):
         with caplog.at_level(logging.INFO, logger="tracker.eta"):
             eta.work_found({"pre": 4.0, "other": 9.0}, iterations=120, switch=100)
         assert run.history == [(0.0, 64.0)]
-        assert "estimated time about 64 s (1 of 3 stages cached, training resumes at iteration 120; from " \
-            "reference rates" in caplog.text
+        assert caplog.messages[-1] == "estimated time about 64 s (1 of 3 stages cached, training resumes at " \
+            "iteration 120; from reference rates, re-estimated from this run's own timing as stages and " \
+            "iterations finish)"
         assert (run.stages["pre"].units, run.stages["pre"].prior, run.stages["train"].done,
                 run.stages["train+cyc"].done) == (1.0, 4.0, 100.0, 20.0)
         eta.stage_begin("pre")
@@ -220,6 +221,11 @@ def test_work_found_with_nothing_cached_and_no_checkpoint(caplog):
         assert [s.done for s in eta.current().stages.values()] == [0.0, 0.0, 0.0]
         eta.training_resumes_at(0, 100)                              # no checkpoint: nothing reported
         assert eta.current().reports == []
+        with caplog.at_level(logging.INFO, logger="tracker.eta"):
+            eta.work_found({}, iterations=1, switch=100)             # iteration 1 < switch: none of train+cyc
+        assert "nothing cached, training resumes at iteration 1;" in caplog.messages[-1]
+        assert [s.done for s in eta.current().stages.values()] == [0.0, 1.0, 0.0]
+        eta.current().stages["train"].done = 0.0
         eta.training_resumes_at(1, 100)                              # iteration 1 < switch: none of train+cyc
         assert [s.done for s in eta.current().stages.values()] == [0.0, 1.0, 0.0]
     finally:
@@ -300,9 +306,54 @@ def test_finish_times_a_stage_as_a_whole_from_seconds_the_clock_or_nothing():
 
 def test_an_unplanned_stage_is_measured_only():
     clock = Clock()
-    eta = RunETA({"b": (10, 1.0)}, clock=clock, prior_weight_s=0, report_every=0.0)
+    eta = RunETA({"b": (10, 1.0)}, clock=clock, prior_weight_s=5.0, report_every=0.0)
     for _ in range(3):
         clock.tick(7.0)
         msg = eta.advance("extra")
     assert "extra" not in msg                      # no units planned: no "extra i/n" progress
     assert eta.speed_factor() == 1.0 and eta.left() == pytest.approx(10.0)  # no prior: not a speed sample
+
+
+def test_stage_helpers_pass_everything_on_and_the_factor_guards():
+    import tracker.eta as eta
+
+    clock = Clock()
+    run = eta.begin_run({"a": (4, 1.0), "b": (10, 1.0)}, clock=clock)
+    try:
+        eta.stage_begin("a")
+        assert run.stages["a"].done == 0.0
+        eta.stage_begin("a", units=8)                     # re-planned
+        assert run.stages["a"].units == 8.0
+        clock.tick(3.0)
+        eta.stage_finish("a", cached=True)                # a cache hit: untimed
+        assert run.stages["a"].timed_units == 0 and run.speed_factor() == 1.0
+        eta.stage_begin("b")
+        clock.tick(3.0)
+        eta.stage_finish("b", seconds=15.0)               # 10 units in 15 s (not the clock's 3 s)
+        assert run.stages["b"].timed_s == 15.0
+    finally:
+        eta.begin_run(None)
+    clock = Clock()
+    # a running stage whose prior is spent shows 0 s left, not more
+    r = RunETA({"a": (4, 1.0)}, clock=clock, prior_weight_s=0)
+    r.begin("a")
+    clock.tick(10.0)
+    assert r.left() == 0.0
+    # a stage advanced without begin() is running, not skipped, when the next one begins
+    r = RunETA({"a": (4, 1.0), "b": (4, 1.0)}, clock=clock)
+    r.advance("a")
+    r.begin("b")
+    assert not r.stages["a"].finished
+    # factor guards, no prior weight: a stage resumed at its end and finished (3 s over 0 prior units) -> 1
+    r = RunETA({"a": (4, 1.0), "b": (10, 1.0)}, clock=clock, prior_weight_s=0)
+    r.begin("a", done=4)
+    clock.tick(3.0)
+    r.finish("a")
+    assert r.speed_factor() == 1.0
+    # small sums still count: 1 unit of prior 0.5 s in 1 s -> 2; of prior 1 s in 0.5 s -> 0.5
+    for prior, took, factor in ((0.5, 1.0, 2.0), (1.0, 0.5, 0.5)):
+        r = RunETA({"a": (1, prior), "b": (10, 1.0)}, clock=clock, prior_weight_s=0)
+        r.begin("a")
+        clock.tick(took)
+        r.finish("a")
+        assert r.speed_factor() == pytest.approx(factor) and r.left() == pytest.approx(10 * factor)
