@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cosettle.losses import LossConfig, cosettle_loss, cycle_loss, kl_anchor, pool_nodes
+from cosettle.errors import UserError
+from cosettle.losses import LossConfig, cosettle_loss, cycle_loss, kl_anchor, pool_nodes, walk_loss
 from cosettle.pea import PEA, apply_pea
 from cosettle.projector import Projector
 
@@ -203,3 +204,102 @@ def test_pea_changes_only_patch_position_embeddings(timm_name):
     grid = pe.reshape(1, 4, 5, -1).permute(0, 3, 1, 2)
     new = apply_pea(grid, 10.0, *pea.last_offset).permute(0, 2, 3, 1).reshape(1, 20, -1)
     assert torch.allclose(aug[:, k:] - plain[:, k:], new - pe, atol=1e-5)
+
+
+# -- mutation-test survivors (issue 29) -----------------------------------------------------------
+def test_defaults_are_the_documented_tau_pool_and_eps():
+    g = torch.Generator().manual_seed(3)
+    t1, t2, t3 = (torch.randn(1, 16, 8, generator=g) for _ in range(3))
+    assert float(cycle_loss(t1, t2, t3, (4, 4))[0]) == float(cycle_loss(t1, t2, t3, (4, 4), tau=0.03, pool=2,
+                                                                        eps=1e-6)[0])
+    assert pool_nodes(t1, (4, 4)).shape == (1, 4, 8)  # pool 2 by default: 4x4 -> 2x2 nodes
+
+
+def test_two_node_walk_uses_the_given_eps():
+    # as test_two_node_walk_by_hand with eps = 0.1
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    t1, t2 = torch.stack([e1, e2])[None], torch.stack([e1, e1])[None]
+    s, eps = 1 / (1 + math.exp(-1)), 0.1
+    expect = 0.5 * (-math.log(s + eps) - math.log(1 - s + eps)) + math.log(1 + 2 * eps)
+    assert float(cycle_loss(t1, t2, t1, (1, 2), tau=1.0, pool=1, eps=eps)[0]) == pytest.approx(expect, rel=1e-6)
+
+
+def test_accuracy_takes_the_argmax_over_targets_of_each_row():
+    """3 nodes, tau = 1, no pooling: t1 = [e1, e2, e3], t2 = [e1, e1, e2], t1' = [e1, e2, e2]. S recomputed
+    in numpy from the definition (row softmax of dot products, two steps): every row's argmax is target 0
+    -> acc 1/3; the argmax over sources of each column would give 2/3."""
+    E = np.eye(3)
+    t1, t2, t1b = E, E[[0, 0, 1]], E[[0, 1, 1]]
+
+    def softmax_rows(x):
+        x = np.exp(x)
+        return x / x.sum(1, keepdims=True)
+
+    S = softmax_rows(t1 @ t2.T) @ softmax_rows(t2 @ t1b.T)
+    assert S.argmax(1).tolist() == [0, 0, 0] and (S.argmax(0) == np.arange(3)).mean() == pytest.approx(2 / 3)
+    loss, stats = cycle_loss(*(torch.tensor(t, dtype=torch.float32)[None] for t in (t1, t2, t1b)), (1, 3),
+                             tau=1.0, pool=1)
+    assert stats["acc"] == pytest.approx(1 / 3)
+    assert float(loss) == pytest.approx(float(np.mean(-np.log(np.diag(S) + 1e-6))) + math.log(1 + 3e-6), rel=1e-5)
+
+
+def test_pool_nodes_grid_checks():
+    t = torch.zeros(1, 16, 2)
+    with pytest.raises(ValueError, match=r"grid \(3, 5\) does not match 16 tokens"):
+        pool_nodes(t, (3, 5))
+    assert pool_nodes(torch.zeros(1, 4, 2), (2, 2), 2).shape == (1, 1, 2)  # exactly one node fits
+    for grid in ((1, 16), (16, 1)):
+        with pytest.raises(UserError) as ei:
+            pool_nodes(t, grid, 2)
+        assert str(ei.value) == (f"feature grid {grid[0]}x{grid[1]} is smaller than the 2x2 node pooling "
+                                 "-- use a larger --input-size")
+
+
+def _frames_kl_case():
+    """B=1, 3 frames x 2 tokens, C=2: z tokens 3*[1, 0], p tokens 2*[0, 1] (unit after normalising over
+    channels). softmax([1, 0]) = [s, 1-s], s = sigmoid(1); KL([s, 1-s] || [1-s, s]) = (2s - 1) * log(s / (1-s))
+    = 2s - 1 per token, 6 tokens -> 6 (2s - 1); MSE of [1, 0] vs [0, 1] = 1."""
+    z = torch.tensor([3.0, 0.0]).expand(1, 3, 2, 2).clone()
+    p = torch.tensor([0.0, 2.0]).expand(1, 3, 2, 2).clone()
+    s = 1 / (1 + math.exp(-1))
+    return z, p, 6 * (2 * s - 1)
+
+
+def test_regulariser_choice_weight_and_channel_normalisation():
+    z, p, kl = _frames_kl_case()
+    cfg = dict(tau=1.0, pool=1)
+    for lam in (1.0, 3.0):
+        loss, st = cosettle_loss(z, p, (1, 2), LossConfig(lambda_reg=lam, **cfg))
+        assert st["l_reg"] == pytest.approx(kl, rel=1e-5)
+        assert float(loss) == pytest.approx(st["l_cyc"] + lam * kl, rel=1e-5)
+    assert cosettle_loss(z, p, (1, 2), LossConfig(lambda_reg=0.0, **cfg))[1]["l_reg"] == 0.0
+    assert cosettle_loss(z, p, (1, 2), LossConfig(reg="mse", **cfg))[1]["l_reg"] == pytest.approx(1.0)
+    # p a rescaled z: normalised over channels they agree -> KL 0
+    assert cosettle_loss(z, 5 * z, (1, 2), LossConfig(**cfg))[1]["l_reg"] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(UserError) as ei:
+        cosettle_loss(z, p, (1, 2), LossConfig(reg="l1", **cfg))
+    assert str(ei.value) == "unknown regulariser 'l1' -- use kl, mse or none"
+
+
+def test_cycle_term_walks_t1_t2_t1_pea_with_the_configs_tau_pool_eps():
+    # the two-node walk by hand (t1 = t1' = [e1, e2], t2 = [e1, e1]) with eps 0.1, as frames of p
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    p = torch.stack([torch.stack([e1, e2]), torch.stack([e1, e1]), torch.stack([e1, e2])])[None]
+    s, eps = 1 / (1 + math.exp(-1)), 0.1
+    expect = 0.5 * (-math.log(s + eps) - math.log(1 - s + eps)) + math.log(1 + 2 * eps)
+    _, st = cosettle_loss(p, p, (1, 2), LossConfig(tau=1.0, pool=1, eps=eps, reg="none"))
+    assert st["l_cyc"] == pytest.approx(expect, rel=1e-6)
+
+
+def test_walk_loss_default_eps_and_the_frame_order_of_the_total_loss():
+    # S = I: -log(1 + eps) + log(1 + 2 eps) ~ 1e-6 with the documented eps = 1e-6
+    assert float(walk_loss(torch.eye(2)[None])) == pytest.approx(math.log((1 + 2e-6) / (1 + 1e-6)), abs=1e-6)
+    # t1 = [e1, e1], t2 = [e1, e2], t1' = [e1, e2]; tau = 1, no pooling, s = sigmoid(1):
+    # S12 rows both [s, 1-s]; S21' = [[s, 1-s], [1-s, s]] -> S rows both [s^2 + (1-s)^2, 2 s (1-s)]
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    p = torch.stack([torch.stack([e1, e1]), torch.stack([e1, e2]), torch.stack([e1, e2])])[None]
+    s = 1 / (1 + math.exp(-1))
+    s00, s11 = s * s + (1 - s) ** 2, 2 * s * (1 - s)
+    expect = 0.5 * (-math.log(s00 + 1e-6) - math.log(s11 + 1e-6)) + math.log(1 + 2e-6)
+    _, st = cosettle_loss(p, p, (1, 2), LossConfig(tau=1.0, pool=1, reg="none"))
+    assert st["l_cyc"] == pytest.approx(expect, rel=1e-6)

@@ -155,3 +155,205 @@ def test_plan_covers_every_stage_in_run_order_and_scales_with_the_work_size():
     assert plan["train+cyc"][1] > plan["train"][1] and plan["features"][0] == 50
     small = time_plan(50, 160, 284, load_backend("dsift"), cfg, "dino")  # below 240: never upsampled
     assert small["features"][1] == pytest.approx(plan["features"][1] * (160 * 280) / (240 * 424), rel=0.05)
+
+
+# -- mutation-test survivors (issue 29) -------------------------------------------------------------
+def test_fmt_seconds_switches_units_at_90_s_and_90_min():
+    from tracker.eta import fmt_seconds
+
+    assert [fmt_seconds(x) for x in (-3, 0, 89.4, 90, 150, 5399, 5400, 9902)] == \
+        ["0 s", "0 s", "89 s", "2 min", "2 min", "90 min", "1.5 h", "2.8 h"]  # 9902 / 3600 = 2.7506
+
+
+def test_the_run_helpers_do_nothing_without_a_run_and_drive_it_with_one(caplog):
+    """Plan: pre 10 x 1 s, train 100 x 2 s, train+cyc 50 x 2 s; prior weight 5 s (the default).
+    work_found: pre cached, read in 4 s (1 unit of 4 s); a checkpoint at iteration 120 with the switch at
+    100 -> train 100 done, train+cyc 20 done. Left: 4 + 0 + 30 x 2 = 64 s."""
+    import logging
+
+    import tracker.eta as eta
+
+    assert eta.begin_run(None) is None and eta.current() is None
+    eta.stage_begin("pre")
+    eta.stage_advance("pre")
+    assert eta.stage_finish("pre") is None
+    eta.work_found({"pre": 1.0}, 10, 5)
+    eta.training_resumes_at(10, 5)
+    clock = Clock()
+    run = eta.begin_run({"pre": (10, 1.0), "train": (100, 2.0), "train+cyc": (50, 2.0)}, clock=clock,
+                        report_every=7.0)
+    try:
+        assert eta.current() is run and run.report_every == 7.0 and run.prior_weight_s == 5.0
+        with caplog.at_level(logging.INFO, logger="tracker.eta"):
+            eta.work_found({"pre": 4.0, "other": 9.0}, iterations=120, switch=100)
+        assert run.history == [(0.0, 64.0)]
+        assert caplog.messages[-1] == "estimated time about 64 s (1 of 3 stages cached, training resumes at " \
+            "iteration 120; from reference rates, re-estimated from this run's own timing as stages and " \
+            "iterations finish)"
+        assert (run.stages["pre"].units, run.stages["pre"].prior, run.stages["train"].done,
+                run.stages["train+cyc"].done) == (1.0, 4.0, 100.0, 20.0)
+        eta.stage_begin("pre")
+        clock.tick(2.0)
+        eta.stage_advance("pre")                 # the first unit is warm-up
+        assert eta.stage_finish("pre") == "overall: 1/3 stages done, 2 s so far, about 60 s left"
+        eta.stage_begin("train+cyc", done=20)
+        clock.tick(8.0)
+        eta.stage_advance("train+cyc", 2)
+        assert run.stages["train+cyc"].done == 22.0
+        clock.tick(8.0)
+        eta.stage_advance("train+cyc", 2)        # 2 units in 8 s -> 4 s each, 26 left
+        assert run.left() == pytest.approx(26 * 4.0)
+    finally:
+        eta.begin_run(None)
+
+
+def test_work_found_with_nothing_cached_and_no_checkpoint(caplog):
+    import logging
+
+    import tracker.eta as eta
+
+    eta.begin_run({"pre": (10, 1.0), "train": (100, 2.0), "train+cyc": (50, 2.0)}, clock=Clock())
+    try:
+        with caplog.at_level(logging.INFO, logger="tracker.eta"):
+            eta.work_found({}, iterations=0, switch=100)
+        assert "estimated time about 5 min (nothing cached; from reference rates" in caplog.text  # 310 s
+        assert eta.current().report_every == 20.0
+        assert [s.done for s in eta.current().stages.values()] == [0.0, 0.0, 0.0]
+        eta.training_resumes_at(0, 100)                              # no checkpoint: nothing reported
+        assert eta.current().reports == []
+        with caplog.at_level(logging.INFO, logger="tracker.eta"):
+            eta.work_found({}, iterations=1, switch=100)             # iteration 1 < switch: none of train+cyc
+        assert "nothing cached, training resumes at iteration 1;" in caplog.messages[-1]
+        assert [s.done for s in eta.current().stages.values()] == [0.0, 1.0, 0.0]
+        eta.current().stages["train"].done = 0.0
+        eta.training_resumes_at(1, 100)                              # iteration 1 < switch: none of train+cyc
+        assert [s.done for s in eta.current().stages.values()] == [0.0, 1.0, 0.0]
+    finally:
+        eta.begin_run(None)
+
+
+def test_a_fit_outside_a_run_owns_its_estimate():
+    import tracker.eta as eta
+
+    eta.begin_run(None)
+    try:
+        eta.begin_fit(lambda: {"train": (10, 1.0)})
+        first = eta.current()
+        assert first is not None and first.fit_owned and first.left() == pytest.approx(10.0)
+        eta.begin_fit(lambda: {"train": (20, 1.0)})  # left by a fit that raised: replaced
+        assert eta.current() is not first and eta.current().left() == pytest.approx(20.0)
+        eta.end_fit()
+        assert eta.current() is None
+        cli = eta.begin_run({"train": (5, 1.0)})
+        eta.begin_fit(lambda: {"train": (99, 1.0)})  # the CLI's run is kept
+        eta.end_fit()
+        assert eta.current() is cli and cli.fit_owned is False
+    finally:
+        eta.begin_run(None)
+
+
+def test_runeta_bookkeeping_by_hand(caplog):
+    import logging
+
+    assert (RunETA({}).report_every, RunETA({}).prior_weight_s, RunETA({}).fit_owned) == (20.0, 5.0, False)
+    clock = Clock()
+    # a: 4 units, advanced: warm-up 1 s, then 2 s + 2 s -> 4 s over 2 units at prior 1 s -> factor 2
+    eta = RunETA({"a": (4, 1.0), "b": (10, 1.0)}, clock=clock, prior_weight_s=0, report_every=10.0)
+    eta.begin("a")
+    said = []
+    for dt in (1.0, 2.0, 2.0, 5.0):
+        clock.tick(dt)
+        with caplog.at_level(logging.INFO, logger="tracker.eta"):
+            said.append(eta.advance("a"))
+    assert said[:3] == [None, None, None] and said[3] is not None  # 10 s since the start: reports at exactly 10
+    assert said[3] in caplog.text
+    # a's 3 timed units after warm-up: 2 + 2 + 5 = 9 s over prior 3 s -> factor 3; b: 10 x 1 x 3
+    assert eta.speed_factor() == pytest.approx(3.0) and eta.stage_left("b") == pytest.approx(30.0)
+    eta.begin("b")                                  # a never finished: it still counts (not a skipped stage)
+    assert not eta.stages["a"].finished
+    eta.note_done("b", 5)                           # b began already: a checkpoint note no longer applies
+    assert eta.stages["b"].done == 0.0
+
+
+def test_finish_times_a_stage_as_a_whole_from_seconds_the_clock_or_nothing():
+    clock = Clock()
+    # one unit of prior 2 s, done in 4 s by the clock -> factor 2 -> b: 10 x 1 x 2
+    eta = RunETA({"a": (1, 2.0), "b": (10, 1.0)}, clock=clock, prior_weight_s=0)
+    eta.begin("a")
+    clock.tick(4.0)
+    eta.finish("a")
+    assert eta.left() == pytest.approx(20.0)
+    # the seconds given win over the clock: 6 s -> factor 3
+    eta = RunETA({"a": (1, 2.0), "b": (10, 1.0)}, clock=clock, prior_weight_s=0)
+    eta.begin("a")
+    clock.tick(4.0)
+    eta.finish("a", seconds=6.0)
+    assert eta.left() == pytest.approx(30.0)
+    # never begun, no seconds: 0 s measured -> no evidence, factor 1
+    eta = RunETA({"a": (1, 2.0), "b": (10, 1.0)}, clock=clock, prior_weight_s=0)
+    eta.finish("a")
+    assert eta.left() == pytest.approx(10.0)
+    # resumed at 2 of 4: the 2 units left took 8 s at prior 1 s -> factor 4; re-planned b: 5 units
+    eta = RunETA({"a": (4, 1.0), "b": (10, 1.0)}, clock=clock, prior_weight_s=0)
+    eta.begin("a", done=1)
+    assert len(eta.reports) == 1 and "a 1/4" in eta.reports[0]  # a resume reports at once
+    eta.begin("a", done=2)
+    clock.tick(8.0)
+    eta.finish("a")
+    eta.begin("b", units=5)
+    assert eta.left() == pytest.approx(5 * 4.0)
+
+
+def test_an_unplanned_stage_is_measured_only():
+    clock = Clock()
+    eta = RunETA({"b": (10, 1.0)}, clock=clock, prior_weight_s=5.0, report_every=0.0)
+    for _ in range(3):
+        clock.tick(7.0)
+        msg = eta.advance("extra")
+    assert "extra" not in msg                      # no units planned: no "extra i/n" progress
+    assert eta.speed_factor() == 1.0 and eta.left() == pytest.approx(10.0)  # no prior: not a speed sample
+
+
+def test_stage_helpers_pass_everything_on_and_the_factor_guards():
+    import tracker.eta as eta
+
+    clock = Clock()
+    run = eta.begin_run({"a": (4, 1.0), "b": (10, 1.0)}, clock=clock)
+    try:
+        eta.stage_begin("a")
+        assert run.stages["a"].done == 0.0
+        eta.stage_begin("a", units=8)                     # re-planned
+        assert run.stages["a"].units == 8.0
+        clock.tick(3.0)
+        eta.stage_finish("a", cached=True)                # a cache hit: untimed
+        assert run.stages["a"].timed_units == 0 and run.speed_factor() == 1.0
+        eta.stage_begin("b")
+        clock.tick(3.0)
+        eta.stage_finish("b", seconds=15.0)               # 10 units in 15 s (not the clock's 3 s)
+        assert run.stages["b"].timed_s == 15.0
+    finally:
+        eta.begin_run(None)
+    clock = Clock()
+    # a running stage whose prior is spent shows 0 s left, not more
+    r = RunETA({"a": (4, 1.0)}, clock=clock, prior_weight_s=0)
+    r.begin("a")
+    clock.tick(10.0)
+    assert r.left() == 0.0
+    # a stage advanced without begin() is running, not skipped, when the next one begins
+    r = RunETA({"a": (4, 1.0), "b": (4, 1.0)}, clock=clock)
+    r.advance("a")
+    r.begin("b")
+    assert not r.stages["a"].finished
+    # factor guards, no prior weight: a stage resumed at its end and finished (3 s over 0 prior units) -> 1
+    r = RunETA({"a": (4, 1.0), "b": (10, 1.0)}, clock=clock, prior_weight_s=0)
+    r.begin("a", done=4)
+    clock.tick(3.0)
+    r.finish("a")
+    assert r.speed_factor() == 1.0
+    # small sums still count: 1 unit of prior 0.5 s in 1 s -> 2; of prior 1 s in 0.5 s -> 0.5
+    for prior, took, factor in ((0.5, 1.0, 2.0), (1.0, 0.5, 0.5)):
+        r = RunETA({"a": (1, prior), "b": (10, 1.0)}, clock=clock, prior_weight_s=0)
+        r.begin("a")
+        clock.tick(took)
+        r.finish("a")
+        assert r.speed_factor() == pytest.approx(factor) and r.left() == pytest.approx(10 * factor)
