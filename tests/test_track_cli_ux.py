@@ -81,7 +81,9 @@ def test_dino_summary_reports_the_work_folder_and_the_estimate_ends_at_zero(tmp_
     assert s2["work_dir"] == s["work_dir"] and s2["time_estimates"][-1]["left_s"] == 0.0
     first = s2["time_estimates"][0]
     really_left = s2["total_s"] - first["at_s"]
-    assert really_left / 2 <= first["left_s"] <= 2 * really_left, (first, s2["total_s"], s2["stages_s"])
+    # within 2x, with 1 s of slack: a cached re-run can take under a second, where a few tenths of load swing
+    # are more than 2x (the old plan was 11 s off on a 4.5-s re-run, far outside either bound)
+    assert really_left / 2 - 1.0 <= first["left_s"] <= 2 * really_left + 1.0, (first, s2["total_s"], s2["stages_s"])
     assert "stages cached, training resumes at iteration 20" in p2.stderr
     assert s2["cache_cap_gb"] == 5.0 and s2["cache_bytes"] >= s2["work_dir_bytes"]
     p3 = _run("--tracker", "dino", "--iterations", "20", "--out", tmp_path / "o3", "--no-overlay", env=env)
