@@ -319,18 +319,26 @@ def bench_config(cfg) -> MaskBenchConfig:
     return MaskBenchConfig(num_points=cfg.num_points, seed=cfg.seed, max_frames=cfg.max_frames, split=cfg.split)
 
 
+def chosen_clips(root: Path, sequences, split: str, available=None, select=None) -> list[str]:
+    """The clips of ``split`` among the named ``sequences`` (every available clip when none is named); a named
+    clip without frames is a UserError. ``available(root)`` / ``select(names, split)``: the benchmark's own clip
+    list and split (default this module's; davis-vos passes its 18 clips and its split)."""
+    available = available or available_clips
+    select = select or select_clips
+    if sequences:
+        missing = [s for s in sequences if not (clip_dir(root, s) / "JPEGImages").is_dir()]
+        if missing:
+            raise UserError(f"clips {missing} not under {root / 'davis480'}",
+                            f"available: {', '.join(available(root))}")
+        return select(list(sequences), split)
+    return select(available(root), split)
+
+
 def build_tasks(cfg, progress: bool = False):
     """(tasks, scorers, groups) for ``badja_eval/run.py``: one task per clip of the split."""
     bc = bench_config(cfg)
     root = Path(cfg.data_root)
-    if cfg.sequences:
-        missing = [s for s in cfg.sequences if not (clip_dir(root, s) / "JPEGImages").is_dir()]
-        if missing:
-            raise UserError(f"clips {missing} not under {root / 'davis480'}",
-                            f"available: {', '.join(available_clips(root))}")
-        names = select_clips(list(cfg.sequences), bc.split)
-    else:
-        names = select_clips(available_clips(root), bc.split)
+    names = chosen_clips(root, cfg.sequences, bc.split)
     if not names:
         raise UserError(f"no DAVIS mask clips of split {bc.split!r} under {root / 'davis480'}",
                         f"expected davis480/<clip>/{{JPEGImages,Annotations}} for {', '.join(CLIPS[:3])}, ...")

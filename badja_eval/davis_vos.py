@@ -37,7 +37,7 @@ from cosettle.io.video import read_video
 from cosettle.progress import tqdm
 
 from . import vos_io
-from .davis_masks import CLIPS as MASK_CLIPS, HELD_OUT as MASK_HELD_OUT, clip_dir
+from .davis_masks import CLIPS as MASK_CLIPS, HELD_OUT as MASK_HELD_OUT, chosen_clips, clip_dir
 from .report import MEAN, build_rows, format_table, write_report
 from .runner import Method, slug
 from .vos_metrics import BOUND_TH, VOID, frame_scores, object_ids, scored_frames, statistics, summarize
@@ -242,14 +242,7 @@ def settings_from(cfg) -> VosSettings:
 
 def clip_names(cfg) -> list[str]:
     root = Path(cfg.data_root)
-    if cfg.sequences:
-        missing = [s for s in cfg.sequences if not (clip_dir(root, s) / "JPEGImages").is_dir()]
-        if missing:
-            raise UserError(f"clips {missing} not under {root / 'davis480'}",
-                            f"available: {', '.join(available_clips(root))}")
-        names = select_clips(list(cfg.sequences), cfg.split)
-    else:
-        names = select_clips(available_clips(root), cfg.split)
+    names = chosen_clips(root, cfg.sequences, cfg.split, available_clips, select_clips)  # this module's clips
     if not names:
         raise UserError(f"no DAVIS clips of split {cfg.split!r} under {root / 'davis480'}",
                         "expected davis480/<clip>/{JPEGImages,Annotations} (see docs/evaluation.md)")
