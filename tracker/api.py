@@ -32,10 +32,12 @@ from cosettle.frames import Frames, as_frames, frames_to_tensor, video_hw
 from cosettle.hashing import array_digest, json_digest
 from cosettle.io.atomic import write_text
 from cosettle.io.lock import folder_lock
+from cosettle.io.queries import as_queries
 from cosettle.io.tracks import TrackResult
 from cosettle.io.verified import load_verified, save_verified
 
 from . import eta
+from .base import RunReport
 from .config import TrackerConfig, config_dict, preprocess_at, preset, train_switch, training_fields
 from .dino.inference import TrackInference, refined_features
 from .dino.train import Trainer, latest_checkpoint
@@ -85,6 +87,7 @@ class Tracker:
         self.infer = None
         self.work_dir: Path | None = None
         self.video_digest: str | None = None
+        self.train_coverage: dict | None = None  # supervision the training received (None: no iteration ran)
 
     # -- fitting ---------------------------------------------------------------------------------
     def _work_dir(self, frames: Frames, masks) -> Path:
@@ -196,8 +199,9 @@ class Tracker:
     def track(self, queries, occlusion: str | None = None) -> TrackResult:
         if self.infer is None:
             raise RuntimeError("call fit(video) before track()")
-        q = np.asarray(getattr(queries, "txy", queries), dtype=np.float64).reshape(-1, 3)
-        names = list(getattr(queries, "names", []) or [])
+        qs = as_queries(queries)
+        q = np.asarray(qs.txy, dtype=np.float64).reshape(-1, 3)
+        names = list(qs.names)
         geom = self.geometry
         t = self.prep.frames.shape[0]
         if len(q) and (q[:, 0].min() < 0 or q[:, 0].max() > t - 1):
@@ -211,6 +215,11 @@ class Tracker:
         for i, (tq, x, y) in enumerate(q):
             tracks_img[i, int(round(tq))] = (x, y)
         return TrackResult(tracks_img, vis, conf, q.astype(np.float32), names)
+
+    def report(self) -> RunReport:
+        """Stage times, the work folder and the supervision the training received (``PointTracker.report``)."""
+        info = {"training_coverage": self.train_coverage} if self.train_coverage else {}
+        return RunReport(dict(self.timings), self.work_dir, info)
 
 
 @register_tracker("dino", summary="the pure DINO-Tracker (head only, as in the paper; trains per video, shared "

@@ -2,18 +2,32 @@
 
     tracker = build_tracker("flow")              # or "dino", backend=load_backend("dsift")
     tracker.fit(video)                           # video: Video / (T,H,W,3) uint8; test-time fitting
-    result = tracker.track(queries)              # queries: (N,3) float (t, x, y), original pixels
+    result = tracker.track(queries)              # queries: (N,3) float (t, x, y), original pixels, or Queries
     result.tracks  (N,T,2) x,y  |  result.visible (N,T)  |  result.confidence (N,T)
+    tracker.report()                             # RunReport: stage times, work folder, what the run did
 
 A tracker's output for a query must not depend on the other queries (TAP-Vid rule).
 """
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from cosettle.io.tracks import TrackResult
+
+
+@dataclass
+class RunReport:
+    """What a tracker's last fit and track did, for the CLI's summary and ``run_info.json``: the CLI prints and
+    writes this, and asks a tracker nothing else (no attribute probing)."""
+
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per stage, in run order
+    work_dir: Path | None = None   # the work folder of a tracker that caches its work (the DINO trackers)
+    info: dict[str, Any] = field(default_factory=dict)  # more for run_info.json, by key (JSON-ready values):
+    #                                "training_coverage" (DINO-Tracker's supervision), "fusion" (dino-flow's counts)
 
 
 @runtime_checkable
@@ -23,5 +37,9 @@ class PointTracker(Protocol):
     def fit(self, video, masks: np.ndarray | None = None) -> "PointTracker":
         """Prepare on one video (T frames of (H,W,3) uint8). ``masks``: optional (T,H,W) foreground."""
 
-    def track(self, queries: np.ndarray) -> TrackResult:
-        """Track (N,3) queries (t, x, y) in original pixels over all frames of the fitted video."""
+    def track(self, queries) -> TrackResult:
+        """Track (N,3) queries (t, x, y) in original pixels over all frames of the fitted video; a
+        ``cosettle.io.queries.Queries`` also names them (``TrackResult.names``)."""
+
+    def report(self) -> RunReport:
+        """What the last fit and track did (stage times, work folder, tracker-specific counts)."""

@@ -12,6 +12,7 @@ All take and return ORIGINAL video pixels (x, y), integer = pixel centre.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import torch
@@ -19,8 +20,10 @@ import torch.nn.functional as F
 
 from cosettle.errors import UserError
 from cosettle.frames import as_frames, video_hw
+from cosettle.io.queries import as_queries
 from cosettle.io.tracks import TrackResult
 
+from .base import RunReport
 from .config import FeatureTrackerConfig, FlowTrackerConfig
 from .preprocess.flow import consecutive_flows, inside, make_flow_estimator, sample_flow
 from .registry import register_tracker
@@ -41,23 +44,41 @@ def check_queries(queries, num_frames: int) -> np.ndarray:
 
 
 class _Fitted:
+    """A baseline's bookkeeping: its fit and track times and the ``PointTracker.report`` made of them."""
+
     _T: int | None = None
+    _timings: dict[str, float] | None = None  # seconds of the last fit and its tracks
 
     def _need_fit(self):
         if self._T is None:
             raise UserError(f"{self.name} tracker: call fit(video) before track(queries)")
 
-
-class StaticTracker(_Fitted):
-    name = "static"
-
     def fit(self, video, masks=None):
-        self._T, self._H, self._W = video_hw(video)
+        t0 = time.perf_counter()
+        self._fit(video)
+        self._timings = {"fit": time.perf_counter() - t0}
         return self
 
     def track(self, queries) -> TrackResult:
         self._need_fit()
-        q = check_queries(queries, self._T)
+        t0 = time.perf_counter()
+        qs = as_queries(queries)
+        res = self._track(check_queries(qs.txy, self._T))
+        res.names = list(qs.names) or res.names
+        self._timings["track"] = self._timings.get("track", 0.0) + time.perf_counter() - t0
+        return res
+
+    def report(self) -> RunReport:
+        return RunReport(dict(self._timings or {}))
+
+
+class StaticTracker(_Fitted):
+    name = "static"
+
+    def _fit(self, video):
+        self._T, self._H, self._W = video_hw(video)
+
+    def _track(self, q: np.ndarray) -> TrackResult:
         tracks = np.repeat(q[:, None, 1:3], self._T, axis=1)
         ones = np.ones(tracks.shape[:2])
         return TrackResult(tracks, ones.astype(bool), ones, q)
@@ -73,7 +94,7 @@ class FlowTracker(_Fitted):
         self.progress = progress
         self._flows = flows  # optional precomputed (fwd, bwd), e.g. from the preprocessing cache
 
-    def fit(self, video, masks=None):
+    def _fit(self, video):
         self._T, self._H, self._W = video_hw(video)
         if self._flows is not None:
             fwd, bwd = self._flows
@@ -87,11 +108,8 @@ class FlowTracker(_Fitted):
             fwd, bwd = consecutive_flows(frames, est, progress=self.progress)
             log.info("flow tracker: %d flow calls", est.calls)
         self.fwd, self.bwd = fwd, bwd
-        return self
 
-    def track(self, queries) -> TrackResult:
-        self._need_fit()
-        q = check_queries(queries, self._T)
+    def _track(self, q: np.ndarray) -> TrackResult:
         n, T = len(q), self._T
         tracks = np.zeros((n, T, 2), np.float32)
         err = np.zeros((n, T), np.float32)
@@ -138,7 +156,7 @@ class FeatureTracker(_Fitted):
         self.progress = progress
         self._features = features  # optional precomputed cosettle Features(features, geometry)
 
-    def fit(self, video, masks=None):
+    def _fit(self, video):
         self._T, self._H, self._W = video_hw(video)
         feats = self._features or self.backend.extract(video, progress=self.progress)
         f = feats.features.float()
@@ -146,11 +164,8 @@ class FeatureTracker(_Fitted):
             raise UserError(f"features have {f.shape[0]} frames, the video {self._T}")
         self.geometry = feats.geometry
         self.feats = F.normalize(f, dim=1)  # (T, C, h, w), unit cosine vectors
-        return self
 
-    def track(self, queries) -> TrackResult:
-        self._need_fit()
-        q = check_queries(queries, self._T)
+    def _track(self, q: np.ndarray) -> TrackResult:
         n, T = len(q), self._T
         tracks = np.zeros((n, T, 2), np.float32)
         conf = np.zeros((n, T), np.float32)

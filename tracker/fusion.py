@@ -56,10 +56,12 @@ import numpy as np
 from cosettle.errors import UserError
 from cosettle.frames import as_frames
 from cosettle.io.lock import folder_lock
+from cosettle.io.queries import as_queries
 from cosettle.io.tracks import TrackResult
 from cosettle.progress import tqdm
 
 from .api import PREPROCESS_LOCK, Tracker
+from .base import RunReport
 from .fusion_gate import GateDecision, blind_head, decide, reuse_flows
 from .preprocess.flow import inside, make_flow_estimator, sample_flow
 from .preprocess.masks import points_on_mask
@@ -285,6 +287,7 @@ class FlowGuidedTracker(Tracker):
     ``track_head`` (the pure head of the same fit, tracker ``dino``) trains when it has not yet."""
 
     name = "dino-flow"
+    fusion_stats: FusionStats | None = None  # the last track()'s counts (run_info.json "fusion")
 
     def fit(self, video, masks=None) -> "FlowGuidedTracker":
         # checked and converted once: the pre-pass, the full fit the gate may ask for and the flow all read
@@ -294,6 +297,7 @@ class FlowGuidedTracker(Tracker):
         self._full = self.cfg.fusion_train == "always"
         self._trained = False
         self.gate: GateDecision | None = None
+        self.fusion_stats = None
         self.prep = self.infer = self.model = None
         super().fit(video, masks)
         self._frames = video.array  # original resolution: flow is pixel-precise there
@@ -363,8 +367,9 @@ class FlowGuidedTracker(Tracker):
         (tracker/fusion_gate.py) -> (flow's positions, not visible after an inconsistent step; the decision:
         which queries the trained head could change, and whether ``track`` trains). When the decision does
         not train, this result is the one ``track`` returns."""
-        q = np.asarray(getattr(queries, "txy", queries), dtype=np.float64).reshape(-1, 3)
-        names = list(getattr(queries, "names", []) or [])
+        qs = as_queries(queries)
+        q = np.asarray(qs.txy, dtype=np.float64).reshape(-1, 3)
+        names = list(qs.names)
         T = self._frames.shape[0]
         if len(q) and (q[:, 0].min() < 0 or q[:, 0].max() > T - 1):
             raise UserError(f"query frame out of range [0, {T - 1}]")
@@ -395,6 +400,13 @@ class FlowGuidedTracker(Tracker):
         self.timings["fusion"] = self.timings.get("fusion", 0.0) + self.fusion_stats.seconds
         log.info("flow+dino fusion: %s", self.fusion_stats.to_dict())
         return TrackResult(tracks, vis, conf, res.queries, res.names, redetected=self.fusion_stats.redetected)
+
+    def report(self) -> RunReport:
+        """``Tracker.report`` plus the fusion's counts and the gate's decision (``fusion``)."""
+        rep = super().report()
+        if self.fusion_stats is not None:
+            rep.info["fusion"] = self.fusion_stats.to_dict()
+        return rep
 
 
 @dataclass

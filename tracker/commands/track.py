@@ -42,7 +42,7 @@ import numpy as np
 
 from cosettle.cli import (ArgumentParser, add_backend_args, add_video_args, backend_from_args, check_grid_size,
                           default_device, print_backends)
-from cosettle.config import dump_yaml, load_yaml_dict
+from cosettle.config import config_from_dict, dump_yaml, load_yaml_dict, to_dict
 from cosettle.demo import make_demo_clip
 from cosettle.errors import UserError, cli_entry
 from cosettle.frames import as_frames
@@ -278,6 +278,21 @@ def cache_command(args) -> int:
     return 0
 
 
+def tracker_config(args, entry, demo: bool = False):
+    """Every tracker's config through the registry (as the evaluator builds it): DINO-Tracker's preset with the
+    flags (``resolve_config``), else the tracker's own ``config_class`` with ``--config``'s keys; None for a
+    tracker that takes no settings (then ``--config`` is an error, not silently dropped)."""
+    if entry.dino_config:
+        return resolve_config(args, demo)
+    if entry.config_class is None:
+        if args.config is not None:
+            raise UserError(f"the {entry.name} tracker takes no settings, but --config {args.config} was given",
+                            "drop --config")
+        return None
+    data = load_yaml_dict(args.config) if args.config is not None else {}
+    return config_from_dict(entry.config_class, data, source=f"{args.config} ({entry.name} tracker)")
+
+
 def run(args, demo: bool, stage) -> int:
     out, tmp = stage.target, stage.dir  # files are written into tmp, reported under out
     if args.fps is not None:
@@ -287,7 +302,9 @@ def run(args, demo: bool, stage) -> int:
     setup_logging(args.verbose, tmp / "track.log", quiet=args.quiet)
     stages: dict[str, float] = {}
     t_all = time.perf_counter()
-    cfg = resolve_config(args, demo)  # bad config -> error before anything is written
+    entry = tracker_entry(args.tracker)
+    is_dino = entry.dino_config  # configured by the DINO-Tracker preset
+    cfg = tracker_config(args, entry, demo)  # bad config -> error before anything is written
     gt = None
     if demo:
         t0 = time.perf_counter()
@@ -307,8 +324,6 @@ def run(args, demo: bool, stage) -> int:
     masks = load_mask_folder(args.masks, frame_idx, video.height, video.width) if args.masks else None
     stages["read inputs"] = time.perf_counter() - t0
     backend = None
-    entry = tracker_entry(args.tracker)
-    is_dino = entry.dino_config  # configured by the DINO-Tracker preset
     if entry.needs_backend:
         t0 = time.perf_counter()
         backend = backend_from_args(args)
@@ -325,27 +340,20 @@ def run(args, demo: bool, stage) -> int:
         run_eta = eta.begin_run(time_plan(len(video), video.height, video.width, backend, cfg, args.tracker,
                                           outputs=True, overlay=not args.no_overlay))
 
-    tracker = build_tracker(args.tracker, backend=backend, config=cfg if is_dino else None,
-                            progress=not args.quiet)
+    tracker = build_tracker(args.tracker, backend=backend, config=cfg, progress=not args.quiet)
     log.info("tracking %d points over %d frames (%dx%d HxW) with %s%s", len(queries), len(video), video.height,
              video.width, args.tracker, f" on {backend.name}" if backend else "")
-    t0 = time.perf_counter()
     tracker.fit(frames, masks=masks)
-    fit_s = time.perf_counter() - t0
-    timings = dict(getattr(tracker, "timings", {}) or {})
-    if timings:
-        stages.update({k: v for k, v in timings.items() if k != "track"})
-    else:
-        stages["fit"] = fit_s
+    timings = tracker.report().timings
+    stages.update({k: v for k, v in timings.items() if k != "track"})
     t0 = time.perf_counter()
     eta.stage_begin("track")
-    result = tracker.track(queries.txy)
-    result.names = list(queries.names)
+    result = tracker.track(queries)  # the Queries object: the result carries their names
     stages["track"] = time.perf_counter() - t0
+    report = tracker.report()
     # dino-flow trains inside track() when its gate asks for it (tracker/fusion_gate.py): show those stages
     # apart, not inside "track"
-    after = dict(getattr(tracker, "timings", {}) or {})
-    late = {k: v - timings.get(k, 0.0) for k, v in after.items() if k != "track" and v != timings.get(k)}
+    late = {k: v - timings.get(k, 0.0) for k, v in report.timings.items() if k != "track" and v != timings.get(k)}
     for k, v in late.items():
         stages[k] = stages.get(k, 0.0) + v
     stages["track"] = max(0.0, stages["track"] - sum(late.values()))
@@ -355,17 +363,8 @@ def run(args, demo: bool, stage) -> int:
 
     t0 = time.perf_counter()
     eta.stage_begin("write outputs")
-    meta = {"tracker": args.tracker, "backend": backend.name if backend else None,
-            "video": shown["video"], "preset": args.preset if is_dino else None}
-    paths = save_tracks(tmp, result, video.fps, (video.height, video.width), meta)
-    if not args.no_overlay:
-        pixels = frames.array
-        paths["overlay"] = write_overlay(tmp / "overlay.mp4", pixels, result, video.fps, style=args.overlay_style)
-        paths["still"] = write_still(tmp / "overlay.png", pixels, result, style=args.overlay_style)
-    stages["write outputs"] = time.perf_counter() - t0
-    eta.stage_finish("write outputs", stages["write outputs"])
-
-    resolved = {"tracker": args.tracker, "backend": backend.name if backend else None,
+    # what was asked (config.yaml; the tracks files' metadata is part of it)
+    settings = {"tracker": args.tracker, "backend": backend.name if backend else None,
                 "backend_fields": backend.cache_fields() if backend else None,
                 "video": shown["video"], "points": shown["points"], "grid_size": args.grid_size,
                 "grid_mask": args.grid_mask and str(Path(args.grid_mask).resolve()),
@@ -373,47 +372,54 @@ def run(args, demo: bool, stage) -> int:
                 "num_points": args.num_points if args.points_from_mask else None,
                 "grid_frame": args.grid_frame, "max_frames": args.max_frames,
                 "frame_stride": args.frame_stride, "overlay_style": args.overlay_style,
-                "dino": config_dict(cfg) if is_dino else None}
-    dump_yaml(resolved, tmp / "config.yaml")
+                "preset": args.preset if is_dino else None,
+                "dino": config_dict(cfg) if is_dino else None,
+                "tracker_config": to_dict(cfg) if cfg is not None and not is_dino else None}
+    paths = save_tracks(tmp, result, video.fps, (video.height, video.width),
+                        {k: settings[k] for k in ("tracker", "backend", "video", "preset")})
+    if not args.no_overlay:
+        pixels = frames.array
+        paths["overlay"] = write_overlay(tmp / "overlay.mp4", pixels, result, video.fps, style=args.overlay_style)
+        paths["still"] = write_still(tmp / "overlay.png", pixels, result, style=args.overlay_style)
+    stages["write outputs"] = time.perf_counter() - t0
+    eta.stage_finish("write outputs", stages["write outputs"])
+    dump_yaml(settings, tmp / "config.yaml")
     paths["config"] = tmp / "config.yaml"
-    work = getattr(tracker, "work_dir", None)
-    summary = {"tracker": args.tracker, "backend": backend.name if backend else None,
-               "points": len(queries), "frames": len(video), "size_hw": [video.height, video.width],
-               "visible_share": round(float(result.visible.mean()) if result.visible.size else 0.0, 4),
-               "visible_entries": int(result.visible.sum()),
-               "stages_s": {k: round(v, 3) for k, v in stages.items()}}
-    if work:
-        summary["work_dir"] = str(Path(work).resolve())
-        summary["work_dir_bytes"] = folder_bytes(Path(work))
-        summary["cache_dir"] = str(cache_root().resolve())
-    if run_eta is not None:  # how the estimate fared (docs/tracking-cli.md "Time estimate")
-        summary["time_estimates"] = [{"at_s": round(eta_at + a, 1), "left_s": round(b, 1)}
-                                     for a, b in run_eta.history]
-    if gt is not None:
-        summary["demo_mean_error_px"] = round(float(np.linalg.norm(result.tracks - gt, axis=-1)[:, 1:].mean()), 3)
-    extra = {k: v for k, v in summary.items()
-             if k not in ("tracker", "backend", "size_hw", "visible_share", "visible_entries")}
-    extra["total_s"] = round(time.perf_counter() - t_all, 3)
-    if getattr(tracker, "train_coverage", None):  # supervision the DINO-Tracker training received
-        extra["training_coverage"] = tracker.train_coverage
-    if getattr(tracker, "fusion_stats", None) is not None:
-        extra["fusion"] = tracker.fusion_stats.to_dict()
-    paths["run_info"] = write_run_info(tmp, extra)
+    paths["run_info"] = tmp / "run_info.json"
     paths["log"] = tmp / "track.log"
-    summary["outputs"] = {k: str(out / Path(p).relative_to(tmp)) for k, p in paths.items()}
+
+    # what happened: ONE record, printed on stdout (--json: as is) and written to run_info.json (with the versions)
+    record = {"tracker": args.tracker, "backend": backend.name if backend else None,
+              "points": len(queries), "frames": len(video), "size_hw": [video.height, video.width],
+              "visible_share": round(float(result.visible.mean()) if result.visible.size else 0.0, 4),
+              "visible_entries": int(result.visible.sum()),
+              "stages_s": {k: round(v, 3) for k, v in stages.items()}}
+    if report.work_dir is not None:
+        work = Path(report.work_dir)
+        record["work_dir"] = str(work.resolve())
+        record["work_dir_bytes"] = folder_bytes(work)
+        record["cache_dir"] = str(cache_root().resolve())
+    if run_eta is not None:  # how the estimate fared (docs/tracking-cli.md "Time estimate")
+        record["time_estimates"] = [{"at_s": round(eta_at + a, 1), "left_s": round(b, 1)}
+                                    for a, b in run_eta.history]
+    if gt is not None:
+        record["demo_mean_error_px"] = round(float(np.linalg.norm(result.tracks - gt, axis=-1)[:, 1:].mean()), 3)
+    record.update(report.info)  # e.g. training_coverage (DINO-Tracker), fusion (dino-flow)
+    record["outputs"] = {k: str(out / Path(p).relative_to(tmp)) for k, p in paths.items()}
     if demo:
-        summary["outputs"]["demo_clip"] = shown["video"]
-    if work:
+        record["outputs"]["demo_clip"] = shown["video"]
+    if report.work_dir is not None:
         cap = cache_cap_gb(args)
-        removed, now = enforce_cap(cache_root(), cap * 1024 ** 3, keep={Path(work)})
-        summary["cache_evicted"] = [str(f.path) for f in removed]
-        summary["cache_bytes"] = now
-        summary["cache_cap_gb"] = cap if np.isfinite(cap) else None  # None: no cap (JSON has no infinity)
-    summary["total_s"] = round(time.perf_counter() - t_all, 3)
-    log.info("finished in %.1f s; summary on stdout", summary["total_s"])
+        removed, now = enforce_cap(cache_root(), cap * 1024 ** 3, keep={Path(report.work_dir)})
+        record["cache_evicted"] = [str(f.path) for f in removed]
+        record["cache_bytes"] = now
+        record["cache_cap_gb"] = cap if np.isfinite(cap) else None  # None: no cap (JSON has no infinity)
+    record["total_s"] = round(time.perf_counter() - t_all, 3)
+    write_run_info(tmp, record)
+    log.info("finished in %.1f s; summary on stdout", record["total_s"])
     close_file_logging()  # track.log complete before the set moves
     stage.commit()
-    emit_summary(summary, args.json)
+    emit_summary(record, args.json)
     return 0
 
 
