@@ -134,12 +134,12 @@ def main(argv=None):
         cfg.preprocess.mask_source = args.masks
     tracker = build_tracker(args.tracker, backend, cfg, progress=False)
     tracker.fit(frames, masks=masks_in if args.masks == "davis" else None)
-    fit_timings = dict(tracker.timings)
+    fit_timings = dict(tracker.report().timings)
     geom = tracker.geometry
     prep_stats = getattr(tracker.prep, "stats", {}) or {}
     stages = {f"preprocess/{k}": round(v["seconds"], 2) for k, v in prep_stats.items()
               if isinstance(v, dict) and "seconds" in v}
-    stages.update({k: round(v, 2) for k, v in tracker.timings.items()})
+    stages.update({k: round(v, 2) for k, v in tracker.report().timings.items()})
 
     def to_eval(tracks):
         out = np.asarray(tracks, np.float64).copy()

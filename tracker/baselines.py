@@ -12,7 +12,6 @@ All take and return ORIGINAL video pixels (x, y), integer = pixel centre.
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import torch
@@ -25,6 +24,7 @@ from cosettle.io.tracks import TrackResult
 
 from .base import RunReport
 from .config import FeatureTrackerConfig, FlowTrackerConfig
+from .eta import StageTimes
 from .preprocess.flow import consecutive_flows, inside, make_flow_estimator, sample_flow
 from .registry import register_tracker
 
@@ -44,32 +44,35 @@ def check_queries(queries, num_frames: int) -> np.ndarray:
 
 
 class _Fitted:
-    """A baseline's bookkeeping: its fit and track times and the ``PointTracker.report`` made of them."""
+    """A baseline's protocol part: ``fit`` / ``track`` timed into the run's ``eta`` (the track command's, else one
+    of its own), the queries taken as ``Queries`` or an array, and the ``report`` made of those times."""
 
     _T: int | None = None
-    _timings: dict[str, float] | None = None  # seconds of the last fit and its tracks
+
+    def __init__(self):
+        self.eta = StageTimes()  # the last fit's stage times (``fit``, ``track``)
 
     def _need_fit(self):
         if self._T is None:
             raise UserError(f"{self.name} tracker: call fit(video) before track(queries)")
 
-    def fit(self, video, masks=None):
-        t0 = time.perf_counter()
-        self._fit(video)
-        self._timings = {"fit": time.perf_counter() - t0}
+    def fit(self, video, masks=None, eta: StageTimes | None = None):
+        """``masks`` are not used by the baselines; ``eta``: the run's stage times and estimate."""
+        self.eta = eta if eta is not None else StageTimes()
+        with self.eta.timed("fit"):
+            self._fit(video)
         return self
 
     def track(self, queries) -> TrackResult:
         self._need_fit()
-        t0 = time.perf_counter()
-        qs = as_queries(queries)
-        res = self._track(check_queries(qs.txy, self._T))
-        res.names = list(qs.names) or res.names
-        self._timings["track"] = self._timings.get("track", 0.0) + time.perf_counter() - t0
+        with self.eta.timed("track"):
+            qs = as_queries(queries)
+            res = self._track(check_queries(qs.txy, self._T))
+            res.names = list(qs.names) or res.names
         return res
 
     def report(self) -> RunReport:
-        return RunReport(dict(self._timings or {}))
+        return RunReport(self.eta.times)
 
 
 class StaticTracker(_Fitted):
@@ -90,6 +93,7 @@ class FlowTracker(_Fitted):
     name = "flow"
 
     def __init__(self, config: FlowTrackerConfig | None = None, flows=None, progress: bool = True, **kwargs):
+        super().__init__()
         self.config = config or FlowTrackerConfig(**kwargs)
         self.progress = progress
         self._flows = flows  # optional precomputed (fwd, bwd), e.g. from the preprocessing cache
@@ -151,6 +155,7 @@ class FeatureTracker(_Fitted):
 
     def __init__(self, backend, config: FeatureTrackerConfig | None = None, features=None,
                  progress: bool = True, **kwargs):
+        super().__init__()
         self.backend = backend
         self.config = config or FeatureTrackerConfig(**kwargs)
         self.progress = progress

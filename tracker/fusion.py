@@ -60,7 +60,7 @@ from cosettle.io.queries import as_queries
 from cosettle.io.tracks import TrackResult
 from cosettle.progress import tqdm
 
-from .api import PREPROCESS_LOCK, Tracker
+from .dino.tracker import PREPROCESS_LOCK, Tracker
 from .base import RunReport
 from .fusion_gate import GateDecision, blind_head, decide, reuse_flows
 from .preprocess.flow import inside, make_flow_estimator, sample_flow
@@ -289,7 +289,7 @@ class FlowGuidedTracker(Tracker):
     name = "dino-flow"
     fusion_stats: FusionStats | None = None  # the last track()'s counts (run_info.json "fusion")
 
-    def fit(self, video, masks=None) -> "FlowGuidedTracker":
+    def fit(self, video, masks=None, eta=None) -> "FlowGuidedTracker":
         # checked and converted once: the pre-pass, the full fit the gate may ask for and the flow all read
         # these frames, and their digest is computed once
         video = as_frames(video, min_frames=2, who=f"the {self.name} tracker's video")
@@ -299,7 +299,7 @@ class FlowGuidedTracker(Tracker):
         self.gate: GateDecision | None = None
         self.fusion_stats = None
         self.prep = self.infer = self.model = None
-        super().fit(video, masks)
+        super().fit(video, masks, eta)
         self._frames = video.array  # original resolution: flow is pixel-precise there
         return self
 
@@ -312,8 +312,9 @@ class FlowGuidedTracker(Tracker):
         # same preprocessing lock as the full fit: one writer of the cached stages)
         with folder_lock(self.work_dir, "work folder's preprocessing", name=PREPROCESS_LOCK):
             self.prep = preprocess_video(video, self.work_backend, self.prep_cfg, self.work_dir, masks=masks,
-                                         progress=self.progress, until="masks", video_digest=self.video_digest)
-        self.timings["preprocess"] = time.perf_counter() - t0
+                                         progress=self.progress, until="masks", video_digest=self.video_digest,
+                                         eta=self.eta)
+        self.eta.add_time("preprocess", time.perf_counter() - t0)
 
     def _train(self) -> None:
         """The full fit of ``dino`` (the stages already computed are read from the work folder)."""
@@ -322,7 +323,7 @@ class FlowGuidedTracker(Tracker):
         if getattr(self, "_fit_args", None) is None:
             raise RuntimeError("call fit(video) before track()")
         self._full = True
-        Tracker.fit(self, *self._fit_args)
+        Tracker.fit(self, *self._fit_args, eta=self.eta)  # the same run's estimate and stage times
 
     def _cell_px(self) -> float:
         """One feature cell in original-video pixels (the geometry's stride times the resize scale)."""
@@ -379,7 +380,7 @@ class FlowGuidedTracker(Tracker):
         tracks, vis, conf = fuse_tracks(head, reuse_flows(self._flow_pair(), head.queries[:, 0]), T,
                                         0.0, c.fusion_fb_px, None, c.fusion_verify_ncc, c.fusion_drift_frames,
                                         self._foreground, progress=self.progress, stats=stats)
-        self.timings["fusion gate"] = self.timings.get("fusion gate", 0.0) + stats.seconds
+        self.eta.add_time("fusion gate", stats.seconds)
         gate = decide(c.fusion_train, vis, tracks, head.queries, self._foreground, c.fusion_drift_frames)
         self.fusion_stats = _GatedStats(**vars(stats), gate=gate.to_dict())
         return TrackResult(tracks, vis, conf, head.queries, names), gate
@@ -397,7 +398,7 @@ class FlowGuidedTracker(Tracker):
         tracks, vis, conf = fuse_tracks(res, flow_pair, frames.shape[0], c.fusion_snap_cells * cell,
                                         c.fusion_fb_px, verifier, c.fusion_verify_ncc, c.fusion_drift_frames,
                                         self._foreground, progress=self.progress, stats=self.fusion_stats)
-        self.timings["fusion"] = self.timings.get("fusion", 0.0) + self.fusion_stats.seconds
+        self.eta.add_time("fusion", self.fusion_stats.seconds)
         log.info("flow+dino fusion: %s", self.fusion_stats.to_dict())
         return TrackResult(tracks, vis, conf, res.queries, res.names, redetected=self.fusion_stats.redetected)
 

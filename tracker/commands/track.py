@@ -34,8 +34,6 @@ import argparse
 import json
 import logging
 import os
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +52,10 @@ from cosettle.io.queries import grid_queries, load_queries
 from cosettle.io.tracks import save_tracks
 from cosettle.io.video import check_fps, read_video
 from cosettle.provenance import close_file_logging, setup_logging, write_run_info
-from tracker import build_tracker, eta
+from tracker import build_tracker
 from tracker.api import cache_root
 from tracker.config import config_dict, merge_dict, preset
+from tracker.eta import RunETA, StageTimes
 from tracker.memory import check_memory, time_plan
 from tracker.registry import tracker_entry, tracker_names, trackers_help
 from tracker.workdirs import clean, enforce_cap, folder_bytes, human_age, human_bytes, list_work_folders
@@ -224,8 +223,6 @@ def main(argv=None):
             close_file_logging()
             if quiet_env is None:  # in-process callers (tests) get their bars back
                 os.environ.pop("TQDM_DISABLE", None)
-            if "tracker.eta" in sys.modules:  # no estimate outlives its run (in-process callers)
-                sys.modules["tracker.eta"].begin_run(None)
 
 
 def cache_cap_gb(args) -> float:
@@ -300,69 +297,59 @@ def run(args, demo: bool, stage) -> int:
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"  # bars of every stage, also those not passed a progress flag
     setup_logging(args.verbose, tmp / "track.log", quiet=args.quiet)
-    stages: dict[str, float] = {}
-    t_all = time.perf_counter()
     entry = tracker_entry(args.tracker)
     is_dino = entry.dino_config  # configured by the DINO-Tracker preset
+    # the run's clock, stage times and (DINO trackers) time estimate, in one object passed to the tracker's fit;
+    # the estimate is planned once the video and the backend are known
+    run_eta = RunETA() if is_dino else StageTimes()
+    stages = run_eta.times  # the run's stage times (the project's trackers time theirs into it too)
     cfg = tracker_config(args, entry, demo)  # bad config -> error before anything is written
     gt = None
     if demo:
-        t0 = time.perf_counter()
-        video_path, points_path, gt = make_demo_clip(tmp / "demo")
+        with run_eta.timed("demo clip"):
+            video_path, points_path, gt = make_demo_clip(tmp / "demo")
         args.video, args.points = str(video_path), str(points_path)
         shown = {"video": str(out / video_path.relative_to(tmp)), "points": str(out / points_path.relative_to(tmp))}
-        stages["demo clip"] = time.perf_counter() - t0
         # the clip is read from the staging folder, which moves to --out at the end: the log names where it stays
         log.info("demo clip made: %d points, kept as %s", len(gt), shown["video"])
     else:
         shown = {"video": str(Path(args.video).resolve()), "points": args.points and str(Path(args.points).resolve())}
-    t0 = time.perf_counter()
-    video = read_video(args.video, max_frames=args.max_frames, frame_stride=args.frame_stride, fps=args.fps,
-                       shown_as=shown["video"] if demo else None)
-    queries = get_queries(args, video)
-    frame_idx = getattr(video, "frame_indices", None) or range(len(video))
-    masks = load_mask_folder(args.masks, frame_idx, video.height, video.width) if args.masks else None
-    stages["read inputs"] = time.perf_counter() - t0
+    with run_eta.timed("read inputs"):
+        video = read_video(args.video, max_frames=args.max_frames, frame_stride=args.frame_stride, fps=args.fps,
+                           shown_as=shown["video"] if demo else None)
+        queries = get_queries(args, video)
+        frame_idx = getattr(video, "frame_indices", None) or range(len(video))
+        masks = load_mask_folder(args.masks, frame_idx, video.height, video.width) if args.masks else None
     backend = None
     if entry.needs_backend:
-        t0 = time.perf_counter()
-        backend = backend_from_args(args)
-        stages["load backend"] = time.perf_counter() - t0
+        with run_eta.timed("load backend"):
+            backend = backend_from_args(args)
     # the one video check and conversion (cosettle.frames.as_frames), before the memory check; the tracker's
     # fit reuses these frames and their digest
     frames = as_frames(video, min_frames=2 if is_dino else 1, who=f"the {args.tracker} tracker's video")
-    run_eta = None
     if is_dino:  # refuse a run that cannot fit in memory before any work (never an OOM kill halfway)
-
         check_memory(len(video), video.height, video.width, backend, cfg, num_queries=len(queries))
         # the first estimate is logged by the fit once it has seen what its work folder holds (tracker/eta.py)
-        eta_at = time.perf_counter() - t_all  # the estimate starts here; its history is shown from the run start
-        run_eta = eta.begin_run(time_plan(len(video), video.height, video.width, backend, cfg, args.tracker,
-                                          outputs=True, overlay=not args.no_overlay))
+        run_eta.set_plan(time_plan(len(video), video.height, video.width, backend, cfg, args.tracker,
+                                   outputs=True, overlay=not args.no_overlay))
 
     tracker = build_tracker(args.tracker, backend=backend, config=cfg, progress=not args.quiet)
     log.info("tracking %d points over %d frames (%dx%d HxW) with %s%s", len(queries), len(video), video.height,
              video.width, args.tracker, f" on {backend.name}" if backend else "")
-    tracker.fit(frames, masks=masks)
-    timings = tracker.report().timings
-    stages.update({k: v for k, v in timings.items() if k != "track"})
-    t0 = time.perf_counter()
-    eta.stage_begin("track")
-    result = tracker.track(queries)  # the Queries object: the result carries their names
-    stages["track"] = time.perf_counter() - t0
+    tracker.fit(frames, masks=masks, eta=run_eta)
+    track_before = stages.get("track", 0.0)
+    run_eta.begin("track")
+    # dino-flow trains inside track() when its gate asks for it (tracker/fusion_gate.py): those stages are timed
+    # inside this block, so they show apart and "track" keeps only the tracking's own time
+    with run_eta.timed("track"):
+        result = tracker.track(queries)  # the Queries object: the result carries their names
+    run_eta.finish("track", stages["track"] - track_before)
     report = tracker.report()
-    # dino-flow trains inside track() when its gate asks for it (tracker/fusion_gate.py): show those stages
-    # apart, not inside "track"
-    late = {k: v - timings.get(k, 0.0) for k, v in report.timings.items() if k != "track" and v != timings.get(k)}
-    for k, v in late.items():
-        stages[k] = stages.get(k, 0.0) + v
-    stages["track"] = max(0.0, stages["track"] - sum(late.values()))
-    eta.stage_finish("track", stages["track"])
+    if report.timings is not stages:  # a tracker that keeps its own times (not in the eta passed to its fit)
+        stages.update({k: v for k, v in report.timings.items() if k not in stages})
 
     # --- outputs (only now: a failure above leaves the output folder untouched) ----------------------
 
-    t0 = time.perf_counter()
-    eta.stage_begin("write outputs")
     # what was asked (config.yaml; the tracks files' metadata is part of it)
     settings = {"tracker": args.tracker, "backend": backend.name if backend else None,
                 "backend_fields": backend.cache_fields() if backend else None,
@@ -375,14 +362,15 @@ def run(args, demo: bool, stage) -> int:
                 "preset": args.preset if is_dino else None,
                 "dino": config_dict(cfg) if is_dino else None,
                 "tracker_config": to_dict(cfg) if cfg is not None and not is_dino else None}
-    paths = save_tracks(tmp, result, video.fps, (video.height, video.width),
-                        {k: settings[k] for k in ("tracker", "backend", "video", "preset")})
-    if not args.no_overlay:
-        pixels = frames.array
-        paths["overlay"] = write_overlay(tmp / "overlay.mp4", pixels, result, video.fps, style=args.overlay_style)
-        paths["still"] = write_still(tmp / "overlay.png", pixels, result, style=args.overlay_style)
-    stages["write outputs"] = time.perf_counter() - t0
-    eta.stage_finish("write outputs", stages["write outputs"])
+    run_eta.begin("write outputs")
+    with run_eta.timed("write outputs"):
+        paths = save_tracks(tmp, result, video.fps, (video.height, video.width),
+                            {k: settings[k] for k in ("tracker", "backend", "video", "preset")})
+        if not args.no_overlay:
+            pixels = frames.array
+            paths["overlay"] = write_overlay(tmp / "overlay.mp4", pixels, result, video.fps, style=args.overlay_style)
+            paths["still"] = write_still(tmp / "overlay.png", pixels, result, style=args.overlay_style)
+    run_eta.finish("write outputs", stages["write outputs"])
     dump_yaml(settings, tmp / "config.yaml")
     paths["config"] = tmp / "config.yaml"
     paths["run_info"] = tmp / "run_info.json"
@@ -399,9 +387,8 @@ def run(args, demo: bool, stage) -> int:
         record["work_dir"] = str(work.resolve())
         record["work_dir_bytes"] = folder_bytes(work)
         record["cache_dir"] = str(cache_root().resolve())
-    if run_eta is not None:  # how the estimate fared (docs/tracking-cli.md "Time estimate")
-        record["time_estimates"] = [{"at_s": round(eta_at + a, 1), "left_s": round(b, 1)}
-                                    for a, b in run_eta.history]
+    if is_dino:  # how the estimate fared (docs/tracking-cli.md "Time estimate"): seconds since the run's start
+        record["time_estimates"] = [{"at_s": round(a, 1), "left_s": round(b, 1)} for a, b in run_eta.history]
     if gt is not None:
         record["demo_mean_error_px"] = round(float(np.linalg.norm(result.tracks - gt, axis=-1)[:, 1:].mean()), 3)
     record.update(report.info)  # e.g. training_coverage (DINO-Tracker), fusion (dino-flow)
@@ -414,7 +401,7 @@ def run(args, demo: bool, stage) -> int:
         record["cache_evicted"] = [str(f.path) for f in removed]
         record["cache_bytes"] = now
         record["cache_cap_gb"] = cap if np.isfinite(cap) else None  # None: no cap (JSON has no infinity)
-    record["total_s"] = round(time.perf_counter() - t_all, 3)
+    record["total_s"] = round(run_eta.elapsed(), 3)  # the one total: the run's clock, as the estimates' times
     write_run_info(tmp, record)
     log.info("finished in %.1f s; summary on stdout", record["total_s"])
     close_file_logging()  # track.log complete before the set moves
