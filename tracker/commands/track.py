@@ -331,7 +331,7 @@ def run(args, demo: bool, stage) -> int:
         check_memory(len(video), video.height, video.width, backend, cfg, num_queries=len(queries))
         # the first estimate is logged by the fit once it has seen what its work folder holds (tracker/eta.py)
         run_eta.set_plan(time_plan(len(video), video.height, video.width, backend, cfg, args.tracker,
-                                   outputs=True, overlay=not args.no_overlay))
+                                   outputs=True, overlay=not args.no_overlay, num_queries=len(queries)))
 
     tracker = build_tracker(args.tracker, backend=backend, config=cfg, progress=not args.quiet)
     log.info("tracking %d points over %d frames (%dx%d HxW) with %s%s", len(queries), len(video), video.height,
@@ -388,7 +388,7 @@ def run(args, demo: bool, stage) -> int:
         record["work_dir_bytes"] = folder_bytes(work)
         record["cache_dir"] = str(cache_root().resolve())
     if is_dino:  # how the estimate fared (docs/tracking-cli.md "Time estimate"): seconds since the run's start
-        record["time_estimates"] = [{"at_s": round(a, 1), "left_s": round(b, 1)} for a, b in run_eta.history]
+        record["time_estimates"] = [{"at_s": round(a, 2), "left_s": round(b, 2)} for a, b in run_eta.history]
     if gt is not None:
         record["demo_mean_error_px"] = round(float(np.linalg.norm(result.tracks - gt, axis=-1)[:, 1:].mean()), 3)
     record.update(report.info)  # e.g. training_coverage (DINO-Tracker), fusion (dino-flow)
