@@ -198,7 +198,7 @@ def main(argv=None):
         "flow_calls_reference_O_T2": prep_stats.get("flow_calls_reference", T * (T - 1) + 4 * (T - 1)),
         "occlusion_100_points": occ, "badja": results,
         "jump_share_vs_flow_50px": jumps,
-        "training_coverage": getattr(tracker, "train_coverage", None),
+        "training_coverage": tracker.report().info.get("training_coverage"),
         "total_s": round(time.perf_counter() - t_all, 1),
         "command": "python scripts/bench_tracker.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
