@@ -60,8 +60,8 @@ from cosettle.io.queries import as_queries
 from cosettle.io.tracks import TrackResult
 from cosettle.progress import tqdm
 
-from .dino.tracker import PREPROCESS_LOCK, Tracker
 from .base import RunReport
+from .dino.tracker import PREPROCESS_LOCK, Tracker
 from .fusion_gate import GateDecision, blind_head, decide, reuse_flows
 from .preprocess.flow import inside, make_flow_estimator, sample_flow
 from .preprocess.masks import points_on_mask
