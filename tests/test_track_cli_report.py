@@ -145,3 +145,30 @@ def test_a_baseline_gets_its_config_class_from_the_cli(tmp_path, capsys):
     code, _, err = _run(["--video", str(video), "--points", str(pts), "--tracker", "flow", "--config", str(bad),
                          "--out", str(tmp_path / "o2")], capsys)
     assert code == 2 and "unknown" in err and "iterations" in err
+
+
+class OldStyleTracker(StepTracker):
+    """Written for the protocol before the report and the estimate: fit(video, masks), no report()."""
+
+    def fit(self, video, masks=None):
+        return super().fit(video, masks)
+
+    report = None
+
+
+def test_a_tracker_without_report_or_eta_is_one_error_line(tmp_path, capsys):
+    @register_tracker("old-test", summary="older protocol", rank=93)
+    def _build(backend, config, progress, **kwargs):
+        return OldStyleTracker(StepConfig())
+
+    try:
+        video, pts = _clip(tmp_path)
+        out = tmp_path / "out"
+        code, stdout, err = _run(["--video", str(video), "--points", str(pts), "--tracker", "old-test",
+                                  "--out", str(out)], capsys)
+    finally:
+        _REGISTRY.pop("old-test")
+    assert code == 2 and not out.exists() and stdout == "" and "Traceback" not in err
+    assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [
+        "error: the old-test tracker lacks report(), fit(video, masks=None, eta=None)'s eta argument of the tracker "
+        "protocol -- see tracker/base.py (PointTracker) and docs/development.md#adding-a-tracker"]

@@ -11,6 +11,7 @@ A tracker's output for a query must not depend on the other queries (TAP-Vid rul
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -47,3 +48,15 @@ class PointTracker(Protocol):
 
     def report(self) -> RunReport:
         """What the last fit and track did (stage times, work folder, tracker-specific counts)."""
+
+
+def protocol_gaps(tracker) -> list[str]:
+    """What ``tracker`` lacks of the protocol the track command uses (empty: nothing): ``fit`` taking ``eta=``,
+    ``track`` and ``report`` -- so a tracker written for the older protocol gets one line naming the gap, not a
+    traceback halfway through a run."""
+    gaps = [f"{m}()" for m in ("fit", "track", "report") if not callable(getattr(tracker, m, None))]
+    if "fit()" not in gaps:
+        params = inspect.signature(tracker.fit).parameters.values()
+        if not any(p.name == "eta" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            gaps.append("fit(video, masks=None, eta=None)'s eta argument")
+    return gaps

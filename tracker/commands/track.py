@@ -54,6 +54,7 @@ from cosettle.io.video import check_fps, read_video
 from cosettle.provenance import close_file_logging, setup_logging, write_run_info
 from tracker import build_tracker
 from tracker.api import cache_root
+from tracker.base import protocol_gaps
 from tracker.config import config_dict, merge_dict, preset
 from tracker.eta import RunETA, StageTimes
 from tracker.memory import check_memory, time_plan
@@ -334,6 +335,10 @@ def run(args, demo: bool, stage) -> int:
                                    outputs=True, overlay=not args.no_overlay, num_queries=len(queries)))
 
     tracker = build_tracker(args.tracker, backend=backend, config=cfg, progress=not args.quiet)
+    gaps = protocol_gaps(tracker)
+    if gaps:
+        raise UserError(f"the {args.tracker} tracker lacks {', '.join(gaps)} of the tracker protocol",
+                        "see tracker/base.py (PointTracker) and docs/development.md#adding-a-tracker")
     log.info("tracking %d points over %d frames (%dx%d HxW) with %s%s", len(queries), len(video), video.height,
              video.width, args.tracker, f" on {backend.name}" if backend else "")
     tracker.fit(frames, masks=masks, eta=run_eta)
