@@ -78,7 +78,7 @@ def bench_one(name: str, args) -> dict:
         default_s = time.perf_counter() - t0
         out = {"frames": int(frames.shape[0]), "size_hw": list(frames.shape[1:3]), "queries": int(len(q)),
                "masks": args.masks if masks is not None else "auto", "flow_s": round(flow_s, 2),
-               "gate": gate.to_dict(), "stages_s": {k: round(v, 2) for k, v in tr.timings.items()},
+               "gate": gate.to_dict(), "stages_s": {k: round(v, 2) for k, v in tr.report().timings.items()},
                "fusion_flow_calls": tr.fusion_stats.flow_calls,
                "load_average_1min": round(os.getloadavg()[0], 2)}
         if not gate.train:

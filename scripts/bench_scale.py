@@ -95,7 +95,7 @@ def child(args) -> dict:
             "work_size": [prep.geometry.input_w, prep.geometry.input_h],
             "grid": [prep.geometry.grid_h, prep.geometry.grid_w],
             "preprocess_stages_s": stages,
-            "timings_s": {k: round(v, 2) for k, v in tr.timings.items()} | {"track": round(track_s, 2)},
+            "timings_s": {k: round(v, 2) for k, v in tr.report().timings.items()} | {"track": round(track_s, 2)},
             "total_s": round(time.perf_counter() - t_all, 2), "peak_rss_mb": round(peak_rss_mb()),
             "peak_rss_mb_after_stage": rss_after, "peak_rss_mb_after_fit": round(fit_rss),
             "estimated_peak_mb": round(estimate["peak_mb"]), "estimate": estimate,

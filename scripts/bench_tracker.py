@@ -134,12 +134,12 @@ def main(argv=None):
         cfg.preprocess.mask_source = args.masks
     tracker = build_tracker(args.tracker, backend, cfg, progress=False)
     tracker.fit(frames, masks=masks_in if args.masks == "davis" else None)
-    fit_timings = dict(tracker.timings)
+    fit_timings = dict(tracker.report().timings)
     geom = tracker.geometry
     prep_stats = getattr(tracker.prep, "stats", {}) or {}
     stages = {f"preprocess/{k}": round(v["seconds"], 2) for k, v in prep_stats.items()
               if isinstance(v, dict) and "seconds" in v}
-    stages.update({k: round(v, 2) for k, v in tracker.timings.items()})
+    stages.update({k: round(v, 2) for k, v in tracker.report().timings.items()})
 
     def to_eval(tracks):
         out = np.asarray(tracks, np.float64).copy()
@@ -198,7 +198,7 @@ def main(argv=None):
         "flow_calls_reference_O_T2": prep_stats.get("flow_calls_reference", T * (T - 1) + 4 * (T - 1)),
         "occlusion_100_points": occ, "badja": results,
         "jump_share_vs_flow_50px": jumps,
-        "training_coverage": getattr(tracker, "train_coverage", None),
+        "training_coverage": tracker.report().info.get("training_coverage"),
         "total_s": round(time.perf_counter() - t_all, 1),
         "command": "python scripts/bench_tracker.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }

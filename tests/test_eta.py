@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracker.eta import RunETA
+from tracker.eta import RunETA, StageTimes
 
 
 class Clock:
@@ -56,16 +56,10 @@ def test_resume_counts_only_what_is_left_and_cache_hits_are_not_speed_samples():
 
 
 def test_a_checkpoint_found_before_preprocessing_counts_at_once():
-    import tracker.eta as eta
-
-    clock = Clock()
-    run = eta.begin_run({"frames": (50, 0.1), "train": (150, 2.0), "train+cyc": (150, 3.0)}, clock=clock)
-    try:
-        eta.training_resumes_at(200, switch=150)                    # ckpt_0000200.pt in the work folder
-        assert run.left() == pytest.approx(50 * 0.1 + 100 * 3.0)
-        assert run.reports[-1].endswith("about 5 min left")
-    finally:
-        eta.begin_run(None)
+    run = RunETA({"frames": (50, 0.1), "train": (150, 2.0), "train+cyc": (150, 3.0)}, clock=Clock())
+    run.work_found({}, 200, switch=150)                             # ckpt_0000200.pt in the work folder
+    assert run.left() == pytest.approx(50 * 0.1 + 100 * 3.0)
+    assert run.history == [(0.0, pytest.approx(305.0))]
 
 
 def test_stage_timed_as_a_whole_and_elapsed_time_of_a_running_stage():
@@ -165,97 +159,99 @@ def test_fmt_seconds_switches_units_at_90_s_and_90_min():
         ["0 s", "0 s", "89 s", "2 min", "2 min", "90 min", "1.5 h", "2.8 h"]  # 9902 / 3600 = 2.7506
 
 
-def test_the_run_helpers_do_nothing_without_a_run_and_drive_it_with_one(caplog):
+def test_stage_times_estimate_nothing_and_a_run_is_driven_through_its_object(caplog):
     """Plan: pre 10 x 1 s, train 100 x 2 s, train+cyc 50 x 2 s; prior weight 5 s (the default).
     work_found: pre cached, read in 4 s (1 unit of 4 s); a checkpoint at iteration 120 with the switch at
     100 -> train 100 done, train+cyc 20 done. Left: 4 + 0 + 30 x 2 = 64 s."""
     import logging
 
-    import tracker.eta as eta
-
-    assert eta.begin_run(None) is None and eta.current() is None
-    eta.stage_begin("pre")
-    eta.stage_advance("pre")
-    assert eta.stage_finish("pre") is None
-    eta.work_found({"pre": 1.0}, 10, 5)
-    eta.training_resumes_at(10, 5)
+    quiet = StageTimes(clock=Clock())         # what a layer gets when its caller passed no estimate
+    quiet.begin("pre")
+    quiet.note_done("train", 3)
+    assert quiet.advance("pre") is None and quiet.finish("pre") is None
+    with caplog.at_level(logging.INFO, logger="tracker.eta"):
+        quiet.work_found({"pre": 1.0}, 10, 5)
+    assert quiet.times == {} and quiet.history == [] and caplog.messages == []
     clock = Clock()
-    run = eta.begin_run({"pre": (10, 1.0), "train": (100, 2.0), "train+cyc": (50, 2.0)}, clock=clock,
-                        report_every=7.0)
-    try:
-        assert eta.current() is run and run.report_every == 7.0 and run.prior_weight_s == 5.0
-        with caplog.at_level(logging.INFO, logger="tracker.eta"):
-            eta.work_found({"pre": 4.0, "other": 9.0}, iterations=120, switch=100)
-        assert run.history == [(0.0, 64.0)]
-        assert caplog.messages[-1] == "estimated time about 64 s (1 of 3 stages cached, training resumes at " \
-            "iteration 120; from reference rates, re-estimated from this run's own timing as stages and " \
-            "iterations finish)"
-        assert (run.stages["pre"].units, run.stages["pre"].prior, run.stages["train"].done,
-                run.stages["train+cyc"].done) == (1.0, 4.0, 100.0, 20.0)
-        eta.stage_begin("pre")
-        clock.tick(2.0)
-        eta.stage_advance("pre")                 # the first unit is warm-up
-        assert eta.stage_finish("pre") == "overall: 1/3 stages done, 2 s so far, about 60 s left"
-        eta.stage_begin("train+cyc", done=20)
-        clock.tick(8.0)
-        eta.stage_advance("train+cyc", 2)
-        assert run.stages["train+cyc"].done == 22.0
-        clock.tick(8.0)
-        eta.stage_advance("train+cyc", 2)        # 2 units in 8 s -> 4 s each, 26 left
-        assert run.left() == pytest.approx(26 * 4.0)
-    finally:
-        eta.begin_run(None)
+    run = RunETA({"pre": (10, 1.0), "train": (100, 2.0), "train+cyc": (50, 2.0)}, clock=clock, report_every=7.0)
+    assert run.report_every == 7.0 and run.prior_weight_s == 5.0
+    with caplog.at_level(logging.INFO, logger="tracker.eta"):
+        run.work_found({"pre": 4.0, "other": 9.0}, iterations=120, switch=100)
+    assert run.history == [(0.0, 64.0)]
+    assert caplog.messages[-1] == "estimated time about 64 s (1 of 3 stages cached, training resumes at " \
+        "iteration 120; from reference rates, re-estimated from this run's own timing as stages and " \
+        "iterations finish)"
+    assert (run.stages["pre"].units, run.stages["pre"].prior, run.stages["train"].done,
+            run.stages["train+cyc"].done) == (1.0, 4.0, 100.0, 20.0)
+    run.begin("pre")
+    clock.tick(2.0)
+    run.advance("pre")                       # the first unit is warm-up
+    assert run.finish("pre") == "overall: 1/3 stages done, 2 s so far, about 60 s left"
+    run.begin("train+cyc", done=20)
+    clock.tick(8.0)
+    run.advance("train+cyc", 2)
+    assert run.stages["train+cyc"].done == 22.0
+    clock.tick(8.0)
+    run.advance("train+cyc", 2)              # 2 units in 8 s -> 4 s each, 26 left
+    assert run.left() == pytest.approx(26 * 4.0)
+
+
+def test_timed_stages_nest_without_counting_a_second_twice():
+    """By hand: a 10-s "track" block with a 3-s "train" block and 2 s of "fusion" (add_time) inside it -> track
+    5 s of its own; a second "track" block of 1 s adds to it; a block that raises still counts. The planned
+    estimate keeps the same times (one object: the run's stage times and its estimate)."""
+    for cls in (StageTimes, RunETA):
+        clock = Clock()
+        run = cls(clock=clock)
+        with run.timed("track"):
+            clock.tick(4.0)
+            with run.timed("train"):
+                clock.tick(3.0)
+            run.add_time("fusion", 2.0)
+            clock.tick(3.0)
+        with run.timed("track"):
+            clock.tick(1.0)
+        with pytest.raises(KeyError):
+            with run.timed("write outputs"):
+                clock.tick(0.5)
+                raise KeyError("x")
+        assert run.times == {"train": 3.0, "fusion": 2.0, "track": 6.0, "write outputs": 0.5}
+        assert list(run.times) == ["train", "fusion", "track", "write outputs"]  # in the order they first finish
+        assert run.elapsed() == pytest.approx(11.5) and sum(run.times.values()) == pytest.approx(11.5)
 
 
 def test_work_found_with_nothing_cached_and_no_checkpoint(caplog):
     import logging
 
-    import tracker.eta as eta
-
-    eta.begin_run({"pre": (10, 1.0), "train": (100, 2.0), "train+cyc": (50, 2.0)}, clock=Clock())
-    try:
-        with caplog.at_level(logging.INFO, logger="tracker.eta"):
-            eta.work_found({}, iterations=0, switch=100)
-        assert "estimated time about 5 min (nothing cached; from reference rates" in caplog.text  # 310 s
-        assert eta.current().report_every == 20.0
-        assert [s.done for s in eta.current().stages.values()] == [0.0, 0.0, 0.0]
-        eta.training_resumes_at(0, 100)                              # no checkpoint: nothing reported
-        assert eta.current().reports == []
-        with caplog.at_level(logging.INFO, logger="tracker.eta"):
-            eta.work_found({}, iterations=1, switch=100)             # iteration 1 < switch: none of train+cyc
-        assert "nothing cached, training resumes at iteration 1;" in caplog.messages[-1]
-        assert [s.done for s in eta.current().stages.values()] == [0.0, 1.0, 0.0]
-        eta.current().stages["train"].done = 0.0
-        eta.training_resumes_at(1, 100)                              # iteration 1 < switch: none of train+cyc
-        assert [s.done for s in eta.current().stages.values()] == [0.0, 1.0, 0.0]
-    finally:
-        eta.begin_run(None)
+    run = RunETA({"pre": (10, 1.0), "train": (100, 2.0), "train+cyc": (50, 2.0)}, clock=Clock())
+    with caplog.at_level(logging.INFO, logger="tracker.eta"):
+        run.work_found({}, iterations=0, switch=100)
+    assert "estimated time about 5 min (nothing cached; from reference rates" in caplog.text  # 310 s
+    assert run.report_every == 20.0
+    assert [s.done for s in run.stages.values()] == [0.0, 0.0, 0.0]
+    assert run.reports == []                                         # logged once, not a progress report
+    with caplog.at_level(logging.INFO, logger="tracker.eta"):
+        run.work_found({}, iterations=1, switch=100)                 # iteration 1 < switch: none of train+cyc
+    assert "nothing cached, training resumes at iteration 1;" in caplog.messages[-1]
+    assert [s.done for s in run.stages.values()] == [0.0, 1.0, 0.0]
 
 
-def test_a_fit_outside_a_run_owns_its_estimate():
-    import tracker.eta as eta
-
-    eta.begin_run(None)
-    try:
-        eta.begin_fit(lambda: {"train": (10, 1.0)})
-        first = eta.current()
-        assert first is not None and first.fit_owned and first.left() == pytest.approx(10.0)
-        eta.begin_fit(lambda: {"train": (20, 1.0)})  # left by a fit that raised: replaced
-        assert eta.current() is not first and eta.current().left() == pytest.approx(20.0)
-        eta.end_fit()
-        assert eta.current() is None
-        cli = eta.begin_run({"train": (5, 1.0)})
-        eta.begin_fit(lambda: {"train": (99, 1.0)})  # the CLI's run is kept
-        eta.end_fit()
-        assert eta.current() is cli and cli.fit_owned is False
-    finally:
-        eta.begin_run(None)
+def test_an_estimate_planned_later_starts_its_clock_at_creation():
+    """The track command makes its run's estimate first and plans it once the video is read: the elapsed times
+    of its reports count from the run's start."""
+    clock = Clock()
+    run = RunETA(clock=clock)
+    assert run.stages == {} and run.left() == 0.0
+    clock.tick(3.0)
+    run.set_plan({"train": (10, 1.0)})
+    assert run.left() == pytest.approx(10.0) and run.record() == pytest.approx(10.0)
+    assert run.history == [(3.0, pytest.approx(10.0))]
 
 
 def test_runeta_bookkeeping_by_hand(caplog):
     import logging
 
-    assert (RunETA({}).report_every, RunETA({}).prior_weight_s, RunETA({}).fit_owned) == (20.0, 5.0, False)
+    assert (RunETA({}).report_every, RunETA({}).prior_weight_s) == (20.0, 5.0)
     clock = Clock()
     # a: 4 units, advanced: warm-up 1 s, then 2 s + 2 s -> 4 s over 2 units at prior 1 s -> factor 2
     eta = RunETA({"a": (4, 1.0), "b": (10, 1.0)}, clock=clock, prior_weight_s=0, report_every=10.0)
@@ -314,25 +310,20 @@ def test_an_unplanned_stage_is_measured_only():
     assert eta.speed_factor() == 1.0 and eta.left() == pytest.approx(10.0)  # no prior: not a speed sample
 
 
-def test_stage_helpers_pass_everything_on_and_the_factor_guards():
-    import tracker.eta as eta
-
+def test_stage_events_and_the_factor_guards():
     clock = Clock()
-    run = eta.begin_run({"a": (4, 1.0), "b": (10, 1.0)}, clock=clock)
-    try:
-        eta.stage_begin("a")
-        assert run.stages["a"].done == 0.0
-        eta.stage_begin("a", units=8)                     # re-planned
-        assert run.stages["a"].units == 8.0
-        clock.tick(3.0)
-        eta.stage_finish("a", cached=True)                # a cache hit: untimed
-        assert run.stages["a"].timed_units == 0 and run.speed_factor() == 1.0
-        eta.stage_begin("b")
-        clock.tick(3.0)
-        eta.stage_finish("b", seconds=15.0)               # 10 units in 15 s (not the clock's 3 s)
-        assert run.stages["b"].timed_s == 15.0
-    finally:
-        eta.begin_run(None)
+    run = RunETA({"a": (4, 1.0), "b": (10, 1.0)}, clock=clock)
+    run.begin("a")
+    assert run.stages["a"].done == 0.0
+    run.begin("a", units=8)                           # re-planned
+    assert run.stages["a"].units == 8.0
+    clock.tick(3.0)
+    run.finish("a", cached=True)                      # a cache hit: untimed
+    assert run.stages["a"].timed_units == 0 and run.speed_factor() == 1.0
+    run.begin("b")
+    clock.tick(3.0)
+    run.finish("b", seconds=15.0)                     # 10 units in 15 s (not the clock's 3 s)
+    assert run.stages["b"].timed_s == 15.0
     clock = Clock()
     # a running stage whose prior is spent shows 0 s left, not more
     r = RunETA({"a": (4, 1.0)}, clock=clock, prior_weight_s=0)

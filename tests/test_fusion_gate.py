@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 
-import tracker.api as tracker_api
 import tracker.commands.track as track_command
 from cosettle.backends.registry import load_backend
 from cosettle.errors import UserError
@@ -19,6 +18,7 @@ from tests._tracker_synth import texture, translating_clip
 from tracker import build_tracker
 from tracker.api import training_key
 from tracker.config import preset
+from tracker.dino.train import Trainer
 from tracker.eta import RunETA
 from tracker.fusion import fuse_tracks
 from tracker.fusion_gate import blind_head, decide, off_foreground_runs, reuse_flows
@@ -36,18 +36,18 @@ def no_training(monkeypatch):
     """Any training fails the test."""
     def refuse(self, *args, **kwargs):
         raise Trained("the DINO-Tracker trainer ran")
-    monkeypatch.setattr(tracker_api.Trainer, "run", refuse)
+    monkeypatch.setattr(Trainer, "run", refuse)
 
 
 @pytest.fixture
 def trainer_runs(monkeypatch):
     """A list that gets one entry per training run."""
-    runs, run = [], tracker_api.Trainer.run
+    runs, run = [], Trainer.run
 
     def counted(self, *args, **kwargs):
         runs.append(1)
         return run(self, *args, **kwargs)
-    monkeypatch.setattr(tracker_api.Trainer, "run", counted)
+    monkeypatch.setattr(Trainer, "run", counted)
     return runs
 
 

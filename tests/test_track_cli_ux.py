@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cosettle.demo import make_demo_clip
+from tracker.commands.track import DEMO_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "track.py"
@@ -74,17 +75,30 @@ def test_dino_summary_reports_the_work_folder_and_the_estimate_ends_at_zero(tmp_
     assert "\r" not in p.stderr and re.search(r"^train: 20/20 it in \d+\.\d s", p.stderr, re.M), p.stderr[-1500:]
     # the fully cached re-run (with the overlay, as a user re-runs): its FIRST estimate already knows the cache.
     # It once opened with the fresh run's plan: 15.6 s for a 4.5-s re-run at 15 iterations (3.5x; "about 6 min"
-    # for a 13-s re-run of a real clip). Measured now: 0.7-1.3x of the time left (docs/tracking-cli.md); the test
-    # allows 2x, as the priors of a cached run cannot follow a shared CI machine's load swings (nothing is timed yet)
+    # for a 13-s re-run of a real clip); then, with the cache known, 1.46-1.60x (the tracking and writing priors
+    # ignored the number of queries). Measured now: 0.97-1.12x over 6 re-runs (docs/tracking-cli.md)
     p2 = _run("--tracker", "dino", "--iterations", "20", "--out", tmp_path / "o2", "--json", env=env)
     s2 = json.loads(p2.stdout)
     assert s2["work_dir"] == s["work_dir"] and s2["time_estimates"][-1]["left_s"] == 0.0
     first = s2["time_estimates"][0]
-    really_left = s2["total_s"] - first["at_s"]
-    # within 2x, with 1 s of slack: a cached re-run can take under a second, where a few tenths of load swing
-    # are more than 2x (the old plan was 11 s off on a 4.5-s re-run, far outside either bound)
-    assert really_left / 2 - 1.0 <= first["left_s"] <= 2 * really_left + 1.0, (first, s2["total_s"], s2["stages_s"])
+    really_left = s2["total_s"] - first["at_s"]  # both on the run's one clock, to 0.01 s
+    # within 1.5x (issue 28), plus 0.2 s: the re-run has under a second left, where the scheduler's slices on 2 shared
+    # cores alone move it (0.72-0.83 s over 6 identical re-runs at load average 7; one stage 0.29-0.45 s)
+    assert really_left / 1.5 - 0.2 <= first["left_s"] <= 1.5 * really_left + 0.2, (first, s2["total_s"],
+                                                                                   s2["stages_s"])
     assert "stages cached, training resumes at iteration 20" in p2.stderr
+    # the same cached fit with 144 queries (the demo clip as --video, the demo's settings): tracking and writing grow
+    # with them, and so does the first estimate (it planned 1.2 s for any number: 0.36x of this run's ~3.3 s)
+    demo_cfg = tmp_path / "demo.yaml"
+    demo_cfg.write_text("".join(f"{k}: {v}\n" for k, v in DEMO_OVERRIDES.items() if k != "iterations"))
+    p4 = _run("--tracker", "dino", "--iterations", "20", "--config", demo_cfg, "--video", tmp_path / "o" / "demo" /
+              "demo.mp4", "--grid-size", "12", "--out", tmp_path / "o4", "--json", "--no-overlay", env=env)
+    s4 = json.loads(p4.stdout)
+    assert s4["work_dir"] == s["work_dir"] and s4["points"] == 144, p4.stderr[-1500:]
+    first = s4["time_estimates"][0]
+    really_left = s4["total_s"] - first["at_s"]
+    assert really_left / 1.5 - 0.2 <= first["left_s"] <= 1.5 * really_left + 0.2, (first, s4["total_s"],
+                                                                                   s4["stages_s"])
     assert s2["cache_cap_gb"] == 5.0 and s2["cache_bytes"] >= s2["work_dir_bytes"]
     p3 = _run("--tracker", "dino", "--iterations", "20", "--out", tmp_path / "o3", "--no-overlay", env=env)
     assert re.search(r"work folder .*; the cache holds \d+\.\d MB, cap 5 GB \(--cache-max-gb\)", p3.stdout), p3.stdout

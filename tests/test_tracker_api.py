@@ -164,3 +164,31 @@ def test_user_supplied_backend(clip, tmp_path):
     res = Tracker(PatchColour(), _cfg(tmp_path, **it), progress=False).fit(clip).track(Q)
     err = _mean_error(res)
     assert err.mean() < 2.0, err
+
+
+def test_the_estimate_passed_in_hears_every_stage_and_keeps_the_times(clip, tmp_path, caplog):
+    """``fit(video, eta=...)``: the object passed in (no process global) is told of every preprocessing stage,
+    every training iteration and the refinement, and holds the stage times the report shows; another estimate
+    alive in the same process hears nothing. Without one, the fit makes and logs its own."""
+    from tracker.eta import RunETA
+    from tracker.memory import time_plan
+
+    cfg = _cfg(tmp_path / "w", iterations=4, cyc_after=2, rbb_after=2, checkpoint_every=2, log_every=2)
+    tr = Tracker(_backend(), cfg, progress=False)
+    assert tr.work_dir is None and tr.prep is None and tr.train_coverage is None  # set in __init__, not first in fit
+    plan = time_plan(T, 64, 96, _backend(), cfg, "dino")
+    mine, other = RunETA(plan), RunETA(plan)
+    tr.fit(clip, eta=mine)
+    assert tr.eta is mine and other.history == [] and all(s.started is None for s in other.stages.values())
+    pre = [k for k in plan if k not in ("train", "train+cyc", "refine", "track")]
+    assert all(mine.stages[k].finished for k in pre + ["train", "train+cyc", "refine"]), mine.stages
+    assert (mine.stages["train"].timed_units, mine.stages["train+cyc"].timed_units) == (2, 2)  # per iteration
+    assert list(mine.times) == ["preprocess", "train", "refine"]
+    tr.track(Q)
+    rep = tr.report()
+    assert rep.timings is mine.times and list(rep.timings) == ["preprocess", "train", "refine", "track"]
+    assert rep.work_dir == tmp_path / "w" and rep.info["training_coverage"] == tr.train_coverage
+    with caplog.at_level(logging.INFO, logger="tracker.eta"):
+        again = Tracker(_backend(), cfg, progress=False).fit(clip)  # no estimate passed: its own, logged
+    assert again.eta is not mine and isinstance(again.eta, RunETA)
+    assert "estimated time about" in caplog.text and "training resumes at iteration 4" in caplog.text

@@ -19,9 +19,12 @@ import torch.nn.functional as F
 
 from cosettle.errors import UserError
 from cosettle.frames import as_frames, video_hw
+from cosettle.io.queries import as_queries
 from cosettle.io.tracks import TrackResult
 
+from .base import RunReport
 from .config import FeatureTrackerConfig, FlowTrackerConfig
+from .eta import StageTimes
 from .preprocess.flow import consecutive_flows, inside, make_flow_estimator, sample_flow
 from .registry import register_tracker
 
@@ -41,23 +44,44 @@ def check_queries(queries, num_frames: int) -> np.ndarray:
 
 
 class _Fitted:
+    """A baseline's protocol part: ``fit`` / ``track`` timed into the run's ``eta`` (the track command's, else one
+    of its own), the queries taken as ``Queries`` or an array, and the ``report`` made of those times."""
+
     _T: int | None = None
+
+    def __init__(self):
+        self.eta = StageTimes()  # the last fit's stage times (``fit``, ``track``)
 
     def _need_fit(self):
         if self._T is None:
             raise UserError(f"{self.name} tracker: call fit(video) before track(queries)")
 
-
-class StaticTracker(_Fitted):
-    name = "static"
-
-    def fit(self, video, masks=None):
-        self._T, self._H, self._W = video_hw(video)
+    def fit(self, video, masks=None, eta: StageTimes | None = None):
+        """``masks`` are not used by the baselines; ``eta``: the run's stage times and estimate."""
+        self.eta = eta if eta is not None else StageTimes()
+        with self.eta.timed("fit"):
+            self._fit(video)
         return self
 
     def track(self, queries) -> TrackResult:
         self._need_fit()
-        q = check_queries(queries, self._T)
+        with self.eta.timed("track"):
+            qs = as_queries(queries)
+            res = self._track(check_queries(qs.txy, self._T))
+            res.names = list(qs.names) or res.names
+        return res
+
+    def report(self) -> RunReport:
+        return RunReport(self.eta.times)
+
+
+class StaticTracker(_Fitted):
+    name = "static"
+
+    def _fit(self, video):
+        self._T, self._H, self._W = video_hw(video)
+
+    def _track(self, q: np.ndarray) -> TrackResult:
         tracks = np.repeat(q[:, None, 1:3], self._T, axis=1)
         ones = np.ones(tracks.shape[:2])
         return TrackResult(tracks, ones.astype(bool), ones, q)
@@ -69,11 +93,12 @@ class FlowTracker(_Fitted):
     name = "flow"
 
     def __init__(self, config: FlowTrackerConfig | None = None, flows=None, progress: bool = True, **kwargs):
+        super().__init__()
         self.config = config or FlowTrackerConfig(**kwargs)
         self.progress = progress
         self._flows = flows  # optional precomputed (fwd, bwd), e.g. from the preprocessing cache
 
-    def fit(self, video, masks=None):
+    def _fit(self, video):
         self._T, self._H, self._W = video_hw(video)
         if self._flows is not None:
             fwd, bwd = self._flows
@@ -87,11 +112,8 @@ class FlowTracker(_Fitted):
             fwd, bwd = consecutive_flows(frames, est, progress=self.progress)
             log.info("flow tracker: %d flow calls", est.calls)
         self.fwd, self.bwd = fwd, bwd
-        return self
 
-    def track(self, queries) -> TrackResult:
-        self._need_fit()
-        q = check_queries(queries, self._T)
+    def _track(self, q: np.ndarray) -> TrackResult:
         n, T = len(q), self._T
         tracks = np.zeros((n, T, 2), np.float32)
         err = np.zeros((n, T), np.float32)
@@ -133,12 +155,13 @@ class FeatureTracker(_Fitted):
 
     def __init__(self, backend, config: FeatureTrackerConfig | None = None, features=None,
                  progress: bool = True, **kwargs):
+        super().__init__()
         self.backend = backend
         self.config = config or FeatureTrackerConfig(**kwargs)
         self.progress = progress
         self._features = features  # optional precomputed cosettle Features(features, geometry)
 
-    def fit(self, video, masks=None):
+    def _fit(self, video):
         self._T, self._H, self._W = video_hw(video)
         feats = self._features or self.backend.extract(video, progress=self.progress)
         f = feats.features.float()
@@ -146,11 +169,8 @@ class FeatureTracker(_Fitted):
             raise UserError(f"features have {f.shape[0]} frames, the video {self._T}")
         self.geometry = feats.geometry
         self.feats = F.normalize(f, dim=1)  # (T, C, h, w), unit cosine vectors
-        return self
 
-    def track(self, queries) -> TrackResult:
-        self._need_fit()
-        q = check_queries(queries, self._T)
+    def _track(self, q: np.ndarray) -> TrackResult:
         n, T = len(q), self._T
         tracks = np.zeros((n, T, 2), np.float32)
         conf = np.zeros((n, T), np.float32)

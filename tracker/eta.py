@@ -19,7 +19,15 @@ training, which is most of a run, nor knew that a resumed run had only part of i
 * the first estimate is made only after the fit has looked into its work folder (``work_found``): a cached
   stage (preprocessing, refined features) is planned as the reading of its files, the newest checkpoint's
   iterations count as done (a re-run that took 13 s opened with "about 6 min" when the first estimate was
-  the fresh run's plan). A fit called outside the CLI makes an estimate of its own (``begin_fit``).
+  the fresh run's plan).
+
+The estimate is an object passed in, never a process global: the track command makes one ``RunETA`` per run
+and passes it to the tracker's ``fit(video, masks, eta=...)``, which passes it on to the preprocessing (each
+stage, the flows and trajectories per frame), the trainer (per iteration) and the refinement. A DINO-Tracker
+fit called without one (the Python API) makes its own from the run's plan, so it logs its estimate like the
+CLI; the lower layers called alone (``preprocess_video``, ``Trainer.run``) get a ``StageTimes``, which keeps
+times and estimates nothing. The same object keeps the run's stage times (``times``: the track command's
+summary, ``run_info.json`` and ``tracker.report().timings`` all read it; no second set of timings).
 
 The clock is injectable so the arithmetic is tested with a fake clock (``tests/test_eta.py``).
 """
@@ -28,6 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -49,23 +58,82 @@ class _Stage:
     finished: bool = False
 
 
-class RunETA:
-    """Time left in a run of named stages; see the module docstring.
+class StageTimes:
+    """A run's stage times and no estimate: ``times`` {stage: wall seconds}, in the order the stages first
+    finish; the estimate's events (``begin``, ``note_done``, ``advance``, ``finish``, ``work_found``) do nothing
+    here. What a layer records into when its caller passed no estimate; :class:`RunETA` keeps the same times
+    and estimates too.
 
-    ``plan``: ordered {stage: (units, prior seconds per unit)}. ``report_every``: the least seconds
-    between two progress log lines from ``advance`` (stage ends always report)."""
+    ``timed(stage)`` times a block. A stage timed inside another (``add_time`` or a nested ``timed``: dino-flow
+    trains inside ``track``) counts in its own entry only, not also in the enclosing one's, so no second is
+    counted twice and ``times`` adds up to the time the blocks took."""
 
-    def __init__(self, plan: dict[str, tuple[float, float]], clock: Callable[[], float] = time.monotonic,
-                 report_every: float = 20.0, prior_weight_s: float = 5.0):
-        self.stages = {k: _Stage(float(u), float(p)) for k, (u, p) in plan.items()}
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
+        self.t_start = clock()
+        self.times: dict[str, float] = {}
+        self.history: list[tuple[float, float]] = []  # (elapsed, estimated left) at every report: none here
+        self._open: list[list] = []  # the blocks being timed: [stage, start, seconds of stages timed inside]
+
+    @contextmanager
+    def timed(self, stage: str):
+        block = [stage, self.clock(), 0.0]
+        self._open.append(block)
+        try:
+            yield self
+        finally:
+            self._open.pop()
+            took = self.clock() - block[1]
+            self._count(stage, took - block[2], took)
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        """``seconds`` of ``stage``, timed by the caller (inside an open ``timed`` block: not counted there)."""
+        self._count(stage, seconds, seconds)
+
+    def _count(self, stage: str, own: float, took: float) -> None:
+        self.times[stage] = self.times.get(stage, 0.0) + max(0.0, own)
+        if self._open:
+            self._open[-1][2] += took
+
+    def elapsed(self) -> float:
+        return self.clock() - self.t_start
+
+    # -- the estimate's events: nothing to estimate here ---------------------------------------------------
+    def begin(self, stage: str, done: float = 0.0, units: float | None = None) -> None:
+        return None
+
+    def note_done(self, stage: str, done: float) -> None:
+        return None
+
+    def advance(self, stage: str, n: float = 1.0) -> str | None:
+        return None
+
+    def finish(self, stage: str, seconds: float | None = None, cached: bool = False) -> str | None:
+        return None
+
+    def work_found(self, cached: dict[str, float], iterations: int, switch: int) -> None:
+        return None
+
+
+class RunETA(StageTimes):
+    """Time left in a run of named stages, and its stage times (:class:`StageTimes`); see the module docstring.
+
+    ``plan``: ordered {stage: (units, prior seconds per unit)}; None: planned later (``set_plan``: the track
+    command starts its run's clock before it knows the video). ``report_every``: the least seconds between two
+    progress log lines from ``advance`` (stage ends always report)."""
+
+    def __init__(self, plan: dict[str, tuple[float, float]] | None = None,
+                 clock: Callable[[], float] = time.monotonic, report_every: float = 20.0,
+                 prior_weight_s: float = 5.0):
+        super().__init__(clock)
+        self.set_plan(plan or {})
         self.report_every = float(report_every)
         self.prior_weight_s = float(prior_weight_s)
-        self.t_start = clock()
         self._last_report = self.t_start
         self.reports: list[str] = []
-        self.history: list[tuple[float, float]] = []  # (elapsed, estimated left) at every report
-        self.fit_owned = False  # started by a fit called outside a run (the Python API): ended by it
+
+    def set_plan(self, plan: dict[str, tuple[float, float]]) -> None:
+        self.stages = {k: _Stage(float(u), float(p)) for k, (u, p) in plan.items()}
 
     # -- events ------------------------------------------------------------------------------------
     def _get(self, stage: str) -> _Stage:
@@ -145,14 +213,11 @@ class RunETA:
         if s.finished:
             return 0.0
         left_units = max(0.0, s.units - s.done)
-        rate = None
-        if s.first_s is None and s.timed_units > 0:  # timed as a whole (finish)
-            rate = s.timed_s / s.timed_units
-        elif s.recent:  # per unit: the last RECENT units, the warm-up unit left out (the demo's first
+        # (a stage timed as a whole is timed by ``finish``, which also finishes it: only per-unit rates are left here)
+        if s.recent:  # per unit: the last RECENT units, the warm-up unit left out (the demo's first
             rate = sum(t for t, _ in s.recent) / sum(u for _, u in s.recent)  # iteration: 9 s, then 1.5 s)
-        if rate is not None:
-            # the unit in progress: part of it has elapsed already
-            in_progress = self.clock() - s.last if s.last is not None else 0.0
+            # the unit in progress: part of it has elapsed already (``advance`` set ``last`` with the rate's units)
+            in_progress = self.clock() - s.last
             return max(0.0, left_units * rate - min(in_progress, rate))
         est = left_units * s.prior * self.speed_factor()
         since = s.last if s.last is not None else s.started
@@ -164,14 +229,29 @@ class RunETA:
         """Seconds left in the run."""
         return sum(self.stage_left(k) for k in self.stages)
 
-    def elapsed(self) -> float:
-        return self.clock() - self.t_start
-
     def record(self) -> float:
         """Seconds left now, kept in ``history`` (run_info.json shows how the estimate fared)."""
         left = self.left()
         self.history.append((self.elapsed(), left))
         return left
+
+    def work_found(self, cached: dict[str, float], iterations: int, switch: int) -> None:
+        """What the fit found in its work folder before any stage runs: each ``cached`` stage is planned as
+        its reading (``{stage: prior seconds}``, from its size), the iterations of the newest checkpoint
+        count as done. Then the run's first estimate, logged."""
+        for name, seconds in cached.items():
+            s = self.stages.get(name)
+            if s is not None and s.started is None and not s.finished:
+                s.units, s.prior, s.done = 1.0, float(seconds), 0.0
+        if iterations > 0:
+            self.note_done("train", min(iterations, switch))
+            self.note_done("train+cyc", max(0, iterations - switch))
+        left = self.record()
+        found = [k for k in self.stages if k in set(cached)]
+        what = (f"{len(found)} of {len(self.stages)} stages cached" if found else "nothing cached") + \
+            (f", training resumes at iteration {iterations}" if iterations > 0 else "")
+        log.info("estimated time about %s (%s; from reference rates, re-estimated from this run's own timing as "
+                 "stages and iterations finish)", fmt_seconds(left), what)
 
     def report(self, stage: str | None = None) -> str:
         left = self.record()
@@ -195,78 +275,3 @@ def fmt_seconds(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
-
-
-# -- the run's estimate (one per process; scripts/track.py starts it) -----------------------------------
-_RUN: RunETA | None = None
-
-
-def begin_run(plan: dict[str, tuple[float, float]] | None, clock: Callable[[], float] = time.monotonic,
-              report_every: float = 20.0) -> RunETA | None:
-    global _RUN
-    _RUN = RunETA(plan, clock, report_every) if plan else None
-    return _RUN
-
-
-def current() -> RunETA | None:
-    return _RUN
-
-
-def stage_begin(stage: str, done: float = 0.0, units: float | None = None) -> None:
-    if _RUN is not None:
-        _RUN.begin(stage, done, units)
-
-
-def begin_fit(plan: Callable[[], dict[str, tuple[float, float]]]) -> None:
-    """A fit called outside a run (the Python API, not the CLI): start its own estimate from ``plan()``,
-    so that ``Tracker(...).fit`` logs its estimate like the CLI. A run the CLI began is kept."""
-    global _RUN
-    if _RUN is None or _RUN.fit_owned:  # a fit-owned estimate left by a fit that raised is replaced
-        _RUN = RunETA(plan())
-        _RUN.fit_owned = True
-
-
-def end_fit() -> None:
-    """The end of a fit: its own estimate ends with it (the CLI's run goes on to ``track``)."""
-    global _RUN
-    if _RUN is not None and _RUN.fit_owned:
-        _RUN = None
-
-
-def work_found(cached: dict[str, float], iterations: int, switch: int) -> None:
-    """What the fit found in its work folder before any stage runs: each ``cached`` stage is planned as
-    its reading (``{stage: prior seconds}``, from its size), the iterations of the newest checkpoint
-    count as done. Then the run's first estimate, logged."""
-    if _RUN is None:
-        return
-    for name, seconds in cached.items():
-        s = _RUN.stages.get(name)
-        if s is not None and s.started is None and not s.finished:
-            s.units, s.prior, s.done = 1.0, float(seconds), 0.0
-    if iterations > 0:
-        _RUN.note_done("train", min(iterations, switch))
-        _RUN.note_done("train+cyc", max(0, iterations - switch))
-    left = _RUN.record()
-    found = [k for k in _RUN.stages if k in set(cached)]
-    what = (f"{len(found)} of {len(_RUN.stages)} stages cached" if found else "nothing cached") + \
-        (f", training resumes at iteration {iterations}" if iterations > 0 else "")
-    log.info("estimated time about %s (%s; from reference rates, re-estimated from this run's own timing as "
-             "stages and iterations finish)", fmt_seconds(left), what)
-
-
-def training_resumes_at(iterations: int, switch: int) -> None:
-    """A checkpoint at ``iterations`` exists (``Tracker.fit`` looks before preprocessing): the estimate
-    counts only the iterations after it from the start of a resumed run, not from when training begins."""
-    if _RUN is not None and iterations > 0:
-        _RUN.note_done("train", min(iterations, switch))
-        _RUN.note_done("train+cyc", max(0, iterations - switch))
-        _RUN.report()
-
-
-def stage_advance(stage: str, n: float = 1.0) -> None:
-    if _RUN is not None:
-        _RUN.advance(stage, n)
-
-
-def stage_finish(stage: str, seconds: float | None = None, cached: bool = False) -> str | None:
-    return None if _RUN is None else _RUN.finish(stage, seconds, cached)

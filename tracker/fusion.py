@@ -56,10 +56,12 @@ import numpy as np
 from cosettle.errors import UserError
 from cosettle.frames import as_frames
 from cosettle.io.lock import folder_lock
+from cosettle.io.queries import as_queries
 from cosettle.io.tracks import TrackResult
 from cosettle.progress import tqdm
 
-from .api import PREPROCESS_LOCK, Tracker
+from .base import RunReport
+from .dino.tracker import PREPROCESS_LOCK, Tracker
 from .fusion_gate import GateDecision, blind_head, decide, reuse_flows
 from .preprocess.flow import inside, make_flow_estimator, sample_flow
 from .preprocess.masks import points_on_mask
@@ -285,8 +287,9 @@ class FlowGuidedTracker(Tracker):
     ``track_head`` (the pure head of the same fit, tracker ``dino``) trains when it has not yet."""
 
     name = "dino-flow"
+    fusion_stats: FusionStats | None = None  # the last track()'s counts (run_info.json "fusion")
 
-    def fit(self, video, masks=None) -> "FlowGuidedTracker":
+    def fit(self, video, masks=None, eta=None) -> "FlowGuidedTracker":
         # checked and converted once: the pre-pass, the full fit the gate may ask for and the flow all read
         # these frames, and their digest is computed once
         video = as_frames(video, min_frames=2, who=f"the {self.name} tracker's video")
@@ -294,8 +297,9 @@ class FlowGuidedTracker(Tracker):
         self._full = self.cfg.fusion_train == "always"
         self._trained = False
         self.gate: GateDecision | None = None
+        self.fusion_stats = None
         self.prep = self.infer = self.model = None
-        super().fit(video, masks)
+        super().fit(video, masks, eta)
         self._frames = video.array  # original resolution: flow is pixel-precise there
         return self
 
@@ -308,8 +312,9 @@ class FlowGuidedTracker(Tracker):
         # same preprocessing lock as the full fit: one writer of the cached stages)
         with folder_lock(self.work_dir, "work folder's preprocessing", name=PREPROCESS_LOCK):
             self.prep = preprocess_video(video, self.work_backend, self.prep_cfg, self.work_dir, masks=masks,
-                                         progress=self.progress, until="masks", video_digest=self.video_digest)
-        self.timings["preprocess"] = time.perf_counter() - t0
+                                         progress=self.progress, until="masks", video_digest=self.video_digest,
+                                         eta=self.eta)
+        self.eta.add_time("preprocess", time.perf_counter() - t0)
 
     def _train(self) -> None:
         """The full fit of ``dino`` (the stages already computed are read from the work folder)."""
@@ -318,7 +323,7 @@ class FlowGuidedTracker(Tracker):
         if getattr(self, "_fit_args", None) is None:
             raise RuntimeError("call fit(video) before track()")
         self._full = True
-        Tracker.fit(self, *self._fit_args)
+        Tracker.fit(self, *self._fit_args, eta=self.eta)  # the same run's estimate and stage times
 
     def _cell_px(self) -> float:
         """One feature cell in original-video pixels (the geometry's stride times the resize scale)."""
@@ -363,8 +368,9 @@ class FlowGuidedTracker(Tracker):
         (tracker/fusion_gate.py) -> (flow's positions, not visible after an inconsistent step; the decision:
         which queries the trained head could change, and whether ``track`` trains). When the decision does
         not train, this result is the one ``track`` returns."""
-        q = np.asarray(getattr(queries, "txy", queries), dtype=np.float64).reshape(-1, 3)
-        names = list(getattr(queries, "names", []) or [])
+        qs = as_queries(queries)
+        q = np.asarray(qs.txy, dtype=np.float64).reshape(-1, 3)
+        names = list(qs.names)
         T = self._frames.shape[0]
         if len(q) and (q[:, 0].min() < 0 or q[:, 0].max() > T - 1):
             raise UserError(f"query frame out of range [0, {T - 1}]")
@@ -374,7 +380,7 @@ class FlowGuidedTracker(Tracker):
         tracks, vis, conf = fuse_tracks(head, reuse_flows(self._flow_pair(), head.queries[:, 0]), T,
                                         0.0, c.fusion_fb_px, None, c.fusion_verify_ncc, c.fusion_drift_frames,
                                         self._foreground, progress=self.progress, stats=stats)
-        self.timings["fusion gate"] = self.timings.get("fusion gate", 0.0) + stats.seconds
+        self.eta.add_time("fusion gate", stats.seconds)
         gate = decide(c.fusion_train, vis, tracks, head.queries, self._foreground, c.fusion_drift_frames)
         self.fusion_stats = _GatedStats(**vars(stats), gate=gate.to_dict())
         return TrackResult(tracks, vis, conf, head.queries, names), gate
@@ -392,9 +398,16 @@ class FlowGuidedTracker(Tracker):
         tracks, vis, conf = fuse_tracks(res, flow_pair, frames.shape[0], c.fusion_snap_cells * cell,
                                         c.fusion_fb_px, verifier, c.fusion_verify_ncc, c.fusion_drift_frames,
                                         self._foreground, progress=self.progress, stats=self.fusion_stats)
-        self.timings["fusion"] = self.timings.get("fusion", 0.0) + self.fusion_stats.seconds
+        self.eta.add_time("fusion", self.fusion_stats.seconds)
         log.info("flow+dino fusion: %s", self.fusion_stats.to_dict())
         return TrackResult(tracks, vis, conf, res.queries, res.names, redetected=self.fusion_stats.redetected)
+
+    def report(self) -> RunReport:
+        """``Tracker.report`` plus the fusion's counts and the gate's decision (``fusion``)."""
+        rep = super().report()
+        if self.fusion_stats is not None:
+            rep.info["fusion"] = self.fusion_stats.to_dict()
+        return rep
 
 
 @dataclass

@@ -166,17 +166,28 @@ FUSION_PIXELS = 854 * 480
 # s per frame to write the outputs (tracks files, overlay video and still): 0.01 + 0.12 at 854x480 scaled with the
 # pixels. Measured on the 2 shared cores: the demo (256x192) 0.017 s per frame at load average 5, 0.036-0.045 at 8;
 # alone at load 10: 0.09 at 256x192, 0.18 at 368x480, 0.32 at 854x480. Without the overlay: tracks files, 0.002 s
-OUTPUT_FRAME_S, OUTPUT_RATE = 0.01, 0.12
+OUTPUT_FRAME_S, OUTPUT_RATE = 0.004, 0.12
 LOAD_RATE = 0.004         # s per MB to read and verify a cached stage (the demo's 57 MB: 0.16-0.2 s at load 5, 0.3 at 8)
+# the number of queries, where the run knows it (the CLI): tracking and writing grow with it. Measured on the demo's
+# cached fit (256x192, 24 frames, dino, 1 thread, load average 7-8): track 0.10 s for 4 queries, 0.26 for 16, 1.03 for
+# 64, 4.0 for 256, 8.9 for 576 -> 0.04 s + 0.0154 s per query; at 424x240 (scale 1) per frame: 0.0035 s + 0.0013 s
+# per query. STAGE_RATES["track"] (0.03 s per frame) is that at about 20 queries, for a plan that does not know them
+# (a fit called from Python). Writing (static tracker, 24 frames, --overlay trails): 256x192 0.012-0.019 s per frame
+# at 4 queries, 0.053 at 256; 854x480 0.116 at 4, 0.13 at 64, 0.165-0.179 at 256 -> OUTPUT_FRAME_S 0.004 and
+# 0.00015 s per query and frame (OUTPUT_FRAME_S was 0.01, which made a cached demo re-run's first estimate 1.5-1.7x
+# the time it had left, with the track prior at 0.03 s per frame for its 6 queries, 3.6x their measured time).
+TRACK_FRAME_S, TRACK_QUERY_S = 0.0035, 0.0013
+OUTPUT_QUERY_S = 0.00015
 
 
 def time_plan(num_frames: int, image_h: int, image_w: int, backend, cfg, tracker: str = "dino",
-              outputs: bool = False, overlay: bool = True) -> dict:
+              outputs: bool = False, overlay: bool = True, num_queries: int | None = None) -> dict:
     """{stage: (units, prior seconds per unit)} of a DINO-Tracker run, the input of ``tracker.eta.RunETA``.
 
     Per-frame stages scale with the work size's pixel count; training does not grow with T; the
     ``dino-flow`` fusion adds full-resolution flows per frame pair, scaled with the original size;
-    ``outputs``: the CLI's last stage, writing the files (and the ``overlay`` at the original size)."""
+    ``outputs``: the CLI's last stage, writing the files (and the ``overlay`` at the original size).
+    ``num_queries``: tracking and writing grow with it (None: not known yet, a typical 20 for tracking)."""
     g, _ = _work_geometry(backend, cfg, image_h, image_w)
     scale = g.input_h * g.input_w / RATE_PIXELS
     plan = {k: (float(num_frames), v * scale) for k, v in STAGE_RATES.items() if k != "train"}
@@ -189,12 +200,15 @@ def time_plan(num_frames: int, image_h: int, image_w: int, backend, cfg, tracker
     # refine and track run after training: keep the stage order of a run
     plan = {k: plan[k] for k in [k for k in plan if k not in ("refine", "track")] + ["refine", "track"]}
     plan = {k: v for k, v in plan.items() if k != "train" or v[0] > 0}
+    if num_queries is not None:
+        plan["track"] = (float(num_frames), (TRACK_FRAME_S + TRACK_QUERY_S * num_queries) * scale)
     if tracker == "dino-flow":  # the fusion's flows run inside track(): one stage, timed as one
         units, rate = plan["track"]
         fusion = FUSION_RATE * image_h * image_w / FUSION_PIXELS * max(num_frames - 1, 0) / max(num_frames, 1)
         plan["track"] = (units, rate + fusion)
     if outputs:
         per_frame = OUTPUT_FRAME_S + OUTPUT_RATE * image_h * image_w / FUSION_PIXELS if overlay else 0.002
+        per_frame += OUTPUT_QUERY_S * (num_queries or 0)
         plan["write outputs"] = (float(num_frames), per_frame)
     return plan
 

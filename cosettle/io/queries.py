@@ -38,6 +38,14 @@ class Queries:
         return self.txy[:, 1:3]
 
 
+def as_queries(queries) -> Queries:
+    """The one form trackers take: a ``Queries`` as it is, an (N, 3) array-like of (t, x, y) as unnamed queries
+    (``names`` empty: ``TrackResult`` then names them p0, p1, ...). Shapes are the tracker's to check."""
+    if isinstance(queries, Queries):
+        return queries
+    return Queries(np.asarray(queries, dtype=np.float64), [])
+
+
 def load_queries(path: str | os.PathLike, num_frames: int, height: int, width: int,
                  frame_note: str | None = None) -> Queries:
     """Read a JSON or CSV points file and validate it against the video. ``frame_note``: ``"why -- fix"`` for

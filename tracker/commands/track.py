@@ -34,15 +34,13 @@ import argparse
 import json
 import logging
 import os
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from cosettle.cli import (ArgumentParser, add_backend_args, add_video_args, backend_from_args, check_grid_size,
                           default_device, print_backends)
-from cosettle.config import dump_yaml, load_yaml_dict
+from cosettle.config import config_from_dict, dump_yaml, load_yaml_dict, to_dict
 from cosettle.demo import make_demo_clip
 from cosettle.errors import UserError, cli_entry
 from cosettle.frames import as_frames
@@ -54,9 +52,11 @@ from cosettle.io.queries import grid_queries, load_queries
 from cosettle.io.tracks import save_tracks
 from cosettle.io.video import check_fps, read_video
 from cosettle.provenance import close_file_logging, setup_logging, write_run_info
-from tracker import build_tracker, eta
+from tracker import build_tracker
 from tracker.api import cache_root
+from tracker.base import protocol_gaps
 from tracker.config import config_dict, merge_dict, preset
+from tracker.eta import RunETA, StageTimes
 from tracker.memory import check_memory, time_plan
 from tracker.registry import tracker_entry, tracker_names, trackers_help
 from tracker.workdirs import clean, enforce_cap, folder_bytes, human_age, human_bytes, list_work_folders
@@ -224,8 +224,6 @@ def main(argv=None):
             close_file_logging()
             if quiet_env is None:  # in-process callers (tests) get their bars back
                 os.environ.pop("TQDM_DISABLE", None)
-            if "tracker.eta" in sys.modules:  # no estimate outlives its run (in-process callers)
-                sys.modules["tracker.eta"].begin_run(None)
 
 
 def cache_cap_gb(args) -> float:
@@ -278,6 +276,21 @@ def cache_command(args) -> int:
     return 0
 
 
+def tracker_config(args, entry, demo: bool = False):
+    """Every tracker's config through the registry (as the evaluator builds it): DINO-Tracker's preset with the
+    flags (``resolve_config``), else the tracker's own ``config_class`` with ``--config``'s keys; None for a
+    tracker that takes no settings (then ``--config`` is an error, not silently dropped)."""
+    if entry.dino_config:
+        return resolve_config(args, demo)
+    if entry.config_class is None:
+        if args.config is not None:
+            raise UserError(f"the {entry.name} tracker takes no settings, but --config {args.config} was given",
+                            "drop --config")
+        return None
+    data = load_yaml_dict(args.config) if args.config is not None else {}
+    return config_from_dict(entry.config_class, data, source=f"{args.config} ({entry.name} tracker)")
+
+
 def run(args, demo: bool, stage) -> int:
     out, tmp = stage.target, stage.dir  # files are written into tmp, reported under out
     if args.fps is not None:
@@ -285,87 +298,65 @@ def run(args, demo: bool, stage) -> int:
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"  # bars of every stage, also those not passed a progress flag
     setup_logging(args.verbose, tmp / "track.log", quiet=args.quiet)
-    stages: dict[str, float] = {}
-    t_all = time.perf_counter()
-    cfg = resolve_config(args, demo)  # bad config -> error before anything is written
+    entry = tracker_entry(args.tracker)
+    is_dino = entry.dino_config  # configured by the DINO-Tracker preset
+    # the run's clock, stage times and (DINO trackers) time estimate, in one object passed to the tracker's fit;
+    # the estimate is planned once the video and the backend are known
+    run_eta = RunETA() if is_dino else StageTimes()
+    stages = run_eta.times  # the run's stage times (the project's trackers time theirs into it too)
+    cfg = tracker_config(args, entry, demo)  # bad config -> error before anything is written
     gt = None
     if demo:
-        t0 = time.perf_counter()
-        video_path, points_path, gt = make_demo_clip(tmp / "demo")
+        with run_eta.timed("demo clip"):
+            video_path, points_path, gt = make_demo_clip(tmp / "demo")
         args.video, args.points = str(video_path), str(points_path)
         shown = {"video": str(out / video_path.relative_to(tmp)), "points": str(out / points_path.relative_to(tmp))}
-        stages["demo clip"] = time.perf_counter() - t0
         # the clip is read from the staging folder, which moves to --out at the end: the log names where it stays
         log.info("demo clip made: %d points, kept as %s", len(gt), shown["video"])
     else:
         shown = {"video": str(Path(args.video).resolve()), "points": args.points and str(Path(args.points).resolve())}
-    t0 = time.perf_counter()
-    video = read_video(args.video, max_frames=args.max_frames, frame_stride=args.frame_stride, fps=args.fps,
-                       shown_as=shown["video"] if demo else None)
-    queries = get_queries(args, video)
-    frame_idx = getattr(video, "frame_indices", None) or range(len(video))
-    masks = load_mask_folder(args.masks, frame_idx, video.height, video.width) if args.masks else None
-    stages["read inputs"] = time.perf_counter() - t0
+    with run_eta.timed("read inputs"):
+        video = read_video(args.video, max_frames=args.max_frames, frame_stride=args.frame_stride, fps=args.fps,
+                           shown_as=shown["video"] if demo else None)
+        queries = get_queries(args, video)
+        frame_idx = getattr(video, "frame_indices", None) or range(len(video))
+        masks = load_mask_folder(args.masks, frame_idx, video.height, video.width) if args.masks else None
     backend = None
-    entry = tracker_entry(args.tracker)
-    is_dino = entry.dino_config  # configured by the DINO-Tracker preset
     if entry.needs_backend:
-        t0 = time.perf_counter()
-        backend = backend_from_args(args)
-        stages["load backend"] = time.perf_counter() - t0
+        with run_eta.timed("load backend"):
+            backend = backend_from_args(args)
     # the one video check and conversion (cosettle.frames.as_frames), before the memory check; the tracker's
     # fit reuses these frames and their digest
     frames = as_frames(video, min_frames=2 if is_dino else 1, who=f"the {args.tracker} tracker's video")
-    run_eta = None
     if is_dino:  # refuse a run that cannot fit in memory before any work (never an OOM kill halfway)
-
         check_memory(len(video), video.height, video.width, backend, cfg, num_queries=len(queries))
         # the first estimate is logged by the fit once it has seen what its work folder holds (tracker/eta.py)
-        eta_at = time.perf_counter() - t_all  # the estimate starts here; its history is shown from the run start
-        run_eta = eta.begin_run(time_plan(len(video), video.height, video.width, backend, cfg, args.tracker,
-                                          outputs=True, overlay=not args.no_overlay))
+        run_eta.set_plan(time_plan(len(video), video.height, video.width, backend, cfg, args.tracker,
+                                   outputs=True, overlay=not args.no_overlay, num_queries=len(queries)))
 
-    tracker = build_tracker(args.tracker, backend=backend, config=cfg if is_dino else None,
-                            progress=not args.quiet)
+    tracker = build_tracker(args.tracker, backend=backend, config=cfg, progress=not args.quiet)
+    gaps = protocol_gaps(tracker)
+    if gaps:
+        raise UserError(f"the {args.tracker} tracker lacks {', '.join(gaps)} of the tracker protocol",
+                        "see tracker/base.py (PointTracker) and docs/development.md#adding-a-tracker")
     log.info("tracking %d points over %d frames (%dx%d HxW) with %s%s", len(queries), len(video), video.height,
              video.width, args.tracker, f" on {backend.name}" if backend else "")
-    t0 = time.perf_counter()
-    tracker.fit(frames, masks=masks)
-    fit_s = time.perf_counter() - t0
-    timings = dict(getattr(tracker, "timings", {}) or {})
-    if timings:
-        stages.update({k: v for k, v in timings.items() if k != "track"})
-    else:
-        stages["fit"] = fit_s
-    t0 = time.perf_counter()
-    eta.stage_begin("track")
-    result = tracker.track(queries.txy)
-    result.names = list(queries.names)
-    stages["track"] = time.perf_counter() - t0
-    # dino-flow trains inside track() when its gate asks for it (tracker/fusion_gate.py): show those stages
-    # apart, not inside "track"
-    after = dict(getattr(tracker, "timings", {}) or {})
-    late = {k: v - timings.get(k, 0.0) for k, v in after.items() if k != "track" and v != timings.get(k)}
-    for k, v in late.items():
-        stages[k] = stages.get(k, 0.0) + v
-    stages["track"] = max(0.0, stages["track"] - sum(late.values()))
-    eta.stage_finish("track", stages["track"])
+    tracker.fit(frames, masks=masks, eta=run_eta)
+    track_before = stages.get("track", 0.0)
+    run_eta.begin("track")
+    # dino-flow trains inside track() when its gate asks for it (tracker/fusion_gate.py): those stages are timed
+    # inside this block, so they show apart and "track" keeps only the tracking's own time
+    with run_eta.timed("track"):
+        result = tracker.track(queries)  # the Queries object: the result carries their names
+    run_eta.finish("track", stages["track"] - track_before)
+    report = tracker.report()
+    if report.timings is not stages:  # a tracker that keeps its own times (not in the eta passed to its fit)
+        stages.update({k: v for k, v in report.timings.items() if k not in stages})
 
     # --- outputs (only now: a failure above leaves the output folder untouched) ----------------------
 
-    t0 = time.perf_counter()
-    eta.stage_begin("write outputs")
-    meta = {"tracker": args.tracker, "backend": backend.name if backend else None,
-            "video": shown["video"], "preset": args.preset if is_dino else None}
-    paths = save_tracks(tmp, result, video.fps, (video.height, video.width), meta)
-    if not args.no_overlay:
-        pixels = frames.array
-        paths["overlay"] = write_overlay(tmp / "overlay.mp4", pixels, result, video.fps, style=args.overlay_style)
-        paths["still"] = write_still(tmp / "overlay.png", pixels, result, style=args.overlay_style)
-    stages["write outputs"] = time.perf_counter() - t0
-    eta.stage_finish("write outputs", stages["write outputs"])
-
-    resolved = {"tracker": args.tracker, "backend": backend.name if backend else None,
+    # what was asked (config.yaml; the tracks files' metadata is part of it)
+    settings = {"tracker": args.tracker, "backend": backend.name if backend else None,
                 "backend_fields": backend.cache_fields() if backend else None,
                 "video": shown["video"], "points": shown["points"], "grid_size": args.grid_size,
                 "grid_mask": args.grid_mask and str(Path(args.grid_mask).resolve()),
@@ -373,47 +364,54 @@ def run(args, demo: bool, stage) -> int:
                 "num_points": args.num_points if args.points_from_mask else None,
                 "grid_frame": args.grid_frame, "max_frames": args.max_frames,
                 "frame_stride": args.frame_stride, "overlay_style": args.overlay_style,
-                "dino": config_dict(cfg) if is_dino else None}
-    dump_yaml(resolved, tmp / "config.yaml")
+                "preset": args.preset if is_dino else None,
+                "dino": config_dict(cfg) if is_dino else None,
+                "tracker_config": to_dict(cfg) if cfg is not None and not is_dino else None}
+    run_eta.begin("write outputs")
+    with run_eta.timed("write outputs"):
+        paths = save_tracks(tmp, result, video.fps, (video.height, video.width),
+                            {k: settings[k] for k in ("tracker", "backend", "video", "preset")})
+        if not args.no_overlay:
+            pixels = frames.array
+            paths["overlay"] = write_overlay(tmp / "overlay.mp4", pixels, result, video.fps, style=args.overlay_style)
+            paths["still"] = write_still(tmp / "overlay.png", pixels, result, style=args.overlay_style)
+    run_eta.finish("write outputs", stages["write outputs"])
+    dump_yaml(settings, tmp / "config.yaml")
     paths["config"] = tmp / "config.yaml"
-    work = getattr(tracker, "work_dir", None)
-    summary = {"tracker": args.tracker, "backend": backend.name if backend else None,
-               "points": len(queries), "frames": len(video), "size_hw": [video.height, video.width],
-               "visible_share": round(float(result.visible.mean()) if result.visible.size else 0.0, 4),
-               "visible_entries": int(result.visible.sum()),
-               "stages_s": {k: round(v, 3) for k, v in stages.items()}}
-    if work:
-        summary["work_dir"] = str(Path(work).resolve())
-        summary["work_dir_bytes"] = folder_bytes(Path(work))
-        summary["cache_dir"] = str(cache_root().resolve())
-    if run_eta is not None:  # how the estimate fared (docs/tracking-cli.md "Time estimate")
-        summary["time_estimates"] = [{"at_s": round(eta_at + a, 1), "left_s": round(b, 1)}
-                                     for a, b in run_eta.history]
-    if gt is not None:
-        summary["demo_mean_error_px"] = round(float(np.linalg.norm(result.tracks - gt, axis=-1)[:, 1:].mean()), 3)
-    extra = {k: v for k, v in summary.items()
-             if k not in ("tracker", "backend", "size_hw", "visible_share", "visible_entries")}
-    extra["total_s"] = round(time.perf_counter() - t_all, 3)
-    if getattr(tracker, "train_coverage", None):  # supervision the DINO-Tracker training received
-        extra["training_coverage"] = tracker.train_coverage
-    if getattr(tracker, "fusion_stats", None) is not None:
-        extra["fusion"] = tracker.fusion_stats.to_dict()
-    paths["run_info"] = write_run_info(tmp, extra)
+    paths["run_info"] = tmp / "run_info.json"
     paths["log"] = tmp / "track.log"
-    summary["outputs"] = {k: str(out / Path(p).relative_to(tmp)) for k, p in paths.items()}
+
+    # what happened: ONE record, printed on stdout (--json: as is) and written to run_info.json (with the versions)
+    record = {"tracker": args.tracker, "backend": backend.name if backend else None,
+              "points": len(queries), "frames": len(video), "size_hw": [video.height, video.width],
+              "visible_share": round(float(result.visible.mean()) if result.visible.size else 0.0, 4),
+              "visible_entries": int(result.visible.sum()),
+              "stages_s": {k: round(v, 3) for k, v in stages.items()}}
+    if report.work_dir is not None:
+        work = Path(report.work_dir)
+        record["work_dir"] = str(work.resolve())
+        record["work_dir_bytes"] = folder_bytes(work)
+        record["cache_dir"] = str(cache_root().resolve())
+    if is_dino:  # how the estimate fared (docs/tracking-cli.md "Time estimate"): seconds since the run's start
+        record["time_estimates"] = [{"at_s": round(a, 2), "left_s": round(b, 2)} for a, b in run_eta.history]
+    if gt is not None:
+        record["demo_mean_error_px"] = round(float(np.linalg.norm(result.tracks - gt, axis=-1)[:, 1:].mean()), 3)
+    record.update(report.info)  # e.g. training_coverage (DINO-Tracker), fusion (dino-flow)
+    record["outputs"] = {k: str(out / Path(p).relative_to(tmp)) for k, p in paths.items()}
     if demo:
-        summary["outputs"]["demo_clip"] = shown["video"]
-    if work:
+        record["outputs"]["demo_clip"] = shown["video"]
+    if report.work_dir is not None:
         cap = cache_cap_gb(args)
-        removed, now = enforce_cap(cache_root(), cap * 1024 ** 3, keep={Path(work)})
-        summary["cache_evicted"] = [str(f.path) for f in removed]
-        summary["cache_bytes"] = now
-        summary["cache_cap_gb"] = cap if np.isfinite(cap) else None  # None: no cap (JSON has no infinity)
-    summary["total_s"] = round(time.perf_counter() - t_all, 3)
-    log.info("finished in %.1f s; summary on stdout", summary["total_s"])
+        removed, now = enforce_cap(cache_root(), cap * 1024 ** 3, keep={Path(report.work_dir)})
+        record["cache_evicted"] = [str(f.path) for f in removed]
+        record["cache_bytes"] = now
+        record["cache_cap_gb"] = cap if np.isfinite(cap) else None  # None: no cap (JSON has no infinity)
+    record["total_s"] = round(run_eta.elapsed(), 3)  # the one total: the run's clock, as the estimates' times
+    write_run_info(tmp, record)
+    log.info("finished in %.1f s; summary on stdout", record["total_s"])
     close_file_logging()  # track.log complete before the set moves
     stage.commit()
-    emit_summary(summary, args.json)
+    emit_summary(record, args.json)
     return 0
 
 

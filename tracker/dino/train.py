@@ -27,8 +27,8 @@ from cosettle.io.atomic import write_json
 from cosettle.io.verified import load_verified, remove_verified, save_verified
 from cosettle.progress import tqdm
 
-from .. import eta
 from ..config import TrackerConfig, scaled_px, train_switch
+from ..eta import StageTimes
 from . import losses as L
 from .models import DinoTrackerModel
 from .sampler import TrajectorySampler
@@ -343,8 +343,11 @@ class Trainer:
         self.opt.step()
         return {k: float(v.detach()) for k, v in parts.items()} | {"loss": float(loss.detach())}
 
-    def run(self, progress: bool = True, stop_after: int | None = None) -> DinoTrackerModel:
-        """Train to ``cfg.iterations`` (resuming). ``stop_after``: stop early (tests of resume)."""
+    def run(self, progress: bool = True, stop_after: int | None = None,
+            eta: StageTimes | None = None) -> DinoTrackerModel:
+        """Train to ``cfg.iterations`` (resuming). ``stop_after``: stop early (tests of resume). ``eta``: the run's
+        time estimate, told of every iteration (None: nothing is estimated)."""
+        eta = eta if eta is not None else StageTimes()
         c = self.cfg
         start = self.resume()
         if start == 0 and self.ckpt_dir is not None and c.iterations > 0:
@@ -362,7 +365,7 @@ class Trainer:
             return ("train", i) if i < switch else ("train+cyc", i - switch)
 
         name, done0 = eta_stage(start)
-        eta.stage_begin(name, done=done0)
+        eta.begin(name, done=done0)
         for it in range(start, c.iterations):
             if stop_after is not None and it >= stop_after:
                 break
@@ -377,14 +380,14 @@ class Trainer:
                 self.save(done)
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
-            eta.stage_advance(name)
+            eta.advance(name)
             if name == "train" and done == switch and done < c.iterations:
-                eta.stage_finish("train")
+                eta.finish("train")
                 name = "train+cyc"
-                eta.stage_begin(name)
+                eta.begin(name)
         bar.close()
         if stop_after is None or stop_after >= c.iterations:
-            eta.stage_finish(name, cached=start >= c.iterations)
+            eta.finish(name, cached=start >= c.iterations)
         log.info("training: %d iterations in %.1f s", max(0, c.iterations - start),
                  time.perf_counter() - t0)
         if self.coverage.iterations:

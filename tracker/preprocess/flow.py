@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from cosettle.errors import UserError
 from cosettle.progress import tqdm
 
-from .. import eta
+from ..eta import StageTimes
 from .lazy_array import NpyWriter
 
 log = logging.getLogger(__name__)
@@ -222,12 +222,15 @@ def fb_consistency(fwd: np.ndarray, bwd: np.ndarray) -> tuple[np.ndarray, np.nda
     return err.astype(np.float32), covered.reshape(h, w)
 
 
-def write_consecutive_flows(frames, estimator: FlowEstimator, fwd_path, bwd_path, progress: bool = False) -> None:
+def write_consecutive_flows(frames, estimator: FlowEstimator, fwd_path, bwd_path, progress: bool = False,
+                            eta: StageTimes | None = None) -> None:
     """Same flows as :func:`consecutive_flows`, streamed to two ``.npy`` files one pair at a time.
 
     ``frames`` may be a lazy per-frame reader: only two frames and one flow pair are in memory at once
     (the in-memory form holds 2 x (T-1) x H x W x 2 floats: 1.6 GB for 1,000 frames at 427x240).
+    ``eta``: the run's time estimate, told of every frame pair (stage ``flows``).
     """
+    eta = eta if eta is not None else StageTimes()
 
     n = len(frames)
 
@@ -241,4 +244,4 @@ def write_consecutive_flows(frames, estimator: FlowEstimator, fwd_path, bwd_path
             wf.write(estimator(prev, cur)[None])
             wb.write(estimator(cur, prev)[None])
             prev = cur
-            eta.stage_advance("flows")  # per frame pair, for the run's time-left estimate
+            eta.advance("flows")  # per frame pair, for the run's time-left estimate

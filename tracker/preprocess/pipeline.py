@@ -32,8 +32,8 @@ from cosettle.geometry import Geometry
 from cosettle.hashing import array_digest, file_digest, json_digest
 from cosettle.provenance import peak_rss_mb
 
-from .. import eta
 from ..config import PreprocessConfig
+from ..eta import StageTimes
 from . import best_buddies as bbm
 from .flow import make_flow_estimator, write_consecutive_flows
 from .lazy_array import NpyArray, NpyWriter
@@ -167,12 +167,16 @@ class StageCache:
 
 
 class _ReportingCache(StageCache):
-    """StageCache whose stages are reported to the run's time-left estimate (``tracker.eta``)."""
+    """StageCache whose stages are reported to the run's time-left estimate (``eta``, a ``tracker.eta.RunETA``)."""
+
+    def __init__(self, work_dir: Path, eta: StageTimes):
+        super().__init__(work_dir)
+        self.eta = eta
 
     def run(self, name, fields, compute, load):
-        eta.stage_begin(name)
+        self.eta.begin(name)
         result, info = super().run(name, fields, compute, load)
-        eta.stage_finish(name, info.get("seconds", 0.0), bool(info.get("cached")))
+        self.eta.finish(name, info.get("seconds", 0.0), bool(info.get("cached")))
         return result, info
 
 
@@ -214,7 +218,7 @@ def is_dino_backend(backend) -> bool:
 # -- the pipeline --------------------------------------------------------------------------------------
 def preprocess_video(video, backend, config: PreprocessConfig | None = None, work_dir: Path | str = "work",
                      masks: np.ndarray | None = None, progress: bool = True, until: str | None = None,
-                     video_digest: str | None = None) -> Preprocessed:
+                     video_digest: str | None = None, eta: StageTimes | None = None) -> Preprocessed:
     """Run (or load from ``work_dir``) every preprocessing stage. See the module docstring.
 
     ``until="masks"``: only the stages the foreground masks need (frames, then the features for saliency
@@ -223,22 +227,25 @@ def preprocess_video(video, backend, config: PreprocessConfig | None = None, wor
     whether to train (tracker/fusion_gate.py); a later full run loads these stages from the cache.
 
     ``video_digest``: the video's content digest when the caller has it (``Tracker.fit``), so the video is
-    not hashed again; by default ``as_frames(video).content_digest``."""
+    not hashed again; by default ``as_frames(video).content_digest``. ``eta``: the run's time estimate, told of
+    every stage and every frame (pair) of the flows and trajectories (None: nothing is estimated)."""
     cfg = config or PreprocessConfig()
     if until not in (None, "masks"):
         raise ValueError(f"until must be None or 'masks', not {until!r}")
+    eta = eta if eta is not None else StageTimes()
     if cfg.threads is None:
-        return _preprocess(video, backend, cfg, work_dir, masks, progress, until, video_digest)
+        return _preprocess(video, backend, cfg, work_dir, masks, progress, until, video_digest, eta)
     before = torch.get_num_threads()
     torch.set_num_threads(int(cfg.threads))
     try:
-        return _preprocess(video, backend, cfg, work_dir, masks, progress, until, video_digest)
+        return _preprocess(video, backend, cfg, work_dir, masks, progress, until, video_digest, eta)
     finally:
         torch.set_num_threads(before)
 
 
 def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress, until=None,
-                video_digest=None) -> Preprocessed:
+                video_digest=None, eta: StageTimes | None = None) -> Preprocessed:
+    eta = eta if eta is not None else StageTimes()
     # the one normaliser (a float clip is converted, not refused); a Frames from Tracker.fit is passed through
     # with its digest, so the fit hashes the video once
     video = as_frames(video, min_frames=2, who="the tracker's video")
@@ -247,7 +254,7 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
     if masks is not None:
         masks = check_masks(masks, T, H0, W0)
     geom = backend.geometry(H0, W0)
-    cache = _ReportingCache(Path(work_dir))
+    cache = _ReportingCache(Path(work_dir), eta)
     vid_key = video_digest or video.content_digest  # == array_digest(frames0): the stage keys as before
     stats: dict = {"video": {"frames": T, "height": H0, "width": W0, "content": vid_key},
                    "geometry": geom.to_dict()}
@@ -312,7 +319,7 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
     flow_fields = {"frames": stats["frames"]["key"], "estimator": estimator.cache_fields(), "v": 1}
 
     def c_flows(d):
-        write_consecutive_flows(frames, estimator, d / "fwd.npy", d / "bwd.npy", progress=progress)
+        write_consecutive_flows(frames, estimator, d / "fwd.npy", d / "bwd.npy", progress=progress, eta=eta)
         return {"flow_calls": estimator.calls}
 
     def l_flows(d, m):
@@ -366,7 +373,8 @@ def _preprocess(video, backend, cfg: PreprocessConfig, work_dir, masks, progress
         def compute(d):
             calls0 = estimator.calls
             traj, st = chain_trajectories(fwd, bwd, frames, estimator, cfg.fb_threshold, cfg.direct_threshold,
-                                          cfg.direct_window, cfg.min_traj_len, cfg.traj_stride, direct, progress)
+                                          cfg.direct_window, cfg.min_traj_len, cfg.traj_stride, direct, progress,
+                                          eta=eta)
             traj.save(d)
             return {"num_trajectories": st.num_trajectories, "num_points": int(len(traj.points)),
                     "flow_calls": estimator.calls - calls0, "per_start": st.per_start}

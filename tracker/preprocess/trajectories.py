@@ -33,7 +33,7 @@ import numpy as np
 
 from cosettle.progress import tqdm
 
-from .. import eta
+from ..eta import StageTimes
 from .flow import FlowEstimator, fb_consistency, inside, sample_flow, step_points
 from .trajectory_store import TrajectoryStore, as_store
 
@@ -66,7 +66,8 @@ def consistency_at(fwd, bwd, frame: int, fb_threshold: float) -> np.ndarray:
 def chain_trajectories(fwd, bwd, frames=None, estimator: FlowEstimator | None = None,
                        fb_threshold: float = 1.5, direct_threshold: float = 2.5, direct_window: int = 8,
                        min_len: int = 2, stride: int = 1, use_direct: bool = True,
-                       progress: bool = False) -> tuple[TrajectoryStore, TrajectoryStats]:
+                       progress: bool = False,
+                       eta: StageTimes | None = None) -> tuple[TrajectoryStore, TrajectoryStats]:
     """Chain ``fwd[i] = flow(i -> i+1)`` / ``bwd[i] = flow(i+1 -> i)`` into a :class:`TrajectoryStore`.
 
     ``fwd``/``bwd``/``frames`` may be arrays or lazy per-frame readers (``tracker.preprocess.lazy_array``): they are
@@ -79,7 +80,9 @@ def chain_trajectories(fwd, bwd, frames=None, estimator: FlowEstimator | None = 
     trajectory alive at frame s has length >= 2, so with ``min_len <= 2`` the trajectories alive at s are
     exactly the kept earlier ones that occupy frame s. With ``min_len > 2`` a trajectory still alive at s
     but ending before ``min_len`` also blocks seeding at s (the reference marks only kept ones).
+    ``eta``: the run's time estimate, told of every frame (the longest preprocessing stage).
     """
+    eta = eta if eta is not None else StageTimes()
     tic = time.time()
     T = len(fwd) + 1
     H, W = fwd.shape[1:3]
@@ -130,7 +133,7 @@ def chain_trajectories(fwd, bwd, frames=None, estimator: FlowEstimator | None = 
         if len(ids):
             chunks.append((t, ids.astype(np.int32), pos))  # pos is never modified in place
         bar.set_postfix(live=len(ids))
-        eta.stage_advance(eta_stage)  # the time-left estimate times the longest preprocessing stage per frame
+        eta.advance(eta_stage)  # the time-left estimate times the longest preprocessing stage per frame
     bar.close()
 
     store, per_start = _pack(chunks, np.concatenate(start_of) if start_of else np.zeros(0, np.int32),
