@@ -88,17 +88,19 @@ def test_dino_summary_reports_the_work_folder_and_the_estimate_ends_at_zero(tmp_
                                                                                    s2["stages_s"])
     assert "stages cached, training resumes at iteration 20" in p2.stderr
     # the same cached fit with 144 queries (the demo clip as --video, the demo's settings): tracking and writing grow
-    # with them, and so does the first estimate (it planned 1.2 s for any number: 0.36x of this run's ~3.3 s)
+    # with them, and so must the first estimate (it planned 1.2 s for any number: 0.36x of this run's ~3.3 s).
+    # Checked as a ratio to the 6-query re-run on the same machine: the priors were measured on 2 shared cores at
+    # load ~7, so on an idle machine both runs are faster than planned (CI, idle: 3.0 s planned for 1.6 s, 1.9x)
     demo_cfg = tmp_path / "demo.yaml"
     demo_cfg.write_text("".join(f"{k}: {v}\n" for k, v in DEMO_OVERRIDES.items() if k != "iterations"))
     p4 = _run("--tracker", "dino", "--iterations", "20", "--config", demo_cfg, "--video", tmp_path / "o" / "demo" /
               "demo.mp4", "--grid-size", "12", "--out", tmp_path / "o4", "--json", "--no-overlay", env=env)
     s4 = json.loads(p4.stdout)
     assert s4["work_dir"] == s["work_dir"] and s4["points"] == 144, p4.stderr[-1500:]
-    first = s4["time_estimates"][0]
-    really_left = s4["total_s"] - first["at_s"]
-    assert really_left / 1.5 - 0.2 <= first["left_s"] <= 1.5 * really_left + 0.2, (first, s4["total_s"],
-                                                                                   s4["stages_s"])
+    first4 = s4["time_estimates"][0]
+    grows_by = first4["left_s"] / first["left_s"]                         # planned: 144 queries vs 6
+    really_grows_by = (s4["total_s"] - first4["at_s"]) / really_left      # measured, the same two runs
+    assert really_grows_by / 1.5 <= grows_by <= 1.5 * really_grows_by, (first4, first, s4["total_s"], s2["total_s"])
     assert s2["cache_cap_gb"] == 5.0 and s2["cache_bytes"] >= s2["work_dir_bytes"]
     p3 = _run("--tracker", "dino", "--iterations", "20", "--out", tmp_path / "o3", "--no-overlay", env=env)
     assert re.search(r"work folder .*; the cache holds \d+\.\d MB, cap 5 GB \(--cache-max-gb\)", p3.stdout), p3.stdout
