@@ -18,7 +18,7 @@ Rule, per query and step a -> b (forwards from the query frame, then backwards),
   ``fusion_fb_px`` and ``f`` is inside the frame. Head candidate ``d`` = DINO-Tracker's prediction in b
   (tracked from the query feature, so it never drifts) with its visibility decision (the head's own
   forward-backward check); they *agree* when the head sees the point within ``fusion_snap_cells`` cells
-  of ``f``;
+  of ``f`` (``fusion_snap_cells``: unset, the value measured for the backend, tracker/config.py ``snap_cells``);
 * **follow flow** when it is consistent, or inconsistent but inside the frame and agreeing with the head;
 * **re-detection candidate** ``d`` when flow is inconsistent and does not agree with a head that sees the
   point (flow broke), or when consistent flow has carried a point queried on the foreground off the
@@ -61,6 +61,7 @@ from cosettle.io.tracks import TrackResult
 from cosettle.progress import tqdm
 
 from .base import RunReport
+from .config import snap_cells
 from .dino.tracker import PREPROCESS_LOCK, Tracker
 from .fusion_gate import GateDecision, blind_head, decide, reuse_flows
 from .preprocess.flow import inside, make_flow_estimator, sample_flow
@@ -392,10 +393,11 @@ class FlowGuidedTracker(Tracker):
         flow_pair = self._flow_pair()
         frames = self._frames
         # the decision that led here (None: no pre-pass ran, the head was trained already or 'always')
-        self.fusion_stats = _GatedStats(gate=None if self.gate is None else self.gate.to_dict())
+        snap = snap_cells(c, self.backend)  # the config's, else the one measured for this backend and stride
+        self.fusion_stats = _GatedStats(gate=None if self.gate is None else self.gate.to_dict(), snap_cells=snap)
         cell = self._cell_px()
         verifier = TemplateVerifier(frames, res.queries, search_px=c.fusion_verify_cells * cell)
-        tracks, vis, conf = fuse_tracks(res, flow_pair, frames.shape[0], c.fusion_snap_cells * cell,
+        tracks, vis, conf = fuse_tracks(res, flow_pair, frames.shape[0], snap * cell,
                                         c.fusion_fb_px, verifier, c.fusion_verify_ncc, c.fusion_drift_frames,
                                         self._foreground, progress=self.progress, stats=self.fusion_stats)
         self.eta.add_time("fusion", self.fusion_stats.seconds)
@@ -415,9 +417,10 @@ class _GatedStats(FusionStats):
     """The fusion's counts plus the gate's decision (run_info.json ``fusion``)."""
 
     gate: dict | None = None  # GateDecision.to_dict(); None: no pre-pass (fusion_train=always, or trained already)
+    snap_cells: float | None = None  # the agreement radius used (resolved per backend); None: the head never ran
 
     def to_dict(self) -> dict:
-        return {**super().to_dict(), "gate": self.gate}
+        return {**super().to_dict(), "gate": self.gate, "snap_cells": self.snap_cells}
 
 
 @register_tracker("dino-flow", summary="DINO-Tracker fused with optical flow, the default (trains per video only "

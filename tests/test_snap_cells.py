@@ -1,0 +1,78 @@
+"""dino-flow's agreement radius per backend (tracker/config.py snap_cells): the config's value when set, else
+the value measured for the backend's name *and* stride, else 6 cells; inference-only (no retraining)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from cosettle.errors import UserError
+from tracker.api import training_key
+from tracker.config import DEFAULT_SNAP_CELLS, MEASURED_SNAP_CELLS, TrackerConfig, preset, snap_cells
+
+DINOV2_S14 = SimpleNamespace(name="dinov2_vits14_imgfocus", stride=14)
+
+
+def test_unset_takes_the_measured_value_for_name_and_stride_only():
+    cfg = preset("fast")
+    assert cfg.fusion_snap_cells is None and DEFAULT_SNAP_CELLS == 6.0
+    assert snap_cells(cfg, DINOV2_S14) == 2.0
+    # the same weights at another stride, another backend, a projected one: not measured -> 6
+    assert snap_cells(cfg, SimpleNamespace(name="dinov2_vits14_imgfocus", stride=7)) == 6.0
+    assert snap_cells(cfg, SimpleNamespace(name="dsift", stride=8)) == 6.0
+    assert snap_cells(cfg, SimpleNamespace(name="dinov2_vits14_imgfocus+cosettle", stride=14)) == 6.0
+    assert snap_cells(cfg, object()) == 6.0  # a user's backend object without name/stride
+
+
+def test_a_set_value_wins_even_zero():
+    for v in (0.0, 3.0, 6.0):
+        assert snap_cells(preset("fast", fusion_snap_cells=v), DINOV2_S14) == v
+    assert snap_cells(TrackerConfig(fusion_snap_cells=2), SimpleNamespace(name="dsift", stride=8)) == 2.0
+
+
+def test_the_table_names_a_registered_backend():
+    from cosettle.backends.registry import list_backends
+    assert {name for name, _ in MEASURED_SNAP_CELLS} <= set(list_backends())
+
+
+def test_negative_is_one_error_line():
+    with pytest.raises(UserError, match="fusion_snap_cells must be >= 0"):
+        TrackerConfig(fusion_snap_cells=-1.0)
+
+
+def test_unset_and_set_share_the_fit():
+    cfg = preset("fast")
+    assert training_key(cfg.replace(fusion_snap_cells=2.0)) == training_key(cfg) == "39014f0eba7beb22"
+
+
+def test_dino_flow_fuses_with_the_backends_radius(monkeypatch):
+    """The wiring: FlowGuidedTracker._fuse hands fuse_tracks snap_cells(cfg, its backend) x the cell size."""
+    import numpy as np
+
+    import tracker.fusion as fusion
+    from cosettle import load_backend
+    from cosettle.io.tracks import TrackResult
+
+    seen = []
+
+    def fake_fuse(res, flow_pair, T, snap_px, *a, **kw):
+        seen.append(snap_px)
+        return res.tracks, res.visible, res.confidence
+
+    monkeypatch.setattr(fusion, "fuse_tracks", fake_fuse)
+    backend = load_backend("dsift")
+    for name, stride, cfg, want in (("dinov2_vits14_imgfocus", 14, preset("fast"), 2.0 * 10),
+                                    ("dsift", backend.stride, preset("fast"), 6.0 * 10),
+                                    ("dinov2_vits14_imgfocus", 14, preset("fast", fusion_snap_cells=4.0), 4.0 * 10)):
+        b = load_backend("dsift")
+        b.name, b.stride = name, stride
+        t = fusion.FlowGuidedTracker(b, cfg, progress=False)
+        q = np.array([[0.0, 2.0, 2.0]])
+        head = TrackResult(np.zeros((1, 2, 2), np.float32), np.ones((1, 2), bool), np.ones((1, 2), np.float32), q)
+        monkeypatch.setattr(t, "track_head", lambda queries, occlusion=None, head=head: head)
+        monkeypatch.setattr(t, "_flow_pair", lambda: None)
+        monkeypatch.setattr(t, "_cell_px", lambda: 10.0)
+        t._frames, t._foreground, t.gate = np.zeros((2, 8, 8, 3), np.uint8), None, None
+        t._fuse(q)
+        assert seen[-1] == want, (name, stride)
+        assert t.fusion_stats.to_dict()["snap_cells"] == want / 10  # run_info.json records the radius used
