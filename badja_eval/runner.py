@@ -25,6 +25,7 @@ from cosettle.io.atomic import atomic_path
 from cosettle.progress import tqdm
 from cosettle.projector_io import resolve_path
 from tracker import build_tracker, preset
+from tracker.config import measured_snap_token
 from tracker.registry import TrackerEntry, tracker_entry
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,8 @@ class Runner:
         cfg = self.tracker_config(method)
         if cfg is not None:  # the resolved settings, so a changed preset definition invalidates the entry
             h.update(json.dumps(_plain(cfg), sort_keys=True, default=str).encode())
+        if method.tracker == "dino-flow" and getattr(cfg, "fusion_snap_cells", 0.0) is None:
+            h.update(measured_snap_token().encode())  # the radius comes from the per-backend table
         h.update(np.ascontiguousarray(task.queries, dtype=np.float64).tobytes())
         return h.hexdigest()[:20]
 

@@ -76,3 +76,25 @@ def test_dino_flow_fuses_with_the_backends_radius(monkeypatch):
         t._fuse(q)
         assert seen[-1] == want, (name, stride)
         assert t.fusion_stats.to_dict()["snap_cells"] == want / 10  # run_info.json records the radius used
+
+
+def test_a_remeasured_table_invalidates_cached_fused_predictions(tmp_path, monkeypatch):
+    """The evaluator keys dino-flow predictions on the radius table when the config leaves the radius unset:
+    the config alone (fusion_snap_cells None) does not change when the table does."""
+    import numpy as np
+
+    import tracker.config as config
+    from badja_eval.runner import Method, Runner, Task
+
+    task = Task(key="clip", load=lambda: None, queries=np.zeros((1, 3)), shape=(4, 8, 8), content="c")
+    fused, head = Method("dino-flow", "dsift"), Method("dino", "dsift")
+    runner = Runner(cache_dir=tmp_path, preset="fast")
+    before = runner.fingerprint(task, fused), runner.fingerprint(task, head)
+    monkeypatch.setitem(config.MEASURED_SNAP_CELLS, ("dsift", 8), 3.0)
+    assert runner.fingerprint(task, fused) != before[0]
+    assert runner.fingerprint(task, head) == before[1]  # the head does not use it: its entries stay valid
+    # a radius set explicitly is in the config itself; the table is then irrelevant
+    fixed = Runner(cache_dir=tmp_path, preset="fast", tracker_overrides={"dino-flow": {"fusion_snap_cells": 6.0}})
+    key = fixed.fingerprint(task, fused)
+    monkeypatch.setitem(config.MEASURED_SNAP_CELLS, ("dsift", 8), 4.0)
+    assert fixed.fingerprint(task, fused) == key

@@ -15,6 +15,7 @@ resolution, so one setting means the same thing at any resolution and for any ba
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,6 +199,12 @@ class TrackerConfig:
 # were >= 6 on cows on every seed (76.38 vs 75.13). Every other backend keeps 6, the dsift measurement.
 DEFAULT_SNAP_CELLS = 6.0
 MEASURED_SNAP_CELLS = {("dinov2_vits14_imgfocus", 14): 2.0}
+
+
+def measured_snap_token() -> str:
+    """The radius table as text: what a cache of fused predictions made with an unset ``fusion_snap_cells``
+    must key on besides the config, so that a re-measured table does not return old predictions."""
+    return json.dumps([DEFAULT_SNAP_CELLS, sorted([list(k), v] for k, v in MEASURED_SNAP_CELLS.items())])
 
 
 def snap_cells(cfg: "TrackerConfig", backend) -> float:
