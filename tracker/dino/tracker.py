@@ -48,6 +48,7 @@ from ..memory import LOAD_RATE, time_plan
 from ..preprocess.pipeline import cached_stages, preprocess_video
 from ..registry import register_tracker
 from ..resolution import work_backend
+from .fit_info import FitRecord
 from .inference import TrackInference, refined_features
 from .train import Trainer, latest_checkpoint
 
@@ -98,6 +99,7 @@ class Tracker:
         self.infer = None
         self.train_history: list[dict] = []
         self.train_coverage: dict | None = None  # supervision the training received (None: no iteration ran)
+        self.fit_record: FitRecord | None = None  # which code trained the fit's checkpoints (fit_info.json)
 
     # -- fitting ---------------------------------------------------------------------------------
     def _work_dir(self, frames: Frames, masks) -> Path:
@@ -169,6 +171,8 @@ class Tracker:
         geom = self.prep.geometry
         with self.eta.timed("train"):
             trainer = Trainer(self.prep, cfg, ckpt_dir)
+            # fit_info.json beside the checkpoints: the code, versions and threads of every training session
+            trainer.record = self.fit_record = FitRecord(ckpt_dir, training_key(cfg), self.work_backend, cfg)
             self.model = trainer.run(progress=self.progress, eta=self.eta)
         self.train_history = trainer.history
         self.train_coverage = trainer.coverage.summary() if trainer.coverage.iterations else None
@@ -228,6 +232,8 @@ class Tracker:
     def report(self) -> RunReport:
         """Stage times, the work folder and the supervision the training received (``PointTracker.report``)."""
         info = {"training_coverage": self.train_coverage} if self.train_coverage else {}
+        if self.fit_record is not None:  # the git SHA(s) that trained the fit, and its fit_info.json
+            info["fit"] = self.fit_record.summary()
         return RunReport(self.eta.times, self.work_dir, info)
 
 
