@@ -1,6 +1,6 @@
 """fit_info.json: every DINO-Tracker training session records the code (git SHA), versions, threads, backend,
 seed and iterations beside its checkpoints; a fit that resumes or reuses checkpoints trained by other code says
-so in one INFO line. Tiny fits (6 iterations,
+so in one INFO line; the evaluator carries the SHA into its results (``fit_git``). Tiny fits (6 iterations,
 64x96, 6 frames): seconds each."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import tracker.dino.train
+from badja_eval.runner import Method, Runner, Task, fit_gits
 from cosettle.provenance import git_sha
 from tests._tracker_synth import translating_clip
 from tests.test_tracker_api import Q, _backend, _cfg
@@ -115,3 +116,39 @@ def test_cached_fit_trained_by_other_code_is_logged_not_rewritten(clip, tmp_path
         tr = Tracker(_backend(), cfg, progress=False).fit(clip)
     assert any("recorded no fit_info.json" in r.getMessage() for r in caplog.records), caplog.text
     assert tr.report().info["fit"]["fit_git"] == NOT_RECORDED and not path.exists()
+
+
+class _FitTracker:
+    """A fake tracker whose report names the code of its fit, as DINO-Tracker's does."""
+
+    def __init__(self, sha):
+        self.sha = sha
+
+    def fit(self, video, masks=None):
+        self.T = len(video)
+        return self
+
+    def track(self, queries):
+        from cosettle.io.tracks import TrackResult
+
+        q = np.asarray(queries)
+        tracks = np.repeat(q[:, None, 1:], self.T, axis=1)
+        return TrackResult(tracks, np.ones(tracks.shape[:2], bool), np.ones(tracks.shape[:2]), q)
+
+    def report(self):
+        from tracker.base import RunReport
+
+        return RunReport(info={"fit": {"fit_git": self.sha}})
+
+
+def test_evaluator_records_fit_git(tmp_path):
+    frames = np.zeros((4, 8, 8, 3), np.uint8)
+    tasks = [Task("seq0", lambda: (frames, None), np.array([[0, 1.0, 2.0]]), (4, 8, 8), "c0")]
+
+    def runner(sha):
+        return Runner(tmp_path / "cache", build_tracker=lambda n, b, c: _FitTracker(sha), progress=False)
+
+    preds = runner(OTHER).run(tasks, [Method("fake")])
+    assert preds[("seq0", "fake")].fit_git == OTHER and fit_gits(preds) == {"seq0|fake": OTHER}
+    again = runner("ignored").run(tasks, [Method("fake")])  # from the evaluator's result cache: kept
+    assert again[("seq0", "fake")].cached and fit_gits(again) == {"seq0|fake": OTHER}
