@@ -54,6 +54,8 @@ HEADERS = {"delta_seg": "δseg", "delta_3px": "δ3px", "false_visible": "wrong-v
            "in_mask": "in-mask", "in_mask_all": "in-mask (all)", "jump": "jump ↓", "count": "entries",
            "jf": "J&F", "j": "J", "f": "F", "gain_jf": "ΔJ&F", "gain_j": "ΔJ", "gain_f": "ΔF"}
 ROW_KEYS = ("sequence", "tracker", "backend")
+TRACKER_CACHE_DIR = "tracker_cache"  # in every output folder --run / --rerun makes
+TRACKER_CACHE_ENV = "COSETTLE_TRACKER_CACHE"  # read by tracker/dino/tracker.py (not imported: torch, slow)
 
 
 @dataclass
@@ -111,11 +113,20 @@ def eval_command(spec: TableSpec, seed: Any, folder: Path, data_root: str | None
     return argv + ["--out", str(folder), "--quiet"]
 
 
+def tracker_cache(folder: Path) -> Path:
+    """The DINO trackers' work folders of one output folder's evaluation (``$COSETTLE_TRACKER_CACHE`` of its
+    subprocess): fits are trained by the code that runs the evaluation, never taken from the shared
+    ``$COSETTLE_CACHE/tracker`` where older code left fits with the same training key (the 74e8212 BADJA
+    rows were scored from such fits)."""
+    return folder / TRACKER_CACHE_DIR
+
+
 def run_evaluation(spec: TableSpec, seed: Any, folder: Path, data_root: str | None, rerun: bool) -> None:
     """Run ``badja_eval/run.py`` for one folder, in a subprocess (its run_info.json then records the
-    evaluator's own command line, and its thread settings come from ``env``). ``rerun`` moves an existing
-    folder aside first: the evaluator resumes from its cache, so running into the old folder would reuse
-    every old result instead of measuring again."""
+    evaluator's own command line, and its thread settings come from ``env``), with its own tracker cache
+    (``tracker_cache``). ``rerun`` moves an existing folder aside first, its tracker cache with it: the
+    evaluator resumes from its caches, so running into the old folder would reuse every old result and fit
+    instead of measuring again."""
     if rerun and folder.exists():
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
         aside = folder.with_name(f"{folder.name}.old-{stamp}")
@@ -123,7 +134,7 @@ def run_evaluation(spec: TableSpec, seed: Any, folder: Path, data_root: str | No
         print(f"moved the previous {folder} to {aside}", file=sys.stderr)
     cmd = [sys.executable, "-m", "badja_eval.run", *eval_command(spec, seed, folder, data_root)]
     print(f"[{spec.id}] {shlex.join(cmd[1:])}", file=sys.stderr)
-    env = dict(os.environ, **spec.env)
+    env = {**os.environ, **spec.env, TRACKER_CACHE_ENV: str(tracker_cache(folder))}
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env)
     if proc.returncode != 0 or not (folder / "results.json").is_file():
         raise UserError(f"table {spec.id}: the evaluation exited with status {proc.returncode} and wrote no "

@@ -9,7 +9,8 @@
 
 ``fit`` preprocesses (cached per video), trains or resumes from the last checkpoint, and caches the
 refined features. Everything lives in a work folder keyed by the video content and every setting that
-changes the result (default ``$COSETTLE_CACHE/tracker/<key>``, ``~/.cache/cosettle`` if unset), so
+changes the result (default ``$COSETTLE_CACHE/tracker/<key>``, ``~/.cache/cosettle`` if unset, or
+``$COSETTLE_TRACKER_CACHE/<key>``), so
 re-running the same command is instant and an interrupted run resumes.
 
 ``fit(video, masks, eta=...)`` takes the run's time estimate (``tracker.eta.RunETA``) and passes it to the
@@ -61,8 +62,16 @@ PREPROCESS_LOCK = ".preprocess.lock"  # in the work folder, beside the shared ".
 VIDEO_DIGESTS = "video.json"
 
 
+# the tracker's work folders somewhere else than $COSETTLE_CACHE/tracker: scripts/make_results.py --run gives every
+# output folder its own (<out>/tracker_cache), so a re-run is never scored from fits cached by older code
+TRACKER_CACHE_ENV = "COSETTLE_TRACKER_CACHE"
+
+
 def cache_root() -> Path:
-    return cache_home() / "tracker"
+    """The folder of the default work folders: ``$COSETTLE_TRACKER_CACHE``, else ``$COSETTLE_CACHE/tracker``
+    (``~/.cache/cosettle/tracker``). Backend weights and the feature cache stay under ``$COSETTLE_CACHE``."""
+    own = os.environ.get(TRACKER_CACHE_ENV)
+    return Path(own) if own else cache_home() / "tracker"
 
 
 def training_key(cfg: TrackerConfig) -> str:
