@@ -243,6 +243,17 @@ def freshness(shas: list[str], head: str) -> str:
     return "; ".join(marks)
 
 
+def fit_shas(infos: list[dict]) -> list[str]:
+    """The distinct git SHAs that trained the folders' fits (run_info.json ``fit_git``, written since fits record
+    their code in fit_info.json), in order; [] when no folder recorded any."""
+    out: dict[str, None] = {}
+    for info in infos:
+        for v in (info.get("fit_git") or {}).values():
+            for sha in str(v).split(","):
+                out[sha.strip() or NOT_RECORDED] = None
+    return list(out)
+
+
 def _join(values: list) -> str:
     vals = list(dict.fromkeys(NOT_RECORDED if v is None else str(v) for v in values))
     return " / ".join(vals)
@@ -306,6 +317,10 @@ def render_table(spec: TableSpec, folders: list[Path], head: str, data_root: str
     shas = [str(i.get("git_sha") or NOT_RECORDED) for i in infos]
     stamp = [f"git `{' / '.join(_short(s) if s != NOT_RECORDED else s for s in dict.fromkeys(shas))}` "
              f"({freshness(shas, head)})"]
+    fits = fit_shas(infos)
+    if fits:  # the code that trained the DINO fits: older than the run's own when a cached fit was reused
+        stamp.append(f"fits trained at git `{' / '.join(_short(s) if s != NOT_RECORDED else s for s in fits)}` "
+                     f"({freshness(fits, head)})")
     stamp += [f"{label} {_join([i.get(key) for i in infos])}" for label, key in STAMP_FIELDS]
     dates = sorted({str(i.get("time_utc", NOT_RECORDED)).replace("T", " ").replace("+00:00", " UTC")
                     for i in infos})

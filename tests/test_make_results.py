@@ -345,3 +345,22 @@ def test_run_trains_dino_in_the_folder_cache_and_records_fit_git(tmp_path):
     assert session["git_sha"] == git_sha() and session["iterations_done"] == 2
     fit_git = json.loads((folder / "run_info.json").read_text())["fit_git"]
     assert fit_git == {"easy_000|dino/dsift": git_sha()}
+
+
+def test_page_names_the_code_that_trained_the_fits(tmp_path):
+    """run_info.json's fit_git (the code that trained each DINO fit) is stamped beside the table with its own
+    freshness mark: a table run at this commit from fits an unknown older commit trained is not 'current'."""
+    head = git_sha()
+    rows = _rows({("clip", "dino-flow"): (60.0, 14.0)})
+    _folder(tmp_path / "runs", "new", rows, _info(head, fit_git={"clip|dino-flow/dsift": head}))
+    _folder(tmp_path / "runs", "reused", rows, _info(head, fit_git={"clip|dino-flow/dsift": OLD_SHA,
+                                                                   "clip|dino/dsift": "not recorded"}))
+    man = _manifest(tmp_path / "results.yaml", [
+        {"id": t, "title": t, "args": "--trackers dino-flow", "out": t, "columns": ["delta_seg"]}
+        for t in ("new", "reused")])
+    out = tmp_path / "results.md"
+    assert _make(["--manifest", man, "--runs-root", tmp_path / "runs", "--out", out]) == 0
+    page = out.read_text()
+    new, reused = _table(page, "new"), _table(page, "reused")
+    assert f"fits trained at git `{head[:7]}" in new and new.count("current: made at this page's commit") == 2
+    assert f"fits trained at git `{OLD_SHA[:7]} / not recorded` (**stale?**" in reused
