@@ -152,3 +152,23 @@ def test_evaluator_records_fit_git(tmp_path):
     assert preds[("seq0", "fake")].fit_git == OTHER and fit_gits(preds) == {"seq0|fake": OTHER}
     again = runner("ignored").run(tasks, [Method("fake")])  # from the evaluator's result cache: kept
     assert again[("seq0", "fake")].cached and fit_gits(again) == {"seq0|fake": OTHER}
+
+
+def test_the_newest_session_decides_and_an_untrained_fit_says_nothing(tmp_path, caplog):
+    """Sessions A, B, A: the checkpoints are A's (the last session), so reusing them at A logs nothing; a fit of
+    0 iterations reuses no checkpoint and records nothing."""
+    import types
+
+    from tracker.dino.fit_info import FitRecord
+
+    head = git_sha()
+    (tmp_path / FIT_INFO).write_text(json.dumps({"version": 1, "training_key": "k", "sessions": [
+        {"git_sha": head}, {"git_sha": OTHER}, {"git_sha": head}]}))
+    cfg = types.SimpleNamespace(iterations=6, seed=0)
+    with caplog.at_level(logging.INFO, logger="tracker.dino.fit_info"):
+        rec = FitRecord(tmp_path, "k", None, cfg)
+        rec.begin(6, "ckpt_0000006.pt")
+        assert not caplog.records and rec.summary()["fit_git"] == f"{head}, {OTHER}"
+        empty = tmp_path / "empty"
+        FitRecord(empty, "k", None, types.SimpleNamespace(iterations=0, seed=0)).begin(0, None)
+    assert not caplog.records and not (empty / FIT_INFO).exists()

@@ -70,23 +70,23 @@ class FitRecord:
     def begin(self, start: int, resumed_from: str | None) -> None:
         """The trainer resumed at iteration ``start`` (0: a fresh fit) from checkpoint ``resumed_from``."""
         target = int(self.cfg.iterations)
-        earlier = fit_gits(self.info)
-        here = None
-        if start > 0 or start >= target:  # checkpoints another process wrote are used
-            here = self._current_git()
-            if not earlier:
-                log.info("%s %s was trained by code that recorded no %s (its git SHA is unknown)",
-                         "reusing the finished fit" if start >= target else "resuming the fit", self.ckpt_dir,
-                         FIT_INFO)
-            elif earlier[-1] != here:
-                log.info("%s %s trained by git %s (this code: git %s)",
-                         "reusing the finished fit" if start >= target else "resuming the fit",
-                         self.ckpt_dir, ", ".join(earlier), here)
-        if start >= target:
+        sessions = self.info["sessions"] if self.info else []
+        # the code of the session that wrote the newest checkpoints (None: not recorded)
+        prev = sessions[-1].get("git_sha") if sessions else None
+        info = run_info() if start < target else None  # the versions and thread count the fit trains with
+        if info is not None:
+            self.git = info["git_sha"]
+        if start > 0:  # checkpoints another process wrote are used
+            what = "reusing the finished fit" if start >= target else "resuming the fit"
+            if prev is None:
+                log.info("%s %s was trained by code that recorded no %s (its git SHA is unknown)", what,
+                         self.ckpt_dir, FIT_INFO)
+            elif prev != self._current_git():
+                log.info("%s %s trained by git %s (this code: git %s)", what, self.ckpt_dir,
+                         ", ".join(fit_gits(self.info)), self.git)
+        if info is None:
             return  # nothing trained: nothing to record
-        info = run_info()  # the versions and thread count the fit trains with
-        self.git = info["git_sha"]
-        prev = earlier[-1] if (start > 0 and earlier) else None
+        prev = prev if start > 0 else None
         self.session = {
             "git_sha": info["git_sha"],
             "git_dirty": info["git_sha"].endswith("-dirty"),
