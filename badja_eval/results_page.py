@@ -54,6 +54,8 @@ HEADERS = {"delta_seg": "δseg", "delta_3px": "δ3px", "false_visible": "wrong-v
            "in_mask": "in-mask", "in_mask_all": "in-mask (all)", "jump": "jump ↓", "count": "entries",
            "jf": "J&F", "j": "J", "f": "F", "gain_jf": "ΔJ&F", "gain_j": "ΔJ", "gain_f": "ΔF"}
 ROW_KEYS = ("sequence", "tracker", "backend")
+TRACKER_CACHE_DIR = "tracker_cache"  # in every output folder --run / --rerun makes
+TRACKER_CACHE_ENV = "COSETTLE_TRACKER_CACHE"  # read by tracker/dino/tracker.py (not imported: torch, slow)
 
 
 @dataclass
@@ -111,11 +113,20 @@ def eval_command(spec: TableSpec, seed: Any, folder: Path, data_root: str | None
     return argv + ["--out", str(folder), "--quiet"]
 
 
+def tracker_cache(folder: Path) -> Path:
+    """The DINO trackers' work folders of one output folder's evaluation (``$COSETTLE_TRACKER_CACHE`` of its
+    subprocess): fits are trained by the code that runs the evaluation, never taken from the shared
+    ``$COSETTLE_CACHE/tracker`` where older code left fits with the same training key (the 74e8212 BADJA
+    rows were scored from such fits)."""
+    return folder / TRACKER_CACHE_DIR
+
+
 def run_evaluation(spec: TableSpec, seed: Any, folder: Path, data_root: str | None, rerun: bool) -> None:
     """Run ``badja_eval/run.py`` for one folder, in a subprocess (its run_info.json then records the
-    evaluator's own command line, and its thread settings come from ``env``). ``rerun`` moves an existing
-    folder aside first: the evaluator resumes from its cache, so running into the old folder would reuse
-    every old result instead of measuring again."""
+    evaluator's own command line, and its thread settings come from ``env``), with its own tracker cache
+    (``tracker_cache``). ``rerun`` moves an existing folder aside first, its tracker cache with it: the
+    evaluator resumes from its caches, so running into the old folder would reuse every old result and fit
+    instead of measuring again."""
     if rerun and folder.exists():
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
         aside = folder.with_name(f"{folder.name}.old-{stamp}")
@@ -123,7 +134,7 @@ def run_evaluation(spec: TableSpec, seed: Any, folder: Path, data_root: str | No
         print(f"moved the previous {folder} to {aside}", file=sys.stderr)
     cmd = [sys.executable, "-m", "badja_eval.run", *eval_command(spec, seed, folder, data_root)]
     print(f"[{spec.id}] {shlex.join(cmd[1:])}", file=sys.stderr)
-    env = dict(os.environ, **spec.env)
+    env = {**os.environ, **spec.env, TRACKER_CACHE_ENV: str(tracker_cache(folder))}
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env)
     if proc.returncode != 0 or not (folder / "results.json").is_file():
         raise UserError(f"table {spec.id}: the evaluation exited with status {proc.returncode} and wrote no "
@@ -232,6 +243,17 @@ def freshness(shas: list[str], head: str) -> str:
     return "; ".join(marks)
 
 
+def fit_shas(infos: list[dict]) -> list[str]:
+    """The distinct git SHAs that trained the folders' fits (run_info.json ``fit_git``, written since fits record
+    their code in fit_info.json), in order; [] when no folder recorded any."""
+    out: dict[str, None] = {}
+    for info in infos:
+        for v in (info.get("fit_git") or {}).values():
+            for sha in str(v).split(","):
+                out[sha.strip() or NOT_RECORDED] = None
+    return list(out)
+
+
 def _join(values: list) -> str:
     vals = list(dict.fromkeys(NOT_RECORDED if v is None else str(v) for v in values))
     return " / ".join(vals)
@@ -295,6 +317,10 @@ def render_table(spec: TableSpec, folders: list[Path], head: str, data_root: str
     shas = [str(i.get("git_sha") or NOT_RECORDED) for i in infos]
     stamp = [f"git `{' / '.join(_short(s) if s != NOT_RECORDED else s for s in dict.fromkeys(shas))}` "
              f"({freshness(shas, head)})"]
+    fits = fit_shas(infos)
+    if fits:  # the code that trained the DINO fits: older than the run's own when a cached fit was reused
+        stamp.append(f"fits trained at git `{' / '.join(_short(s) if s != NOT_RECORDED else s for s in fits)}` "
+                     f"({freshness(fits, head)})")
     stamp += [f"{label} {_join([i.get(key) for i in infos])}" for label, key in STAMP_FIELDS]
     dates = sorted({str(i.get("time_utc", NOT_RECORDED)).replace("T", " ").replace("+00:00", " UTC")
                     for i in infos})

@@ -32,7 +32,7 @@ from badja_eval.badja import evaluate_badja, list_sequences, load_sequence, skip
 from badja_eval.davis_masks import protocol as masks_protocol
 from badja_eval.metrics import mean_over_videos
 from badja_eval.report import build_rows, format_table, write_report
-from badja_eval.runner import Runner, Task, make_methods
+from badja_eval.runner import Runner, Task, fit_gits, make_methods
 from badja_eval.synthetic import DIFFICULTIES, generate_benchmark
 from cosettle.cli import device_arg
 from cosettle.errors import UserError, cli_entry
@@ -368,7 +368,10 @@ def main(argv=None):
     paths = write_report(out, rows, metrics, benchmark=cfg.benchmark, config=asdict(cfg), per_video=per_video,
                          headers=HEADERS, protocol=proto,
                          extra_info={"query_mode": cfg.query_mode, "preset": cfg.preset,
-                                     "newly_computed": runner.computed})
+                                     "newly_computed": runner.computed,
+                                     # the code that trained each fit (fit_info.json), which may be older
+                                     # than git_sha when the tracker reused a cached fit
+                                     "fit_git": fit_gits(preds)})
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

@@ -83,6 +83,9 @@ class Prediction:
     tracks: np.ndarray  # (N, T, 2) x, y
     visible: np.ndarray  # (N, T) True = visible
     cached: bool = False
+    # the git SHA(s) of the code that trained the fit (the tracker's fit_info.json, e.g. DINO-Tracker's); None
+    # for a tracker that trains nothing, or a result cached before fits recorded it
+    fit_git: str | None = None
 
 
 def _plain(cfg) -> Any:
@@ -213,17 +216,20 @@ class Runner:
                 if str(z["fingerprint"]) != self.fingerprint(task, method):
                     log.info("cache %s is stale (inputs changed); recomputing", path)
                     return None
-                return Prediction(z["tracks"], z["visible"], cached=True)
+                fit_git = str(z["fit_git"]) if "fit_git" in z.files else None
+                return Prediction(z["tracks"], z["visible"], cached=True, fit_git=fit_git)
         except Exception as err:  # a corrupt cache entry is recomputed, never fatal
             log.warning("ignoring unreadable cache %s (%s)", path, err)
             return None
 
     def save(self, task: Task, method: Method, pred: Prediction) -> Path:
         path = self.cache_path(task, method)
+        extra = {} if pred.fit_git is None else {"fit_git": np.array(pred.fit_git)}  # not part of the fingerprint
         with atomic_path(path) as tmp:
             np.savez_compressed(tmp, tracks=pred.tracks.astype(np.float32), visible=pred.visible,
                                 fingerprint=np.array(self.fingerprint(task, method)),
-                                layout=np.array("tracks (N,T,2) x,y px, pixel-centre; visible (N,T) True=visible"))
+                                layout=np.array("tracks (N,T,2) x,y px, pixel-centre; visible (N,T) True=visible"),
+                                **extra)
         return path
 
     # -------------------------------------------------------------------------------- run
@@ -240,7 +246,7 @@ class Runner:
         if tracks.shape != (n, T, 2) or visible.shape != (n, T):
             raise RuntimeError(f"tracker {method.label} returned tracks {tracks.shape} / visible "
                                f"{visible.shape}, expected ({n}, {T}, 2) / ({n}, {T})")
-        return Prediction(tracks, visible)
+        return Prediction(tracks, visible, fit_git=fit_git_of(tracker))
 
     def run(self, tasks: list[Task], methods: list[Method], shard: tuple[int, int] = (0, 1),
             desc: str = "eval") -> dict[tuple[str, str], Prediction]:
@@ -264,6 +270,24 @@ class Runner:
         bar.close()
         self._loaded = None
         return out
+
+
+def fit_git_of(tracker) -> str | None:
+    """The git SHA(s) that trained a fitted tracker (``report().info['fit']['fit_git']``, written by DINO-Tracker
+    from its fit_info.json); None for a tracker without a report or a fit record."""
+    report = getattr(tracker, "report", None)
+    if report is None:
+        return None
+    fit = (report().info or {}).get("fit") or {}
+    return fit.get("fit_git")
+
+
+def fit_gits(preds: dict[tuple[str, str], Prediction]) -> dict[str, str]:
+    """``{"<task>|<method>": fit_git}`` of the predictions whose tracker trained a fit (run_info.json ``fit_git``):
+    which code trained each fit the scores come from, whatever commit the evaluation itself ran at. A DINO
+    tracker's result without one (cached before fits recorded it) says "not recorded"."""
+    return {f"{k}|{lab}": p.fit_git or "not recorded" for (k, lab), p in preds.items()
+            if p.fit_git is not None or _is_dino(lab.split("/", 1)[0])}
 
 
 def _registered(name: str) -> TrackerEntry | None:

@@ -289,3 +289,78 @@ def test_keep_missing_copies_a_table_whose_folders_are_gone_and_renders_the_rest
     # a missing table that the page does not hold either: the usual error
     page.write_text(before[:before.index("## Old table")])
     assert _make(["--manifest", man, "--runs-root", root, "--out", page, "--keep-missing"]) == 2
+
+
+def test_run_gives_each_output_folder_its_own_tracker_cache(tmp_path, monkeypatch):
+    """--run / --rerun: the evaluation's subprocess gets ``COSETTLE_TRACKER_CACHE=<folder>/tracker_cache`` (over
+    whatever the caller's environment says), and --rerun moves the old folder aside with its tracker cache, so
+    the new run starts from no cached fit. The evaluator is faked here (it writes results.json)."""
+    monkeypatch.setenv("COSETTLE_TRACKER_CACHE", str(tmp_path / "shared_old_fits"))
+    seen = []
+
+    def fake_eval(cmd, cwd=None, env=None):
+        folder = Path(cmd[cmd.index("--out") + 1])
+        seen.append((folder, env))
+        cache = Path(env["COSETTLE_TRACKER_CACHE"])
+        assert not cache.exists(), "a run started with fits already cached"
+        (cache / "work" / "train_k").mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "results.json").write_text("{}")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(rp.subprocess, "run", fake_eval)
+    spec = rp.TableSpec(id="t", title="T", args="--trackers dino", out="t", columns=["delta_seg"],
+                        env={"OMP_NUM_THREADS": "1"})
+    folder = tmp_path / "runs" / "t"
+    rp.run_evaluation(spec, None, folder, None, rerun=False)
+    rp.run_evaluation(spec, None, folder, None, rerun=True)
+    assert [f for f, _ in seen] == [folder, folder]
+    for _, env in seen:
+        assert env["COSETTLE_TRACKER_CACHE"] == str(folder / "tracker_cache") and env["OMP_NUM_THREADS"] == "1"
+    aside = [p for p in folder.parent.iterdir() if p.name.startswith("t.old-")]
+    assert len(aside) == 1 and (aside[0] / "tracker_cache" / "work" / "train_k").is_dir()
+    assert not (tmp_path / "shared_old_fits").exists()
+
+
+def test_run_trains_dino_in_the_folder_cache_and_records_fit_git(tmp_path):
+    """End to end with a real 2-iteration DINO-Tracker fit on a 3-frame synthetic video (about 20 s on the
+    loaded 2-core machine): the fit lands in <folder>/tracker_cache with its fit_info.json, nothing in
+    $COSETTLE_CACHE/tracker, and run_info.json names the fit's code (fit_git)."""
+    man = _manifest(tmp_path / "results.yaml", [
+        {"id": "tiny", "title": "Tiny synthetic DINO", "out": "tiny",
+         "args": "--benchmark synthetic --difficulty easy --num-videos 1 --num-frames 3 --trackers dino "
+                 "--backends dsift --tracker-args dino.iterations=2,dino.cyc_after=1,dino.rbb_after=1,"
+                 "dino.checkpoint_every=1",
+         "env": {"OMP_NUM_THREADS": 1}, "columns": ["average_jaccard"]}])
+    env = {k: v for k, v in os.environ.items() if k != "COSETTLE_TRACKER_CACHE"}
+    env.update(PYTHONPATH=str(REPO), COSETTLE_CACHE=str(tmp_path / "global"))
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "make_results.py"), "--manifest", str(man),
+                        "--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path / "results.md"), "--run"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert p.returncode == 0, p.stderr
+    folder = tmp_path / "runs" / "tiny"
+    infos = list((folder / "tracker_cache").glob("*/train_*/fit_info.json"))
+    assert len(infos) == 1 and not (tmp_path / "global" / "tracker").exists()
+    session = json.loads(infos[0].read_text())["sessions"][0]
+    assert session["git_sha"] == git_sha() and session["iterations_done"] == 2
+    fit_git = json.loads((folder / "run_info.json").read_text())["fit_git"]
+    assert fit_git == {"easy_000|dino/dsift": git_sha()}
+
+
+def test_page_names_the_code_that_trained_the_fits(tmp_path):
+    """run_info.json's fit_git (the code that trained each DINO fit) is stamped beside the table with its own
+    freshness mark: a table run at this commit from fits an unknown older commit trained is not 'current'."""
+    head = git_sha()
+    rows = _rows({("clip", "dino-flow"): (60.0, 14.0)})
+    _folder(tmp_path / "runs", "new", rows, _info(head, fit_git={"clip|dino-flow/dsift": head}))
+    _folder(tmp_path / "runs", "reused", rows, _info(head, fit_git={"clip|dino-flow/dsift": OLD_SHA,
+                                                                   "clip|dino/dsift": "not recorded"}))
+    man = _manifest(tmp_path / "results.yaml", [
+        {"id": t, "title": t, "args": "--trackers dino-flow", "out": t, "columns": ["delta_seg"]}
+        for t in ("new", "reused")])
+    out = tmp_path / "results.md"
+    assert _make(["--manifest", man, "--runs-root", tmp_path / "runs", "--out", out]) == 0
+    page = out.read_text()
+    new, reused = _table(page, "new"), _table(page, "reused")
+    assert f"fits trained at git `{head[:7]}" in new and new.count("current: made at this page's commit") == 2
+    assert f"fits trained at git `{OLD_SHA[:7]} / not recorded` (**stale?**" in reused

@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no logs or progress bars on stderr (only warnings); "
                                                         "the summary still goes to stdout")
     g.add_argument("--json", action="store_true", help="print the summary on stdout as one JSON object")
-    c = p.add_argument_group("work cache (~/.cache/cosettle/tracker, or $COSETTLE_CACHE/tracker)")
+    c = p.add_argument_group("work cache (~/.cache/cosettle/tracker, or $COSETTLE_CACHE/tracker, or "
+                                  "$COSETTLE_TRACKER_CACHE)")
     c.add_argument("--cache-info", action="store_true", help="list the work folders (size, age) and exit")
     c.add_argument("--clean-cache", action="store_true", help="remove the work folders and exit "
                                                               "(folders of a running job are kept)")

@@ -9,7 +9,8 @@
 
 ``fit`` preprocesses (cached per video), trains or resumes from the last checkpoint, and caches the
 refined features. Everything lives in a work folder keyed by the video content and every setting that
-changes the result (default ``$COSETTLE_CACHE/tracker/<key>``, ``~/.cache/cosettle`` if unset), so
+changes the result (default ``$COSETTLE_CACHE/tracker/<key>``, ``~/.cache/cosettle`` if unset, or
+``$COSETTLE_TRACKER_CACHE/<key>``), so
 re-running the same command is instant and an interrupted run resumes.
 
 ``fit(video, masks, eta=...)`` takes the run's time estimate (``tracker.eta.RunETA``) and passes it to the
@@ -48,6 +49,7 @@ from ..memory import LOAD_RATE, time_plan
 from ..preprocess.pipeline import cached_stages, preprocess_video
 from ..registry import register_tracker
 from ..resolution import work_backend
+from .fit_info import FitRecord
 from .inference import TrackInference, refined_features
 from .train import Trainer, latest_checkpoint
 
@@ -60,8 +62,16 @@ PREPROCESS_LOCK = ".preprocess.lock"  # in the work folder, beside the shared ".
 VIDEO_DIGESTS = "video.json"
 
 
+# the tracker's work folders somewhere else than $COSETTLE_CACHE/tracker: scripts/make_results.py --run gives every
+# output folder its own (<out>/tracker_cache), so a re-run is never scored from fits cached by older code
+TRACKER_CACHE_ENV = "COSETTLE_TRACKER_CACHE"
+
+
 def cache_root() -> Path:
-    return cache_home() / "tracker"
+    """The folder of the default work folders: ``$COSETTLE_TRACKER_CACHE``, else ``$COSETTLE_CACHE/tracker``
+    (``~/.cache/cosettle/tracker``). Backend weights and the feature cache stay under ``$COSETTLE_CACHE``."""
+    own = os.environ.get(TRACKER_CACHE_ENV)
+    return Path(own) if own else cache_home() / "tracker"
 
 
 def training_key(cfg: TrackerConfig) -> str:
@@ -98,6 +108,7 @@ class Tracker:
         self.infer = None
         self.train_history: list[dict] = []
         self.train_coverage: dict | None = None  # supervision the training received (None: no iteration ran)
+        self.fit_record: FitRecord | None = None  # which code trained the fit's checkpoints (fit_info.json)
 
     # -- fitting ---------------------------------------------------------------------------------
     def _work_dir(self, frames: Frames, masks) -> Path:
@@ -169,6 +180,8 @@ class Tracker:
         geom = self.prep.geometry
         with self.eta.timed("train"):
             trainer = Trainer(self.prep, cfg, ckpt_dir)
+            # fit_info.json beside the checkpoints: the code, versions and threads of every training session
+            trainer.record = self.fit_record = FitRecord(ckpt_dir, training_key(cfg), self.work_backend, cfg)
             self.model = trainer.run(progress=self.progress, eta=self.eta)
         self.train_history = trainer.history
         self.train_coverage = trainer.coverage.summary() if trainer.coverage.iterations else None
@@ -228,6 +241,8 @@ class Tracker:
     def report(self) -> RunReport:
         """Stage times, the work folder and the supervision the training received (``PointTracker.report``)."""
         info = {"training_coverage": self.train_coverage} if self.train_coverage else {}
+        if self.fit_record is not None:  # the git SHA(s) that trained the fit, and its fit_info.json
+            info["fit"] = self.fit_record.summary()
         return RunReport(self.eta.times, self.work_dir, info)
 
 

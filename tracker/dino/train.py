@@ -154,8 +154,11 @@ class Trainer:
         self.masks = np.asarray(prep.masks, bool)
         self.cyc_thresh = scaled_px(cfg.cyc_thresh_px, self.geom.input_h)
         self.start = 0
+        self.resumed_from: str | None = None  # the checkpoint ``resume`` loaded
         self.history: list[dict] = []
         self.coverage = Coverage()
+        # told of the session (begin / saved / end): the Tracker's ``fit_info.FitRecord``; None: nothing recorded
+        self.record = None
 
     @property
     def opt(self) -> torch.optim.Adam:
@@ -188,6 +191,7 @@ class Trainer:
         self.rng.bit_generator.state = json.loads(st["np_rng"])
         torch.set_rng_state(st["torch_rng"])
         self.start = int(st["iteration"])
+        self.resumed_from = path.name
         log.info("resuming training from %s (iteration %d)", path.name, self.start)
         self.coverage = Coverage.load(self.ckpt_dir / "coverage.json", self.start)
         return self.start
@@ -200,6 +204,8 @@ class Trainer:
         for old in sorted(self.ckpt_dir.glob("ckpt_*.pt"))[:-2]:  # keep the last two
             remove_verified(old)
         self.coverage.save(self.ckpt_dir / "coverage.json", it)
+        if self.record is not None:
+            self.record.saved(it)
 
     # -- one iteration -------------------------------------------------------------------------
     def _set_lr(self, it: int) -> None:
@@ -350,6 +356,8 @@ class Trainer:
         eta = eta if eta is not None else StageTimes()
         c = self.cfg
         start = self.resume()
+        if self.record is not None:
+            self.record.begin(start, self.resumed_from)
         if start == 0 and self.ckpt_dir is not None and c.iterations > 0:
             self.save(0)
 
@@ -386,6 +394,8 @@ class Trainer:
                 name = "train+cyc"
                 eta.begin(name)
         bar.close()
+        if self.record is not None:
+            self.record.end()
         if stop_after is None or stop_after >= c.iterations:
             eta.finish(name, cached=start >= c.iterations)
         log.info("training: %d iterations in %.1f s", max(0, c.iterations - start),
