@@ -4,6 +4,7 @@ written PNGs with a plain numpy IoU (not the module's code)."""
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +177,45 @@ def test_vos_gain_chain_commands(tmp_path):
     assert not (tmp_path / "v").exists()  # a dry run writes nothing
     from badja_eval.davis_masks import CLIPS as TRAIN_CLIPS
     assert len(TRAIN_CLIPS) == 16 and "cows" not in TRAIN_CLIPS and "horsejump-high" not in TRAIN_CLIPS
+
+
+def _vos_gain(tmp_path, *args):
+    """scripts/vos_gain.py --dry-run on a data root holding only the 16 training clips' (empty) frame folders."""
+    from badja_eval.davis_masks import CLIPS as TRAIN_CLIPS
+    root = tmp_path / "fake"
+    for c in TRAIN_CLIPS:
+        (root / "davis480" / c / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "vos_gain.py"), "--data-root", str(root),
+                           "--out", str(tmp_path / "v"), "--dry-run", *args],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_vos_gain_gives_the_stride_to_training_and_evaluation(tmp_path):
+    """The documented DINOv2 command: base and projector on the stride-14 grid (the backend's default is 7)."""
+    p = _vos_gain(tmp_path, "--backend", "dinov2_vits14_imgfocus", "--backend-args", "stride=14,resolution=476",
+                  "--train-args", "--epochs 1 --warmup-epochs 0.25")
+    assert p.returncode == 0, p.stderr
+    train, vos = [shlex.split(ln[2:]) for ln in p.stdout.splitlines() if ln.startswith("$ ")]
+    assert train[train.index("--stride") + 1] == "14" and train.count("--stride") == 1
+    assert "--resolution" not in train and "resolution=476" not in " ".join(train)  # not a training flag
+    assert "--epochs" in train and vos[vos.index("--backend-args") + 1] == "stride=14,resolution=476"
+    assert not (tmp_path / "v").exists()
+    # the same value in --train-args: given once; another value: refused before any work, one line
+    p = _vos_gain(tmp_path, "--backend", "dsift", "--backend-args", "stride=8,weights=random,norm=false",
+                  "--train-args=--stride 8")
+    train = shlex.split(p.stdout.splitlines()[0][2:])
+    assert p.returncode == 0 and train.count("--stride") == 1
+    assert train[train.index("--weights") + 1] == "random" and train[train.index("--norm") + 1] == "false"
+    p = _vos_gain(tmp_path, "--backend", "dinov2_vits14_imgfocus", "--backend-args", "stride=14",
+                  "--train-args=--stride=7")
+    assert p.returncode == 2 and "--stride 7" in p.stderr and "Traceback" not in p.stderr and not p.stdout
+    # an existing projector: no training step, the evaluation still gets the stride
+    proj = tmp_path / "P.safetensors"
+    proj.write_bytes(b"")
+    p = _vos_gain(tmp_path, "--backend", "dinov2_vits14_imgfocus", "--backend-args", "stride=14",
+                  "--projector", str(proj))
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("$ ")]
+    assert p.returncode == 0 and len(lines) == 1 and "--backend-args stride=14" in lines[0]
 
 
 def test_bench_vos_tiny(tmp_path):
