@@ -4,6 +4,8 @@
     python scripts/mutation_test.py --work runs/mutation                       # all five modules
     python scripts/mutation_test.py --work runs/mutation --modules tracker/fusion.py,cosettle/io/masks.py
     python scripts/mutation_test.py --repo ../main-checkout --work runs/mutation_main   # another checkout's tests
+    python scripts/mutation_test.py --work runs/mutation_fs --modules tracker/fusion.py \
+        --mutants 'tracker.fusion.x_fuse_step__mutmut_*'       # one function's mutants only (fnmatch patterns)
 
 Each module is mutated in its own scratch copy of ``--repo`` (the packages, tests/ and pyproject.toml; never
 the checkout itself), and each mutant is tested only with the test files that cover that module (``MODULES``:
@@ -16,6 +18,7 @@ tests) / mutants) and each survivor's diff. A module whose ``<work>/<module>.jso
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import logging
 import os
@@ -67,7 +70,8 @@ def mutant_diff(work: Path, name: str, env: dict) -> str:
     return "\n".join(lines)
 
 
-def run_module(repo: Path, work_root: Path, module: str, children: int, timeout: float) -> dict:
+def run_module(repo: Path, work_root: Path, module: str, children: int, timeout: float,
+               patterns: list[str] | None = None) -> dict:
     slug = module.replace("/", "_").removesuffix(".py")
     done = work_root / f"{slug}.json"
     if done.exists():
@@ -83,17 +87,21 @@ def run_module(repo: Path, work_root: Path, module: str, children: int, timeout:
     env.pop("PYTHONPATH", None)  # mutmut puts its mutants/ copy first on the path itself
     t0 = time.perf_counter()
     with open(work / "mutmut.log", "w") as fh:
-        p = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children)], cwd=work,
+        p = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *(patterns or [])],
+                           cwd=work,
                            env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout)
     seconds = time.perf_counter() - t0
     if p.returncode != 0:
         raise RuntimeError(f"mutmut run on {module} exited {p.returncode}; see {work / 'mutmut.log'}")
     codes = read_results(work, module)
+    if patterns:  # mutmut's .meta lists every mutant of the module; those not run have no exit code
+        codes = {k: v for k, v in codes.items() if any(fnmatch.fnmatch(k, pat) for pat in patterns)}
     killed = sorted(k for k, v in codes.items() if v in KILLED)
     survived = sorted(k for k, v in codes.items() if v in SURVIVED)
     untested = sorted(k for k, v in codes.items() if v in NO_TESTS)
     other = {k: v for k, v in codes.items() if v not in KILLED | SURVIVED | NO_TESTS}
-    out = {"module": module, "tests": " ".join(MODULES[module]), "mutants": len(codes), "killed": len(killed),
+    out = {"module": module, "tests": " ".join(MODULES[module]), "mutant_patterns": patterns or None,
+           "mutants": len(codes), "killed": len(killed),
            "survived": len(survived), "no_tests": len(untested), "other": other,
            "surviving_share": round((len(survived) + len(untested)) / max(len(codes), 1), 4),
            "seconds": round(seconds, 1),
@@ -111,6 +119,9 @@ def main(argv=None) -> int:
     p.add_argument("--modules", default=",".join(MODULES), help="comma list of modules (keys of MODULES)")
     p.add_argument("--max-children", type=int, default=1, help="mutants tested in parallel")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per module")
+    p.add_argument("--mutants", action="append", default=None, metavar="PATTERN",
+                   help="only mutants whose name matches (fnmatch, repeatable), e.g. "
+                        "'tracker.fusion.x_fuse_step__mutmut_*'; the JSON then counts only those")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     mods = [m for m in args.modules.split(",") if m]
@@ -126,7 +137,7 @@ def main(argv=None) -> int:
         return 2
     work.mkdir(parents=True, exist_ok=True)
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True).stdout
-    results = {m: run_module(repo, work, m, args.max_children, args.timeout) for m in mods}
+    results = {m: run_module(repo, work, m, args.max_children, args.timeout, args.mutants) for m in mods}
     summary = {m: {k: r[k] for k in ("mutants", "killed", "survived", "no_tests", "surviving_share")}
                for m, r in results.items()}
     print(json.dumps({"repo_git": sha.strip(), "mutmut": _version(), "summary": summary, "modules": results},
