@@ -44,7 +44,8 @@ PACKAGES = ("cosettle", "tracker", "badja_eval")
 KILLED, SURVIVED, NO_TESTS = {1, 3}, {0}, {5, 33}
 
 
-def scratch_copy(repo: Path, dest: Path, module: str, tests: list[str]) -> None:
+def scratch_copy(repo: Path, dest: Path, module: str, tests: list[str],
+                 timeout_multiplier: float | None = None) -> None:
     """The packages, tests and pyproject of ``repo`` in ``dest`` with a setup.cfg that points mutmut at
     ``module`` only (the other packages are copied unmutated so that nothing is imported from elsewhere)."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "mutants")
@@ -53,7 +54,8 @@ def scratch_copy(repo: Path, dest: Path, module: str, tests: list[str]) -> None:
     shutil.copy2(repo / "pyproject.toml", dest / "pyproject.toml")
     lines = ["[mutmut]", "source_paths =", *(f"    {p}" for p in PACKAGES), f"only_mutate = {module}",
              "pytest_add_cli_args_test_selection =", *(f"    {a}" for a in tests),
-             "pytest_add_cli_args =", "    -p", "    no:cacheprovider", "process_isolation = forkserver", ""]
+             "pytest_add_cli_args =", "    -p", "    no:cacheprovider", "process_isolation = forkserver",
+             *([f"timeout_multiplier = {timeout_multiplier}"] if timeout_multiplier else []), ""]
     (dest / "setup.cfg").write_text("\n".join(lines))
 
 
@@ -71,7 +73,7 @@ def mutant_diff(work: Path, name: str, env: dict) -> str:
 
 
 def run_module(repo: Path, work_root: Path, module: str, children: int, timeout: float,
-               patterns: list[str] | None = None) -> dict:
+               patterns: list[str] | None = None, timeout_multiplier: float | None = None) -> dict:
     slug = module.replace("/", "_").removesuffix(".py")
     done = work_root / f"{slug}.json"
     if done.exists():
@@ -81,7 +83,7 @@ def run_module(repo: Path, work_root: Path, module: str, children: int, timeout:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    scratch_copy(repo, work, module, MODULES[module])
+    scratch_copy(repo, work, module, MODULES[module], timeout_multiplier)
     env = dict(os.environ, COSETTLE_OFFLINE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
                OMP_WAIT_POLICY="PASSIVE", COSETTLE_SHARED=os.environ.get("COSETTLE_SHARED", str(repo.parent / "shared")))
     env.pop("PYTHONPATH", None)  # mutmut puts its mutants/ copy first on the path itself
@@ -119,6 +121,9 @@ def main(argv=None) -> int:
     p.add_argument("--modules", default=",".join(MODULES), help="comma list of modules (keys of MODULES)")
     p.add_argument("--max-children", type=int, default=1, help="mutants tested in parallel")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per module")
+    p.add_argument("--timeout-multiplier", type=float, default=None,
+                   help="mutmut's per-mutant wall limit, (estimated test time + 1 s) x this (mutmut's default 15); "
+                        "on loaded shared cores at low priority 15 turns slow tests into spurious timeouts (exit -24)")
     p.add_argument("--mutants", action="append", default=None, metavar="PATTERN",
                    help="only mutants whose name matches (fnmatch, repeatable), e.g. "
                         "'tracker.fusion.x_fuse_step__mutmut_*'; the JSON then counts only those")
@@ -137,7 +142,8 @@ def main(argv=None) -> int:
         return 2
     work.mkdir(parents=True, exist_ok=True)
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True).stdout
-    results = {m: run_module(repo, work, m, args.max_children, args.timeout, args.mutants) for m in mods}
+    results = {m: run_module(repo, work, m, args.max_children, args.timeout, args.mutants,
+                          args.timeout_multiplier) for m in mods}
     summary = {m: {k: r[k] for k in ("mutants", "killed", "survived", "no_tests", "surviving_share")}
                for m, r in results.items()}
     print(json.dumps({"repo_git": sha.strip(), "mutmut": _version(), "summary": summary, "modules": results},
