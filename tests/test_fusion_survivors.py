@@ -58,8 +58,8 @@ def test_counters_time_and_output_dtypes_of_a_broken_step():
     (5, 3) px off flow's candidate (5.8 px > 3: far, a re-detection candidate; no verifier: accepted there) and
     is blind for query 1 (no candidate: lost, and not visible while it follows flow to frame 3).
 
-    Point-steps 3 x 2 = 6; followed flow and not re-detected (``flow_steps``): 2 + 0 + 2 = 4; re-detections 1,
-    none of them drift corrections (flow broke, it did not drift); lost 1; not visible: query 1 at frames 2
+    Point-steps 3 x 2 = 6; followed flow and not re-detected (``flow_steps``): 2 + 0 + 2 = 4; re-detections 1
+    (query 0 at frame 2), none of them drift corrections (flow broke, it did not drift); lost 1; not visible: query 1 at frames 2
     and 3 = 2. ``stats`` adds to what it holds (100 s before the call): at least the 3 x 5 ms the flow
     pairs sleep, at most the call's wall time. Outputs: float32 positions and confidences, bool visibility
     (scripts/tune_fusion.py hands the visibility straight to the BADJA scorer, which masks with it)."""
@@ -88,6 +88,8 @@ def test_counters_time_and_output_dtypes_of_a_broken_step():
     assert (st.flow_steps, st.redetections, st.drift_redetections, st.rejected, st.lost_new, st.not_visible) == \
         (4, 1, 0, 0, 1, 2)
     assert st.flow_calls == 2 * 3
+    # where a re-detection was verified, per point and frame (the TrackResult's ``redetected``, bool)
+    assert st.redetected.dtype == bool and st.redetected.tolist() == [[False, False, True, False], [False] * 4]
     assert 100.0 + 3 * 0.005 <= st.seconds <= 100.0 + wall
     assert tracks.dtype == np.float32 and visible.dtype == bool and conf.dtype == np.float32
 
