@@ -133,7 +133,8 @@ def _drift_case(peak, verify_ncc=0.5):
 
 def test_a_drift_correction_needs_the_correlation_and_the_foreground():
     """Correlation 0.9 >= 0.5 and the head's point on the object: corrected to (44, 20), confidence 0.9 (the
-    correlation), one drift re-detection. Correlation exactly at the threshold (0.5 >= 0.5) verifies too.
+    correlation), one drift re-detection. Correlation exactly at the threshold (0.5 >= 0.5) verifies too; so does
+    -0.25 against a threshold of -0.5, with confidence 0.
     Correlation 0.2: rejected although the landing point is on the object -- lost at flow's (40, 20), not
     visible, confidence 0. Query 1 (made off the foreground) follows flow in all three."""
     tracks, visible, conf, st = _drift_case(0.9)
@@ -144,6 +145,11 @@ def test_a_drift_correction_needs_the_correlation_and_the_foreground():
 
     tracks, visible, conf, st = _drift_case(0.5, verify_ncc=0.5)
     assert tracks[0, 1].tolist() == [44.0, 20.0] and visible[0, 1] and conf[0, 1] == 0.5
+
+    # fusion_verify_ncc may be negative (the config allows [-1, 1]): a negative correlation that passes it gives
+    # confidence 0 (confidences are in [0, 1]), not the correlation
+    tracks, visible, conf, st = _drift_case(-0.25, verify_ncc=-0.5)
+    assert tracks[0, 1].tolist() == [44.0, 20.0] and visible[0, 1] and conf[0, 1] == 0.0
 
     tracks, visible, conf, st = _drift_case(0.2)
     assert tracks[:, 1].tolist() == [[40.0, 20.0], [60.0, 60.0]]
