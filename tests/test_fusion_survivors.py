@@ -61,8 +61,10 @@ def test_counters_time_and_output_dtypes_of_a_broken_step():
     Point-steps 3 x 2 = 6; followed flow and not re-detected (``flow_steps``): 2 + 0 + 2 = 4; re-detections 1
     (query 0 at frame 2), none of them drift corrections (flow broke, it did not drift); lost 1; not visible:
     query 1 at frames 2 and 3 = 2. ``stats`` adds to what it holds (100 s before the call): at least the
-    3 x 5 ms the flow pairs sleep, at most the call's wall time. Outputs: float32 positions and confidences,
-    bool visibility (scripts/tune_fusion.py hands it straight to the BADJA scorer, which masks with it)."""
+    3 x 5 ms the flow pairs sleep, at most the call's wall time. Outputs: the dtypes a TrackResult holds, float32
+    positions and confidences and a bool visibility that can mask (``tracks[visible]``; a float one cannot
+    index); the callers in this repository convert it to bool themselves, so this pins the function's own
+    contract."""
     T = 4
     q = np.array([[0, 40.0, 40.0], [0, 60.0, 30.0]], np.float32)
     head = np.zeros((2, T, 2), np.float32)
