@@ -303,3 +303,24 @@ def test_walk_loss_default_eps_and_the_frame_order_of_the_total_loss():
     expect = 0.5 * (-math.log(s00 + 1e-6) - math.log(s11 + 1e-6)) + math.log(1 + 2e-6)
     _, st = cosettle_loss(p, p, (1, 2), LossConfig(tau=1.0, pool=1, reg="none"))
     assert st["l_cyc"] == pytest.approx(expect, rel=1e-6)
+
+
+def test_the_walk_targets_identity_and_accuracy_index_are_made_on_the_inputs_device(monkeypatch):
+    """``walk_loss``' targets and ``cycle_loss``' identity and row index are created on S's device: on a GPU,
+    CPU ones would fail (a non-0-d CPU tensor does not mix with CUDA tensors). A CPU run cannot tell, its
+    default device being the CPU; torch's "meta" device refuses that mix the same way (checked: cross_entropy,
+    cosine_similarity and == each raise "Tensor on device ... is not on the expected device"), so the losses
+    are run on meta inputs and must give meta outputs. Meta tensors hold no data, so the stats' ``float``
+    (a copy to the host) is replaced by the identity in the module for the cycle loss. (Mutation testing:
+    the ``device=`` arguments of ``walk_loss`` and ``cycle_loss`` survived on the CPU.)"""
+    import cosettle.losses as losses
+
+    assert walk_loss(torch.full((2, 4, 4), 0.25, device="meta")).device.type == "meta"
+    monkeypatch.setattr(losses, "float", lambda t: t, raising=False)
+    p = torch.randn(2, 16, 8, device="meta")  # a 4 x 4 grid, pooled to 2 x 2 nodes
+    loss, stats = cycle_loss(p, p, p, (4, 4))
+    assert [loss.device.type, stats["acc"].device.type, stats["sim_identity"].device.type] == ["meta"] * 3
+    # the total loss too, with and without the anchor (its zero, when unused, is 0-d: it would mix with any device)
+    for reg in ("kl", "none"):
+        z = torch.randn(2, 3, 16, 8, device="meta")
+        assert cosettle_loss(z, z, (4, 4), LossConfig(reg=reg))[0].device.type == "meta"
