@@ -98,3 +98,10 @@ def test_a_remeasured_table_invalidates_cached_fused_predictions(tmp_path, monke
     key = fixed.fingerprint(task, fused)
     monkeypatch.setitem(config.MEASURED_SNAP_CELLS, ("dsift", 8), 4.0)
     assert fixed.fingerprint(task, fused) == key
+
+
+def test_verify_ncc_of_minus_one_is_refused():
+    # -1 is the peak TemplateVerifier reports for a patch it cannot compare: a threshold of -1 would verify it
+    with pytest.raises(UserError, match=r"fusion_verify_ncc in \(-1, 1\]"):
+        TrackerConfig(fusion_verify_ncc=-1.0)
+    assert TrackerConfig(fusion_verify_ncc=-0.5).fusion_verify_ncc == -0.5

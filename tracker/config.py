@@ -180,8 +180,9 @@ class TrackerConfig:
             self.resolution = tuple(self.resolution)
         if self.occlusion not in ("fb", "anchors"):
             raise UserError(f"unknown occlusion rule {self.occlusion!r}", "use 'fb' or 'anchors'")
-        if self.fusion_drift_frames < 1 or not -1.0 <= self.fusion_verify_ncc <= 1.0 or self.fusion_verify_cells < 0:
-            raise UserError("fusion_drift_frames must be >= 1, fusion_verify_ncc in [-1, 1], fusion_verify_cells >= 0")
+        # verify_ncc > -1: -1 is the peak of a patch that cannot be compared (off the frame, flat), never a match
+        if self.fusion_drift_frames < 1 or not -1.0 < self.fusion_verify_ncc <= 1.0 or self.fusion_verify_cells < 0:
+            raise UserError("fusion_drift_frames must be >= 1, fusion_verify_ncc in (-1, 1], fusion_verify_cells >= 0")
         if self.fusion_snap_cells is not None and self.fusion_snap_cells < 0:
             raise UserError(f"fusion_snap_cells must be >= 0 (or unset for the backend's value), not {self.fusion_snap_cells}")
         if self.fusion_train not in FUSION_TRAIN:
