@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from cosettle.backends.registry import load_backend
 from cosettle.cache import FeatureCache
 from cosettle.cli import ArgumentParser, device_arg  # one-line argparse errors
 from cosettle.errors import UserError, cli_entry
@@ -39,6 +40,7 @@ from cosettle.provenance import run_info, setup_logging
 
 from . import davis_vos
 from .davis_masks import chosen_clips
+from .run import DEFAULT_DATA_ROOT, _csv, _kv  # the evaluator's own parsers for the shared flags
 from .runner import slug
 
 import torch  # noqa: E402 -- after cosettle, which sets torch's OpenMP wait policy first
@@ -62,8 +64,6 @@ def _list(tp):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .run import DEFAULT_DATA_ROOT, _csv, _kv  # the evaluator's own parsers for the shared flags
-
     d = davis_vos.VosSettings()
     p = ArgumentParser(prog="scripts/vos_select.py", description=__doc__.split("\n\n")[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -150,7 +150,6 @@ class BenchmarkEvaluator:
         kw = dict(a.backend_args)
         if a.device:
             kw["device"] = a.device
-        from cosettle.backends.registry import load_backend
         self.backend = load_backend(a.backend, **kw)  # a bad name / projector: an error before any work
         self.cache = FeatureCache(a.feature_cache) if a.feature_cache else FeatureCache()
         self.max_frames, self.progress = a.max_frames, progress
