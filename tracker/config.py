@@ -197,7 +197,8 @@ class TrackerConfig:
 # fusion_snap_cells measured per backend and stride on both labelled BADJA clips, 3 tracker seeds
 # (docs/tracking.md#the-agreement-radius-per-backend): with the DINOv2 ViT-S/14 head (28-px cells at the fast
 # preset's work size) 2 cells beat 6 on horsejump-high on every seed (61.37 vs 51.88 mean delta_seg) and
-# were >= 6 on cows on every seed (76.38 vs 75.13). Every other backend keeps 6, the dsift measurement.
+# were >= 6 on cows on every seed (76.38 vs 75.13), with fewer wrong-visible points. Every other backend keeps 6:
+# dsift and dinov2_vits14_imgfocus at stride 7 were swept too (3 seeds each) and no smaller radius passed.
 DEFAULT_SNAP_CELLS = 6.0
 MEASURED_SNAP_CELLS = {("dinov2_vits14_imgfocus", 14): 2.0}
 
