@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cosettle.io.atomic import write_json
-from cosettle.provenance import run_info
+from cosettle.provenance import git_sha, run_info
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class FitRecord:
 
     def _current_git(self) -> str:
         if self.git is None:
-            self.git = run_info()["git_sha"]
+            self.git = git_sha()  # the SHA only: a reused fit needs no version survey
         return self.git
 
     def begin(self, start: int, resumed_from: str | None) -> None:
@@ -105,7 +105,7 @@ class FitRecord:
             "resumed_from": resumed_from if start > 0 else None,
             # the git SHA of the session that wrote the checkpoint resumed from (None: fresh, or not recorded)
             "resumed_from_git": prev,
-            "resumed_from_other_git": (None if start == 0 else (None if prev is None else prev != self.git)),
+            "resumed_from_other_git": None if prev is None else prev != self.git,  # prev is None for a fresh fit
             "start_utc": _now(),
             "end_utc": None,  # None: still training, or the process was killed
         }
