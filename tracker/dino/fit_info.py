@@ -42,7 +42,7 @@ def read_fit_info(ckpt_dir: str | os.PathLike) -> dict | None:
     return info if isinstance(info, dict) and isinstance(info.get("sessions"), list) else None
 
 
-def fit_gits(info: dict | None) -> list[str]:
+def session_shas(info: dict | None) -> list[str]:
     """The distinct git SHAs that trained the folder's checkpoints, oldest first ([] when not recorded)."""
     if not info:
         return []
@@ -83,7 +83,7 @@ class FitRecord:
                          self.ckpt_dir, FIT_INFO)
             elif prev != self._current_git():
                 log.info("%s %s trained by git %s (this code: git %s)", what, self.ckpt_dir,
-                         ", ".join(fit_gits(self.info)), self.git)
+                         ", ".join(session_shas(self.info)), self.git)
         if info is None:
             return  # nothing trained: nothing to record
         prev = prev if start > 0 else None
@@ -129,7 +129,7 @@ class FitRecord:
 
     def summary(self) -> dict[str, Any]:
         """For ``RunReport.info['fit']`` (the track command's run_info.json, the evaluator's ``fit_git``)."""
-        gits = fit_gits(self.info)
+        gits = session_shas(self.info)
         return {"fit_git": ", ".join(gits) if gits else NOT_RECORDED,
                 "fit_info": str(self.path) if self.info is not None else None,
                 "sessions": len(self.info["sessions"]) if self.info else 0}
