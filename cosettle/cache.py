@@ -10,6 +10,11 @@ file renamed on success; a killed run leaves no half-written entry. The ``.json`
 records the data file's blake2b digest, verified on every read: a truncated or corrupted entry costs
 one log line and is recomputed, never served. Two processes asking for the same entry take turns
 (``fcntl`` lock per key): the second waits and then reads the first one's result.
+
+A projected backend (``NAME+cosettle``) is computed from its base's cache entry (made first if missing),
+projected chunk by chunk: two projectors on one base extract the encoder once, not twice. Its input is
+therefore the float16 base -- a difference from projecting the encoder's float32 output of ~1e-3 of the
+range, under the float16 rounding of the stored result -- and the key says so (``projected_from``).
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import numpy as np
 import torch
 
 from .backends.base import FeatureBackend, Features
+from .backends.projected import ProjectedBackend
 from .frames import video_hw
 from .geometry import Geometry
 from .hashing import file_digest, json_digest, video_fingerprint  # noqa: F401 (re-exported)
@@ -52,6 +58,8 @@ class FeatureCache:
         geometry = geometry or backend.geometry(h, w)
         fields = {"backend": backend.cache_fields(), "geometry": geometry.to_dict(),
                   "video": fingerprint or video_fingerprint(video), "frames": n, "dtype": "float16"}
+        if isinstance(backend, ProjectedBackend):
+            fields["projected_from"] = "float16 base entry"
         return json_digest(fields, 32), fields
 
     def paths(self, key: str) -> tuple[Path, Path]:
@@ -115,7 +123,7 @@ class FeatureCache:
                     head, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
                            "fortran_order": False, "shape": shape})
                 written = 0
-                for start, f in backend.iter_chunks(video, chunk_size, progress):
+                for start, f in self._chunks(backend, video, chunk_size, progress):
                     head.write(f.to(torch.float16).numpy().tobytes())
                     written += f.shape[0]
             if written != n:
@@ -123,6 +131,19 @@ class FeatureCache:
         write_json(meta, {"fields": fields, "geometry": geom.to_dict(), "shape": list(shape),
                           "blake2b": digest.hexdigest()})
         return self.load(key, fields)
+
+
+    def _chunks(self, backend, video, chunk_size, progress):
+        """(start, float32 features) chunks of ``backend`` on ``video``; a projected backend's come from its
+        base's cache entry (see the module doc)."""
+        if not isinstance(backend, ProjectedBackend):
+            yield from backend.iter_chunks(video, chunk_size, progress)
+            return
+        base = self.get_or_compute(backend.base, video, chunk_size, progress).features
+        step = chunk_size or backend.default_chunk_size or 8
+        for start in range(0, base.shape[0], step):
+            with torch.no_grad():
+                yield start, backend.project(base[start:start + step].float().to(backend.device)).cpu()
 
 
 class _HashingWriter:

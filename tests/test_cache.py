@@ -268,3 +268,35 @@ def test_second_fit_on_a_locked_work_folder_waits_then_reuses(tmp_path, caplog, 
         t.join(120)
     assert not t.is_alive() and done and done[0] >= released
     assert "training: 0 iterations" in caplog.text and "computed in" not in caplog.text.split("waited")[-1]
+
+
+def test_projected_entries_reuse_the_base_entry(tmp_path, small_clip, monkeypatch):
+    """Two projectors on one base: the encoder runs once; each projected entry is the projection of the
+    float16 base entry, and close to projecting the encoder's own float32 output."""
+    from cosettle import ProjectedBackend
+
+    base = load_backend("dsift")
+    runs = []
+    real = type(base).iter_chunks
+
+    def counted(self, *a, **k):
+        runs.append(self.name)
+        yield from real(self, *a, **k)
+
+    monkeypatch.setattr(type(base), "iter_chunks", counted)
+    cache = FeatureCache(tmp_path)
+    torch.manual_seed(0)
+    lins = [torch.nn.Linear(base.feat_dim, 5) for _ in range(2)]
+    outs = [cache.get_or_compute(ProjectedBackend(base, lin), small_clip) for lin in lins]
+    assert runs == ["dsift"]  # the base extracted once, for the first projector
+    base_entry = cache.get_or_compute(base, small_clip).features.float()
+    assert runs == ["dsift"]
+    for lin, out in zip(lins, outs):
+        want = lin(base_entry.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).detach()
+        assert out.features.shape == want.shape
+        torch.testing.assert_close(out.features.float(), want, atol=2e-3, rtol=2e-3)
+    direct = ProjectedBackend(base, lins[0])(small_clip).features
+    torch.testing.assert_close(outs[0].features.float(), direct, atol=1e-2, rtol=1e-2)
+    key, fields = cache.key(ProjectedBackend(base, lins[0]), small_clip)
+    assert fields["projected_from"] == "float16 base entry"
+    assert "projected_from" not in cache.key(base, small_clip)[1]
