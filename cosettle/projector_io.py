@@ -125,6 +125,10 @@ def check_recorded_tokens(path: Path, meta: dict[str, Any], kwargs: dict[str, An
     log.warning("projector %s applied to %s, against its recorded tokens (forced)", path, what)
 
 
+def _same_at_float32(a, b) -> bool:
+    return b is not None and len(a) == len(b) and all(abs(x - float(y)) <= 1e-6 * max(1.0, abs(x)) for x, y in zip(a, b))
+
+
 def load_projected_backend(base_name: str, path: str | Path, load_base: Callable[..., Any], **backend_kwargs):
     """Base backend (with the layer/norm recorded in the projector's metadata unless given) +
     projector -> ``ProjectedBackend``. ``base_name`` may be empty to use the recorded base. ``load_base``:
@@ -166,9 +170,14 @@ def load_projected_backend(base_name: str, path: str | Path, load_base: Callable
         raise UserError(f"projector {p} expects {proj.in_dim}-d features, {base_name} gives {base.feat_dim}",
                         f"use it with {recorded or 'its original backend'}")
     if meta.get("mean") and meta.get("std") and "mean" not in backend_kwargs:
-        # the normalisation the projector was trained with (authors: ImageNet stats for every encoder)
-        base.mean = tuple(float(v) for v in meta["mean"])
-        base.std = tuple(float(v) for v in meta["std"])
+        # the normalisation the projector was trained with (authors: ImageNet stats for every encoder); the
+        # file holds it at float32 precision, so the base's own values are kept where they agree to that
+        # precision: the base then keys the feature cache as the plain backend does, and base vs +Co-Settle
+        # share one extraction (cosettle/cache.py)
+        mean = tuple(float(v) for v in meta["mean"])
+        std = tuple(float(v) for v in meta["std"])
+        if not (_same_at_float32(mean, base.mean) and _same_at_float32(std, base.std)):
+            base.mean, base.std = mean, std
     out_norm = "layernorm" if meta["variant"] in VARIANTS else "raw"
     return ProjectedBackend(base, proj.to(base.device), out_dim=proj.out_dim, tag="cosettle", output_norm=out_norm)
 

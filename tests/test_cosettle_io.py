@@ -194,3 +194,23 @@ def test_encoder_layouts_map_onto_timm(layout):
     with torch.no_grad():
         assert torch.allclose(model.forward_features(x), src.forward_features(x), atol=1e-5)
     assert ("_cls" in name) == (layout != "ijepa_no_cls") and ("_ls" in name) == (layout == "dinov2_no_registers")
+
+
+def test_recorded_normalisation_at_float32_keeps_the_base_key(tmp_path):
+    """A projector stores mean/std at float32 precision: where they agree with the base's own, the projected
+    backend's base keys the feature cache exactly as the plain backend (one extraction for base and
+    +Co-Settle); a different normalisation is still applied."""
+    base = load_backend("dinov2_vits14", weights="random", layer=5)  # ImageNet stats: not exact in float32
+    as_f32 = [float(v) for v in torch.tensor(base.mean, dtype=torch.float32)]
+    std_f32 = [float(v) for v in torch.tensor(base.std, dtype=torch.float32)]
+    assert as_f32 != list(base.mean) or std_f32 != list(base.std)  # the float32 round trip does change them
+    proj = Projector(384, seed=4)
+    meta = {"base_backend": "dinov2_vits14", "weights": "random", "layer": 5, "norm": False}
+    same = save_projector(tmp_path / "same.safetensors", proj, meta | {"mean": as_f32, "std": std_f32})
+    pb = load_backend("+cosettle", projector=str(same))
+    assert pb.base.cache_fields() == base.cache_fields()
+    clip_mean, clip_std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    other = save_projector(tmp_path / "other.safetensors", proj, meta | {"mean": clip_mean, "std": clip_std})
+    po = load_backend("+cosettle", projector=str(other))
+    assert po.base.mean == tuple(clip_mean) and po.base.std == tuple(clip_std)
+    assert po.base.cache_fields() != base.cache_fields()
