@@ -132,7 +132,6 @@ class FeatureCache:
                           "blake2b": digest.hexdigest()})
         return self.load(key, fields)
 
-
     def _chunks(self, backend, video, chunk_size, progress):
         """(start, float32 features) chunks of ``backend`` on ``video``; a projected backend's come from its
         base's cache entry (see the module doc)."""

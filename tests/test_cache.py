@@ -297,6 +297,6 @@ def test_projected_entries_reuse_the_base_entry(tmp_path, small_clip, monkeypatc
         torch.testing.assert_close(out.features.float(), want, atol=2e-3, rtol=2e-3)
     direct = ProjectedBackend(base, lins[0])(small_clip).features
     torch.testing.assert_close(outs[0].features.float(), direct, atol=1e-2, rtol=1e-2)
-    key, fields = cache.key(ProjectedBackend(base, lins[0]), small_clip)
+    _, fields = cache.key(ProjectedBackend(base, lins[0]), small_clip)
     assert fields["projected_from"] == "float16 base entry"
     assert "projected_from" not in cache.key(base, small_clip)[1]
