@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 from badja_eval.davis_vos import read_annotation
@@ -31,6 +30,8 @@ from cosettle.cli import ArgumentParser  # one-line argparse errors
 from cosettle.errors import UserError, cli_entry
 from cosettle.io.video import read_video
 from cosettle.provenance import git_sha, peak_rss_mb
+
+import torch  # noqa: E402  after cosettle, which sets OMP_WAIT_POLICY before torch loads OpenMP (idle threads sleep)
 
 
 def _kv(text: str) -> dict:

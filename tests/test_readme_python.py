@@ -4,6 +4,7 @@ file and run in a fresh interpreter from a folder holding the quick start's demo
 tiny (4 training iterations), from outside the block, so that the text a user copies is the text tested."""
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -72,3 +73,40 @@ def test_torch_imported_first_gets_a_warning_with_the_fix():
     out = subprocess.run([sys.executable, "-c", "import torch, cosettle"], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and "OMP_WAIT_POLICY=PASSIVE" in out.stderr and "import cosettle" in out.stderr
+
+
+TORCH_LOADERS = {"torch", "torchvision", "timm", "kornia"}  # each loads torch, and with it OpenMP, at import
+PROJECT = {"cosettle", "tracker", "badja_eval"}
+
+
+def _top_level_import_order(path: Path) -> list[str]:
+    """The root package of each module-level import, in file order (imports inside functions are deferred)."""
+    names = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names += [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module.split(".")[0])
+    return names
+
+
+def test_no_script_loads_torch_before_the_project_sets_the_openmp_wait_policy():
+    """scripts/bench_vos.py imported torch above cosettle, so its timings ran with spinning idle OpenMP threads (and
+    every run printed the warning above). A script may defer torch into functions or import the project first."""
+    late = []
+    for script in sorted((REPO / "scripts").glob("*.py")):
+        order = _top_level_import_order(script)
+        first_project = next((i for i, n in enumerate(order) if n in PROJECT), len(order))
+        loaders = [n for n in order[:first_project] if n in TORCH_LOADERS]
+        if loaders:
+            late.append(f"{script.name}: {loaders[0]} before the project")
+    assert not late, late
+
+
+def test_the_import_order_check_sees_torch_first(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\nimport torch\nfrom cosettle.cli import ArgumentParser\n")
+    good = tmp_path / "good.py"
+    good.write_text("import os\nfrom cosettle.cli import ArgumentParser\nimport torch\n")
+    assert _top_level_import_order(bad) == ["os", "torch", "cosettle"]
+    assert _top_level_import_order(good) == ["os", "cosettle", "torch"]
