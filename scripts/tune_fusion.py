@@ -13,13 +13,16 @@ cows) for several tracker seeds (one ``--out`` per seed), and keep a setting onl
     python scripts/tune_fusion.py --sequences horsejump-high,cows --tracker-args dino.seed=0 \
         --out runs/eval/badja_s0 --snap 3,6 --verify-cells 1,2
 
-The foreground for drift corrections is the task's masks at the video's resolution (the tracker uses
-the same masks at its work resolution, nearest-neighbour: the two can differ by a pixel at the mask's
-edge, so confirm a chosen setting with ``badja_eval/run.py --trackers dino-flow``).
+The flows, the feature cell and the foreground come from a ``dino-flow`` tracker fitted as far as its masks
+(``fusion_train=never``: the work folder's cached frames and masks, no training), so a setting scores here
+what ``badja_eval/run.py --trackers dino-flow`` scores with it, to the joint. (Until 2026-12 this tool read
+the task's masks at the video's resolution instead of the tracker's work-resolution masks: one joint apart
+on 5 of 24 DINOv2+Co-Settle fits.)
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
@@ -60,11 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _cell_px(backend, h: int, w: int, resolution) -> float:
-    from tracker.resolution import work_backend
+def fusion_tracker(runner, method, frames, masks):
+    """A ``dino-flow`` tracker with ``method``'s settings (the cached head's: seed, preset, overrides), fitted
+    only as far as its foreground masks (``fusion_train=never``: no training), for its ``flow_pair``,
+    ``cell_px`` and ``foreground``."""
+    from badja_eval.runner import Method
+    from tracker.config import TrackerConfig
+    from tracker.registry import build_tracker
 
-    g = work_backend(backend, resolution, h, w).geometry(h, w)
-    return float(g.stride) * h / g.input_h
+    cfg = runner.tracker_config(method)
+    if not isinstance(cfg, TrackerConfig):  # the cached tracker is not DINO-Tracker: dino-flow's own settings
+        cfg = runner.tracker_config(Method("dino-flow", method.backend))
+    cfg = dataclasses.replace(cfg, fusion_train="never")
+    tracker = build_tracker("dino-flow", runner.backend(method.backend), cfg, progress=False)
+    return tracker.fit(frames, masks)
 
 
 def _tasks(cfg):
@@ -80,13 +92,6 @@ def _tasks(cfg):
     return ev.tapvid_tasks(cfg, pickles)
 
 
-def _mask_lookup(masks):
-    """(T, H, W) bool masks at the video's resolution -> foreground(t, xy) for the fusion."""
-    from tracker.preprocess.masks import points_on_mask
-
-    return lambda t, xy: points_on_mask(masks[t], xy)
-
-
 SETTING_KEYS = ("snap_cells", "fb_px", "drift_frames", "verify_ncc", "verify_cells", "drift_fail")
 
 
@@ -94,39 +99,37 @@ def sweep(cfg, grid: dict, dino_tracker="dino"):
     """``grid``: {setting key: list of values} (keys of SETTING_KEYS)."""
     from badja_eval.runner import Method, Prediction, Runner
     from cosettle.io.tracks import TrackResult
-    from tracker.config import preset
     from tracker.fusion import FusionStats, TemplateVerifier, fuse_tracks
-    from tracker.preprocess.flow import make_flow_estimator
 
     tasks, scorers, groups = _tasks(cfg)
     runner = Runner(Path(cfg.out) / "cache", cfg.preset, cfg.device, use_masks=cfg.masks, progress=False,
                     backend_kwargs=cfg.backend_args, tracker_overrides=cfg.tracker_args)
-    tcfg = preset(cfg.preset)
-    est = make_flow_estimator("dis", tcfg.fusion_dis_preset, None, "cpu", 0)
     settings = [dict(zip(SETTING_KEYS, vals)) for vals in itertools.product(*(grid[k] for k in SETTING_KEYS))]
     scores: list[dict] = [{} for _ in settings]
     counts = [FusionStats() for _ in settings]
-    for backend_name in cfg.backends:
-        method = Method(dino_tracker, backend_name)
-        backend = runner.backend(backend_name)
-        for task in tasks:
+    for task in tasks:
+        frames, masks = task.load()
+        T = frames.shape[0]
+        pairs = None  # the flows depend on the video only: computed once, for every backend
+        for backend_name in cfg.backends:
+            method = Method(dino_tracker, backend_name)
             pred = runner.load_cached(task, method)
             if pred is None:
                 raise UserError(f"no cached {method.label} prediction for {task.key} in {cfg.out}",
                                 f"run badja_eval/run.py --benchmark {cfg.benchmark} --trackers {dino_tracker} first")
-            frames, masks = task.load()
-            T, h, w = frames.shape[:3]
-            pairs = [(est(frames[t], frames[t + 1]), est(frames[t + 1], frames[t])) for t in range(T - 1)]
-            cell = _cell_px(backend, h, w, tcfg.resolution)
-            foreground = _mask_lookup(np.asarray(masks, bool)) if (cfg.masks and masks is not None) else None
+            fusion = fusion_tracker(runner, method, frames, masks if cfg.masks else None)
+            if pairs is None:
+                flow_pair = fusion.flow_pair()
+                pairs = [flow_pair(t) for t in range(T - 1)]
+            cell = fusion.cell_px()
             dino = TrackResult(pred.tracks, pred.visible, pred.visible.astype(np.float32), task.queries)
             for k, s in enumerate(settings):
                 ver = TemplateVerifier(frames, task.queries, search_px=s["verify_cells"] * cell)
                 tr, vis, _ = fuse_tracks(dino, lambda t: pairs[t], T, s["snap_cells"] * cell, s["fb_px"], ver,
-                                         s["verify_ncc"], int(s["drift_frames"]), foreground, stats=counts[k],
-                                         drift_fail=s.get("drift_fail", "lost"))
+                                         s["verify_ncc"], int(s["drift_frames"]), fusion.foreground,
+                                         stats=counts[k], drift_fail=s.get("drift_fail", "lost"))
                 scores[k][(backend_name, task.key)] = scorers[task.key](Prediction(tr, vis))
-            log.info("%s: %d settings scored", task.key, len(settings))
+            log.info("%s %s: %d settings scored", backend_name, task.key, len(settings))
     rows = []
     for s, per, st in zip(settings, scores, counts):
         keys = sorted({k for v in per.values() for k in v if isinstance(v[k], (int, float))})

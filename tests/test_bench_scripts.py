@@ -97,12 +97,15 @@ def test_bench_features_tiny(shared_dir):
 
 
 def test_tune_fusion_tiny(tmp_path):
-    """The sweep reads the dino predictions badja_eval/run.py cached: one 4-frame synthetic video first."""
+    """The sweep reads the dino predictions badja_eval/run.py cached (one 4-frame synthetic video), and a
+    setting scores exactly what run.py's dino-flow scores with it: the sweep uses the tracker's own flows,
+    feature cell and work-resolution foreground (it once read the video-resolution masks: one joint off)."""
     common = ["--benchmark", "synthetic", "--difficulty", "easy", "--num-videos", "1", "--num-frames", "4",
-              "--out", tmp_path / "eval", "--tracker-args", "dino.iterations=2", "--quiet"]
-    _run([REPO / "badja_eval" / "run.py", "--trackers", "dino", *common])
-    p = _run([REPO / "scripts" / "tune_fusion.py", *common, "--snap", "1,2", "--fb", "1.5",
-              "--drift-fail", "lost,flow", "--json", tmp_path / "sweep.json"])
+              "--out", tmp_path / "eval", "--quiet"]
+    fit = "dino.iterations=2,dino-flow.iterations=2,dino-flow.fusion_snap_cells=2,dino-flow.fusion_train=always"
+    _run([REPO / "badja_eval" / "run.py", "--trackers", "dino,dino-flow", *common, "--tracker-args", fit])
+    p = _run([REPO / "scripts" / "tune_fusion.py", *common, "--tracker-args", "dino.iterations=2",
+              "--snap", "1,2", "--fb", "1.5", "--drift-fail", "lost,flow", "--json", tmp_path / "sweep.json"])
     r = _json_out(p)
     assert json.loads((tmp_path / "sweep.json").read_text()) == r
     assert [(row["snap_cells"], row["fb_px"], row["drift_fail"]) for row in r["rows"]] == [
@@ -110,6 +113,10 @@ def test_tune_fusion_tiny(tmp_path):
     for row in r["rows"]:
         assert len(row["per_video"]) == 1
         assert all(np.isfinite(v) for v in row["mean"].values()) and row["mean"]
+    ran = json.loads((tmp_path / "eval" / "results.json").read_text())["per_video"]
+    (fused,) = [v for k, v in ran.items() if k.split("|")[1].startswith("dino-flow/")]
+    (swept,) = r["rows"][2]["per_video"].values()  # snap 2, the rule (drift_fail lost): run.py's settings
+    assert {k: swept[k] for k in fused} == fused
 
 
 def test_bench_motion_masks_tiny(shared_dir, tmp_path):

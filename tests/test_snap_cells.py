@@ -70,9 +70,9 @@ def test_dino_flow_fuses_with_the_backends_radius(monkeypatch):
         q = np.array([[0.0, 2.0, 2.0]])
         head = TrackResult(np.zeros((1, 2, 2), np.float32), np.ones((1, 2), bool), np.ones((1, 2), np.float32), q)
         monkeypatch.setattr(t, "track_head", lambda queries, occlusion=None, head=head: head)
-        monkeypatch.setattr(t, "_flow_pair", lambda: None)
-        monkeypatch.setattr(t, "_cell_px", lambda: 10.0)
-        t._frames, t._foreground, t.gate = np.zeros((2, 8, 8, 3), np.uint8), None, None
+        monkeypatch.setattr(t, "flow_pair", lambda: None)
+        monkeypatch.setattr(t, "cell_px", lambda: 10.0)
+        t._frames, t.foreground, t.gate = np.zeros((2, 8, 8, 3), np.uint8), None, None
         t._fuse(q)
         assert seen[-1] == want, (name, stride)
         assert t.fusion_stats.to_dict()["snap_cells"] == want / 10  # run_info.json records the radius used

@@ -326,18 +326,21 @@ class FlowGuidedTracker(Tracker):
         self._full = True
         Tracker.fit(self, *self._fit_args, eta=self.eta)  # the same run's estimate and stage times
 
-    def _cell_px(self) -> float:
-        """One feature cell in original-video pixels (the geometry's stride times the resize scale)."""
+    def cell_px(self) -> float:
+        """One feature cell in original-video pixels (the geometry's stride times the resize scale).
+        Public, with ``foreground`` and ``flow_pair``: scripts/tune_fusion.py re-fuses cached heads with them,
+        so its scores are this tracker's to the joint."""
         g = self.geometry
         h, _ = self.geometry_image_hw
         return float(g.stride) * h / g.input_h
 
-    def _foreground(self, t: int, xy: np.ndarray) -> np.ndarray:
+    def foreground(self, t: int, xy: np.ndarray) -> np.ndarray:
         """(M,) bool: original-pixel points on frame t's foreground mask (the masks the fit used, at the
         work resolution); points outside the frame are not."""
         return points_on_mask(self.prep.masks[t], self.geometry.image_to_input(np.asarray(xy, np.float64)))
 
-    def _flow_pair(self):
+    def flow_pair(self):
+        """``flow_pair(t) -> (flow t -> t+1, flow t+1 -> t)`` on the fitted video's original frames."""
         # DIS at full resolution (finest scale 0), as the ``flow`` baseline: no weights needed
         est = make_flow_estimator("dis", self.cfg.fusion_dis_preset, None, "cpu", 0)
         frames = self._frames
@@ -378,11 +381,11 @@ class FlowGuidedTracker(Tracker):
         c = self.cfg
         head = blind_head(q, T)  # queries as float32, as the trained head's result carries them
         stats = FusionStats()
-        tracks, vis, conf = fuse_tracks(head, reuse_flows(self._flow_pair(), head.queries[:, 0]), T,
+        tracks, vis, conf = fuse_tracks(head, reuse_flows(self.flow_pair(), head.queries[:, 0]), T,
                                         0.0, c.fusion_fb_px, None, c.fusion_verify_ncc, c.fusion_drift_frames,
-                                        self._foreground, progress=self.progress, stats=stats)
+                                        self.foreground, progress=self.progress, stats=stats)
         self.eta.add_time("fusion gate", stats.seconds)
-        gate = decide(c.fusion_train, vis, tracks, head.queries, self._foreground, c.fusion_drift_frames)
+        gate = decide(c.fusion_train, vis, tracks, head.queries, self.foreground, c.fusion_drift_frames)
         self.fusion_stats = _GatedStats(**vars(stats), gate=gate.to_dict())
         return TrackResult(tracks, vis, conf, head.queries, names), gate
 
@@ -390,16 +393,16 @@ class FlowGuidedTracker(Tracker):
         """The rule with the trained head (the path before the gate, unchanged)."""
         res = self.track_head(queries, occlusion)
         c = self.cfg
-        flow_pair = self._flow_pair()
+        flow_pair = self.flow_pair()
         frames = self._frames
         # the decision that led here (None: no pre-pass ran, the head was trained already or 'always')
         snap = snap_cells(c, self.backend)  # the config's, else the one measured for this backend and stride
         self.fusion_stats = _GatedStats(gate=None if self.gate is None else self.gate.to_dict(), snap_cells=snap)
-        cell = self._cell_px()
+        cell = self.cell_px()
         verifier = TemplateVerifier(frames, res.queries, search_px=c.fusion_verify_cells * cell)
         tracks, vis, conf = fuse_tracks(res, flow_pair, frames.shape[0], snap * cell,
                                         c.fusion_fb_px, verifier, c.fusion_verify_ncc, c.fusion_drift_frames,
-                                        self._foreground, progress=self.progress, stats=self.fusion_stats)
+                                        self.foreground, progress=self.progress, stats=self.fusion_stats)
         self.eta.add_time("fusion", self.fusion_stats.seconds)
         log.info("flow+dino fusion: %s", self.fusion_stats.to_dict())
         return TrackResult(tracks, vis, conf, res.queries, res.names, redetected=self.fusion_stats.redetected)
