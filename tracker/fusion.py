@@ -72,6 +72,13 @@ from .registry import register_tracker
 log = logging.getLogger(__name__)
 
 
+# what the rule did at each entry (FusionStats.state, per point and frame): where the head is right and the
+# fused track is not, these say which decision to change (scripts/head_vs_flow.py --states, docs/tracking.md)
+STATES = ("query", "flow, head agrees", "flow, head far", "flow, head unseen", "broken flow, head agrees",
+          "re-detected", "lost", "still lost")
+QUERY, FLOW_AGREE, FLOW_FAR, FLOW_UNSEEN, BROKEN_AGREE, REDETECTED, LOST, STILL_LOST = range(len(STATES))
+
+
 @dataclass
 class FusionStats:
     flow_steps: int = 0        # point-steps that followed flow (visible or not)
@@ -83,6 +90,7 @@ class FusionStats:
     flow_calls: int = 0
     seconds: float = 0.0
     redetected: np.ndarray | None = None  # (N, T) bool: verified re-detections of the last call, per point and frame
+    state: np.ndarray | None = None  # (N, T) int8 index into STATES: what the rule did there (last call)
 
     def to_dict(self) -> dict:
         total = max(1, self.flow_steps + self.redetections + self.lost_new)
@@ -105,6 +113,7 @@ class StepDecision:
     drift: np.ndarray          # (M,) bool: candidate because consistent flow drifted (else flow broke)
     run: np.ndarray            # (M,) int: steps in a row that consistent flow was off the foreground
     #                            while a seeing head was far
+    agree: np.ndarray          # (M,) bool: a seeing head within the agreement radius of f
 
 
 def fuse_step(p_a: np.ndarray, flow_ab: np.ndarray, flow_ba: np.ndarray, d_b: np.ndarray, dvis_b: np.ndarray,
@@ -128,7 +137,7 @@ def fuse_step(p_a: np.ndarray, flow_ab: np.ndarray, flow_ba: np.ndarray, d_b: np
     keep_agree = ~consistent & agree & in_frame
     follow = (consistent & ~drift) | keep_agree
     candidate = drift | (~consistent & ~keep_agree & dvis_b)
-    return StepDecision(f.astype(np.float32), err, consistent, follow, candidate, drift, run)
+    return StepDecision(f.astype(np.float32), err, consistent, follow, candidate, drift, run, agree)
 
 
 class TemplateVerifier:
@@ -203,6 +212,7 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
     run = np.zeros(n, np.int64)
     on_fg = np.zeros(n, bool)  # queries made on the foreground: only they can drift off it
     st.redetected = np.zeros((n, T), bool)  # this call's (a FusionStats may add up several calls' counts)
+    st.state = np.full((n, T), QUERY, np.int8)
     if foreground is not None:
         for t in np.unique(tq):
             on_fg[tq == t] = foreground(int(t), q[tq == t, 1:3])
@@ -244,6 +254,9 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
         tracks[idx, b] = p_b
         vis[idx, b] = v_b
         conf[idx, b] = np.where(v_b, c_b, 0.0)
+        followed = np.where(~dec.consistent, BROKEN_AGREE,
+                            np.where(dec.agree, FLOW_AGREE, np.where(dvis_b, FLOW_FAR, FLOW_UNSEEN)))
+        st.state[idx, b] = np.where(ok, REDETECTED, np.where(newly_lost, LOST, np.where(was_lost, STILL_LOST, followed)))
         st.flow_steps += int((follow & ~ok).sum())
         st.redetections += int(ok.sum())
         st.lost_new += int(newly_lost.sum())
