@@ -43,5 +43,24 @@ def compare(head: np.ndarray, flow: np.ndarray, fused: np.ndarray | None, evalua
     return out
 
 
+def by_state(head: np.ndarray, fused: np.ndarray, state: np.ndarray, evaluated: np.ndarray,
+             names: tuple[str, ...]) -> dict:
+    """Per fusion state (``state`` (N, S) int: indices into ``names``, tracker/fusion.py ``STATES``): over the
+    evaluated entries in it, {"entries", "share" (of all evaluated, %), "head_right", "fused_right" (% of the
+    state's entries), "head_only", "fused_only" (entries only that one gets right)}; states with no entry are
+    left out. Where the head beats the fused track, this says which of the rule's decisions to change."""
+    ev = np.asarray(evaluated, bool)
+    h, g, s = np.asarray(head, bool)[ev], np.asarray(fused, bool)[ev], np.asarray(state)[ev]
+    out = {}
+    for k, name in enumerate(names):
+        sel = s == k
+        n = int(sel.sum())
+        if n:
+            out[name] = {"entries": n, "share": 100.0 * n / len(s), "head_right": 100.0 * float(h[sel].mean()),
+                         "fused_right": 100.0 * float(g[sel].mean()), "head_only": int((h & ~g)[sel].sum()),
+                         "fused_only": int((~h & g)[sel].sum())}
+    return out
+
+
 def evaluated_entries(visible: np.ndarray, query_frames: np.ndarray | None) -> np.ndarray:
     return badja_eval_mask(visible, query_frames)

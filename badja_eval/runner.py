@@ -25,7 +25,7 @@ from cosettle.io.atomic import atomic_path
 from cosettle.progress import tqdm
 from cosettle.projector_io import resolve_path
 from tracker import build_tracker, preset
-from tracker.config import measured_snap_token
+from tracker.config import TrackerConfig, measured_head_weight_token, measured_snap_token
 from tracker.registry import TrackerEntry, tracker_entry
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,20 @@ class Prediction:
     fit_git: str | None = None
 
 
+# config fields added after predictions were cached, left out of the cache key while unset, so that those
+# entries stay valid: an unset value changes nothing a cached tracker computed (dino-flow's resolved value is
+# keyed by the measured table's token instead)
+KEYED_ONLY_WHEN_SET = {"fusion_head_weight": None}
+
+
 def _plain(cfg) -> Any:
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    if not dataclasses.is_dataclass(cfg):
+        return cfg
+    out = dataclasses.asdict(cfg)
+    for name, unset in KEYED_ONLY_WHEN_SET.items():
+        if name in out and out[name] == unset:
+            del out[name]
+    return out
 
 
 def slug(text: str) -> str:
@@ -161,6 +173,19 @@ class Runner:
             return self._build_tracker(method.tracker, backend, self.tracker_config(method))
         return build_tracker(method.tracker, backend, self.tracker_config(method), progress=self.progress)
 
+    def fusion_tracker(self, method: Method, frames, masks):
+        """A ``dino-flow`` tracker with ``method``'s settings (a cached head's: seed, preset, overrides; a tracker
+        that is not DINO-Tracker: dino-flow's own), fitted only as far as its foreground masks
+        (``fusion_train=never``: the work folder's frames and masks, no training) -- for re-fusing a cached head
+        with the tracker's own ``flow_pair``, ``cell_px`` and ``foreground`` (scripts/tune_fusion.py,
+        scripts/head_vs_flow.py --states), so the result is run.py's ``dino-flow`` to the joint."""
+        cfg = self.tracker_config(method)
+        if not isinstance(cfg, TrackerConfig):
+            cfg = self.tracker_config(Method("dino-flow", method.backend))
+        tracker = build_tracker("dino-flow", self.backend(method.backend), cfg.replace(fusion_train="never"),
+                                progress=False)
+        return tracker.fit(frames, masks)
+
     # -------------------------------------------------------------------------------- cache
     def cache_path(self, task: Task, method: Method) -> Path:
         name = method.tracker + "__" + (method.backend or "-")
@@ -185,6 +210,8 @@ class Runner:
             h.update(json.dumps(_plain(cfg), sort_keys=True, default=str).encode())
         if method.tracker == "dino-flow" and getattr(cfg, "fusion_snap_cells", 0.0) is None:
             h.update(measured_snap_token().encode())  # the radius comes from the per-backend table
+        if method.tracker == "dino-flow" and getattr(cfg, "fusion_head_weight", 0.0) is None:
+            h.update(measured_head_weight_token().encode())  # so does the head's share of a position
         h.update(np.ascontiguousarray(task.queries, dtype=np.float64).tobytes())
         return h.hexdigest()[:20]
 

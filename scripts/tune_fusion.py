@@ -3,7 +3,8 @@
 The expensive part of ``dino-flow`` -- training DINO-Tracker on each video -- does not depend on the
 fusion settings, so this tool takes the pure ``dino`` predictions that ``badja_eval/run.py`` cached, computes
 each video's full-resolution flows once, and scores every setting (snap cells, forward-backward px, drift
-frames, verification NCC and search cells, what a failed drift re-detection does) with the benchmark's own
+frames, verification NCC and search cells, what a failed drift re-detection does, the head's share of a
+position where flow and head agree) with the benchmark's own
 scorer, wrong-visible included. It is
 the development protocol for the ``dino-flow`` defaults: run it on BOTH labelled clips (horsejump-high,
 cows) for several tracker seeds (one ``--out`` per seed), and keep a setting only if it holds on both.
@@ -22,7 +23,6 @@ on 5 of 24 DINOv2+Co-Settle fits.)
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import logging
@@ -56,27 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift", type=_floats, default=[1.0], help="fusion_drift_frames values to try")
     p.add_argument("--verify-ncc", type=_floats, default=[0.5], help="fusion_verify_ncc values to try")
     p.add_argument("--verify-cells", type=_floats, default=[2.0], help="fusion_verify_cells values to try")
+    p.add_argument("--head-weight", type=_floats, default=[0.0],
+                   help="fusion_head_weight values to try (the head's share of a position where flow and head agree)")
     p.add_argument("--drift-fail", type=_words, default=["lost"],
                    help="what a drift candidate that fails verification does: lost (the rule) and/or flow")
     p.add_argument("--dino-tracker", default="dino", help="cached tracker whose predictions are fused")
     p.add_argument("--json", dest="json_out", help="also write the JSON here")
     return p
-
-
-def fusion_tracker(runner, method, frames, masks):
-    """A ``dino-flow`` tracker with ``method``'s settings (the cached head's: seed, preset, overrides), fitted
-    only as far as its foreground masks (``fusion_train=never``: no training), for its ``flow_pair``,
-    ``cell_px`` and ``foreground``."""
-    from badja_eval.runner import Method
-    from tracker.config import TrackerConfig
-    from tracker.registry import build_tracker
-
-    cfg = runner.tracker_config(method)
-    if not isinstance(cfg, TrackerConfig):  # the cached tracker is not DINO-Tracker: dino-flow's own settings
-        cfg = runner.tracker_config(Method("dino-flow", method.backend))
-    cfg = dataclasses.replace(cfg, fusion_train="never")
-    tracker = build_tracker("dino-flow", runner.backend(method.backend), cfg, progress=False)
-    return tracker.fit(frames, masks)
 
 
 def _tasks(cfg):
@@ -92,7 +78,7 @@ def _tasks(cfg):
     return ev.tapvid_tasks(cfg, pickles)
 
 
-SETTING_KEYS = ("snap_cells", "fb_px", "drift_frames", "verify_ncc", "verify_cells", "drift_fail")
+SETTING_KEYS = ("snap_cells", "fb_px", "drift_frames", "verify_ncc", "verify_cells", "drift_fail", "head_weight")
 
 
 def sweep(cfg, grid: dict, dino_tracker="dino"):
@@ -117,7 +103,7 @@ def sweep(cfg, grid: dict, dino_tracker="dino"):
             if pred is None:
                 raise UserError(f"no cached {method.label} prediction for {task.key} in {cfg.out}",
                                 f"run badja_eval/run.py --benchmark {cfg.benchmark} --trackers {dino_tracker} first")
-            fusion = fusion_tracker(runner, method, frames, masks if cfg.masks else None)
+            fusion = runner.fusion_tracker(method, frames, masks if cfg.masks else None)
             if pairs is None:
                 flow_pair = fusion.flow_pair()
                 pairs = [flow_pair(t) for t in range(T - 1)]
@@ -127,7 +113,8 @@ def sweep(cfg, grid: dict, dino_tracker="dino"):
                 ver = TemplateVerifier(frames, task.queries, search_px=s["verify_cells"] * cell)
                 tr, vis, _ = fuse_tracks(dino, lambda t: pairs[t], T, s["snap_cells"] * cell, s["fb_px"], ver,
                                          s["verify_ncc"], int(s["drift_frames"]), fusion.foreground,
-                                         stats=counts[k], drift_fail=s.get("drift_fail", "lost"))
+                                         stats=counts[k], drift_fail=s.get("drift_fail", "lost"),
+                                         head_weight=s.get("head_weight", 0.0))
                 scores[k][(backend_name, task.key)] = scorers[task.key](Prediction(tr, vis))
             log.info("%s %s: %d settings scored", backend_name, task.key, len(settings))
     rows = []
@@ -148,7 +135,7 @@ def main(argv=None):
     setup_logging(args.verbose)
     cfg = ev.resolve(args)
     grid = {"snap_cells": args.snap, "fb_px": args.fb, "drift_frames": args.drift, "verify_ncc": args.verify_ncc,
-            "verify_cells": args.verify_cells, "drift_fail": args.drift_fail}
+            "verify_cells": args.verify_cells, "drift_fail": args.drift_fail, "head_weight": args.head_weight}
     out = sweep(cfg, grid, args.dino_tracker)
     text = json.dumps(out, indent=1, default=float)
     if args.json_out:

@@ -102,20 +102,23 @@ def test_tune_fusion_tiny(tmp_path):
     feature cell and work-resolution foreground (it once read the video-resolution masks: one joint off)."""
     common = ["--benchmark", "synthetic", "--difficulty", "easy", "--num-videos", "1", "--num-frames", "4",
               "--out", tmp_path / "eval", "--quiet"]
-    fit = "dino.iterations=2,dino-flow.iterations=2,dino-flow.fusion_snap_cells=2,dino-flow.fusion_train=always"
+    fit = ("dino.iterations=2,dino-flow.iterations=2,dino-flow.fusion_snap_cells=2,dino-flow.fusion_train=always,"
+           "dino-flow.fusion_head_weight=0.5")
     _run([REPO / "badja_eval" / "run.py", "--trackers", "dino,dino-flow", *common, "--tracker-args", fit])
     p = _run([REPO / "scripts" / "tune_fusion.py", *common, "--tracker-args", "dino.iterations=2",
-              "--snap", "1,2", "--fb", "1.5", "--drift-fail", "lost,flow", "--json", tmp_path / "sweep.json"])
+              "--snap", "1,2", "--fb", "1.5", "--drift-fail", "lost,flow", "--head-weight", "0,0.5",
+              "--json", tmp_path / "sweep.json"])
     r = _json_out(p)
     assert json.loads((tmp_path / "sweep.json").read_text()) == r
-    assert [(row["snap_cells"], row["fb_px"], row["drift_fail"]) for row in r["rows"]] == [
-        (1.0, 1.5, "lost"), (1.0, 1.5, "flow"), (2.0, 1.5, "lost"), (2.0, 1.5, "flow")]
+    assert [(row["snap_cells"], row["fb_px"], row["drift_fail"], row["head_weight"]) for row in r["rows"]] == [
+        (snap, 1.5, fail, weight) for snap in (1.0, 2.0) for fail in ("lost", "flow") for weight in (0.0, 0.5)]
     for row in r["rows"]:
         assert len(row["per_video"]) == 1
         assert all(np.isfinite(v) for v in row["mean"].values()) and row["mean"]
     ran = json.loads((tmp_path / "eval" / "results.json").read_text())["per_video"]
     (fused,) = [v for k, v in ran.items() if k.split("|")[1].startswith("dino-flow/")]
-    (swept,) = r["rows"][2]["per_video"].values()  # snap 2, the rule (drift_fail lost): run.py's settings
+    (row,) = [row for row in r["rows"] if (row["snap_cells"], row["drift_fail"], row["head_weight"]) == (2.0, "lost", 0.5)]
+    (swept,) = row["per_video"].values()  # run.py's settings
     assert {k: swept[k] for k in fused} == fused
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from badja_eval.head_vs_flow import compare, evaluated_entries, seg_hits
+from badja_eval.head_vs_flow import by_state, compare, evaluated_entries, seg_hits
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,3 +58,22 @@ def test_script_refuses_a_folder_without_cached_predictions(shared_dir, tmp_path
     assert len(lines) == 1 and lines[0].startswith("error:") and " -- " in lines[0]
     assert ("no cached flow" in lines[0]) if not extra else ("BADJA" in lines[0])
     assert not (tmp_path / "empty" / "cache").exists() or not any((tmp_path / "empty" / "cache").rglob("*.npz"))
+
+
+def test_by_state_counts_each_state_over_the_evaluated_entries():
+    """Six entries, the last not evaluated. States 0, 1, 1, 2, 2 (+ 1 unevaluated); head right on entries 1, 3,
+    5; fused right on 2, 3. State 1: entries 1 and 2 -> head right 50 %, fused 50 %, one head-only (1) and one
+    fused-only (2). State 2: entries 3 and 4 -> head 50 %, fused 50 %, both right on 3, neither on 4. State 0:
+    entry 0, nobody right. State 3 never occurs: left out. Shares of the 5 evaluated: 20, 40, 40 %."""
+    names = ("a", "b", "c", "d")
+    state = np.array([[0, 1, 1, 2, 2, 1]])
+    head = np.array([[0, 1, 0, 1, 0, 1]], bool)
+    fused = np.array([[0, 0, 1, 1, 0, 0]], bool)
+    ev = np.array([[1, 1, 1, 1, 1, 0]], bool)
+    r = by_state(head, fused, state, ev, names)
+    assert list(r) == ["a", "b", "c"]
+    assert r["a"] == {"entries": 1, "share": 20.0, "head_right": 0.0, "fused_right": 0.0, "head_only": 0, "fused_only": 0}
+    assert r["b"] == {"entries": 2, "share": 40.0, "head_right": 50.0, "fused_right": 50.0, "head_only": 1,
+                      "fused_only": 1}
+    assert r["c"] == {"entries": 2, "share": 40.0, "head_right": 50.0, "fused_right": 50.0, "head_only": 0,
+                      "fused_only": 0}

@@ -149,6 +149,11 @@ class TrackerConfig:
     fusion_snap_cells: float | None = inference(None)  # the head "agrees" with flow within this many feature
     #                                                    cells; None: the measured value for the backend
     #                                                    (snap_cells: MEASURED_SNAP_CELLS, else 6)
+    fusion_head_weight: float | None = inference(None)  # where consistent flow and a seeing head agree, the
+    #                                                     reported position moves this share of the way from flow's
+    #                                                     to the head's (the chain goes on from flow's); None: the
+    #                                                     measured value for the backend (head_weight:
+    #                                                     MEASURED_HEAD_WEIGHT, else 0 = flow's position)
     fusion_fb_px: float = inference(1.5)  # forward-backward error (original px) above which flow is broken
     fusion_drift_frames: int = inference(1)  # frames in a row that consistent flow must stay off the
     #                                          foreground (while the head sees the point elsewhere) before a drift
@@ -185,6 +190,9 @@ class TrackerConfig:
             raise UserError("fusion_drift_frames must be >= 1, fusion_verify_ncc in (-1, 1], fusion_verify_cells >= 0")
         if self.fusion_snap_cells is not None and self.fusion_snap_cells < 0:
             raise UserError(f"fusion_snap_cells must be >= 0 (or unset for the backend's value), not {self.fusion_snap_cells}")
+        if self.fusion_head_weight is not None and not 0.0 <= self.fusion_head_weight <= 1.0:
+            raise UserError(f"fusion_head_weight must be in [0, 1] (or unset for the backend's value), not "
+                            f"{self.fusion_head_weight}")
         if self.fusion_train not in FUSION_TRAIN:
             raise UserError(f"unknown fusion_train {self.fusion_train!r}", f"use one of {', '.join(FUSION_TRAIN)}")
         if self.iterations < 0 or self.batch_size < 1 or self.batch_n_frames < 2:
@@ -203,10 +211,25 @@ DEFAULT_SNAP_CELLS = 6.0
 MEASURED_SNAP_CELLS = {("dinov2_vits14_imgfocus", 14): 2.0}
 
 
+# fusion_head_weight measured per backend and stride the same way (docs/tracking.md, "The head's share of a
+# reported position"; scripts/tune_fusion.py --head-weight): with the DINOv2 ViT-S/14 head at stride 14, 0.75
+# raised dino-flow on every one of 24 fits (base + 4 Co-Settle projectors x 2 clips x 3 seeds; base: mean
+# delta_seg 64.55 -> 67.98, wrong-visible 17.36 -> 13.93) at the price of delta_3px (the head is cell-precise).
+# dsift keeps 0: its cows gain at 0.5 was +0.36 and 0.75 lost on a seed, while delta_3px fell below flow's.
+DEFAULT_HEAD_WEIGHT = 0.0
+MEASURED_HEAD_WEIGHT = {("dinov2_vits14_imgfocus", 14): 0.75}
+
+
 def measured_snap_token() -> str:
     """The radius table as text: what a cache of fused predictions made with an unset ``fusion_snap_cells``
     must key on besides the config, so that a re-measured table does not return old predictions."""
     return json.dumps([DEFAULT_SNAP_CELLS, sorted([list(k), v] for k, v in MEASURED_SNAP_CELLS.items())])
+
+
+def measured_head_weight_token() -> str:
+    """The same for an unset ``fusion_head_weight`` and its table."""
+    table = sorted([list(k), v] for k, v in MEASURED_HEAD_WEIGHT.items())
+    return json.dumps(["head_weight", DEFAULT_HEAD_WEIGHT, table])
 
 
 def snap_cells(cfg: "TrackerConfig", backend) -> float:
@@ -216,6 +239,15 @@ def snap_cells(cfg: "TrackerConfig", backend) -> float:
         return float(cfg.fusion_snap_cells)
     key = (getattr(backend, "name", None), getattr(backend, "stride", None))
     return MEASURED_SNAP_CELLS.get(key, DEFAULT_SNAP_CELLS)
+
+
+def head_weight(cfg: "TrackerConfig", backend) -> float:
+    """The head's share of dino-flow's reported position where flow and the head agree: the config's value,
+    else the one measured for ``backend`` (its registry name and stride), else DEFAULT_HEAD_WEIGHT."""
+    if cfg.fusion_head_weight is not None:
+        return float(cfg.fusion_head_weight)
+    key = (getattr(backend, "name", None), getattr(backend, "stride", None))
+    return MEASURED_HEAD_WEIGHT.get(key, DEFAULT_HEAD_WEIGHT)
 
 
 @dataclass

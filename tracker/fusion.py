@@ -61,7 +61,7 @@ from cosettle.io.tracks import TrackResult
 from cosettle.progress import tqdm
 
 from .base import RunReport
-from .config import snap_cells
+from .config import head_weight, snap_cells
 from .dino.tracker import PREPROCESS_LOCK, Tracker
 from .fusion_gate import GateDecision, blind_head, decide, reuse_flows
 from .preprocess.flow import inside, make_flow_estimator, sample_flow
@@ -185,7 +185,8 @@ class TemplateVerifier:
 def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, fb_px: float,
                 verifier: TemplateVerifier | None, verify_ncc: float = 0.5, drift_frames: int = 1,
                 foreground: Callable[[int, np.ndarray], np.ndarray] | None = None,
-                progress: bool = False, stats: FusionStats | None = None, drift_fail: str = "lost"):
+                progress: bool = False, stats: FusionStats | None = None, drift_fail: str = "lost",
+                head_weight: float = 0.0):
     """Fuse DINO predictions with flow. ``flow_pair(t) -> (F[t], B[t])``: flows t -> t+1 and t+1 -> t.
     ``verifier``: a :class:`TemplateVerifier` of the queries; None accepts every re-detection candidate
     that the head sees (no appearance check: for tests of the rule alone, never the tracker's default).
@@ -193,6 +194,9 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
     None: no drift re-detections (only broken flow is re-detected).
     ``drift_fail``: what a drift candidate that fails verification does: ``"lost"`` (the rule) or ``"flow"``
     (keeps following flow, visible; a development variant for ``scripts/tune_fusion.py``, docs/tracking.md).
+    ``head_weight``: where consistent flow is followed and a seeing head agrees with it (state "flow, head
+    agrees"), the reported position is ``f + head_weight * (d - f)``; the next step still starts from ``f``
+    (0: flow's position everywhere, as before this option).
 
     Returns (tracks (N,T,2), visible (N,T), confidence (N,T)) in original pixels.
     """
@@ -202,10 +206,11 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
     q = np.asarray(dino.queries, np.float64)
     n, T = len(q), num_frames
     tq = q[:, 0].round().astype(int)
-    tracks = np.array(dino.tracks, np.float32, copy=True)
+    tracks = np.array(dino.tracks, np.float32, copy=True)  # the chain: each step starts from here
     vis = np.zeros((n, T), bool)
     conf = np.zeros((n, T), np.float32)
     tracks[np.arange(n), tq] = q[:, 1:3]
+    reported = tracks.copy() if head_weight else tracks  # what is returned; apart from the chain only with a weight
     vis[np.arange(n), tq] = True
     conf[np.arange(n), tq] = 1.0
     lost = np.zeros(n, bool)
@@ -256,7 +261,15 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
         conf[idx, b] = np.where(v_b, c_b, 0.0)
         followed = np.where(~dec.consistent, BROKEN_AGREE,
                             np.where(dec.agree, FLOW_AGREE, np.where(dvis_b, FLOW_FAR, FLOW_UNSEEN)))
-        st.state[idx, b] = np.where(ok, REDETECTED, np.where(newly_lost, LOST, np.where(was_lost, STILL_LOST, followed)))
+        state = np.where(ok, REDETECTED, np.where(newly_lost, LOST, np.where(was_lost, STILL_LOST, followed)))
+        st.state[idx, b] = state
+        if head_weight:
+            # the head is cell-precise but anchored to the query; flow is pixel-precise but slides: where they
+            # agree, report a point between them (measured per backend, docs/tracking.md), keep chaining flow
+            rep = p_b.copy()
+            m = state == FLOW_AGREE
+            rep[m] += np.float32(head_weight) * (d_b[m] - p_b[m])
+            reported[idx, b] = rep
         st.flow_steps += int((follow & ~ok).sum())
         st.redetections += int(ok.sum())
         st.lost_new += int(newly_lost.sum())
@@ -285,7 +298,7 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
             bar.update(1)
     bar.close()
     st.seconds += time.perf_counter() - t0
-    return tracks, vis, conf
+    return reported, vis, conf
 
 
 class FlowGuidedTracker(Tracker):
@@ -410,12 +423,15 @@ class FlowGuidedTracker(Tracker):
         frames = self._frames
         # the decision that led here (None: no pre-pass ran, the head was trained already or 'always')
         snap = snap_cells(c, self.backend)  # the config's, else the one measured for this backend and stride
-        self.fusion_stats = _GatedStats(gate=None if self.gate is None else self.gate.to_dict(), snap_cells=snap)
+        weight = head_weight(c, self.backend)  # likewise
+        self.fusion_stats = _GatedStats(gate=None if self.gate is None else self.gate.to_dict(), snap_cells=snap,
+                                        head_weight=weight)
         cell = self.cell_px()
         verifier = TemplateVerifier(frames, res.queries, search_px=c.fusion_verify_cells * cell)
         tracks, vis, conf = fuse_tracks(res, flow_pair, frames.shape[0], snap * cell,
                                         c.fusion_fb_px, verifier, c.fusion_verify_ncc, c.fusion_drift_frames,
-                                        self.foreground, progress=self.progress, stats=self.fusion_stats)
+                                        self.foreground, progress=self.progress, stats=self.fusion_stats,
+                                        head_weight=weight)
         self.eta.add_time("fusion", self.fusion_stats.seconds)
         log.info("flow+dino fusion: %s", self.fusion_stats.to_dict())
         return TrackResult(tracks, vis, conf, res.queries, res.names, redetected=self.fusion_stats.redetected)
@@ -434,9 +450,10 @@ class _GatedStats(FusionStats):
 
     gate: dict | None = None  # GateDecision.to_dict(); None: no pre-pass (fusion_train=always, or trained already)
     snap_cells: float | None = None  # the agreement radius used (resolved per backend); None: the head never ran
+    head_weight: float | None = None  # the head's share of a reported position (resolved per backend); likewise
 
     def to_dict(self) -> dict:
-        return {**super().to_dict(), "gate": self.gate, "snap_cells": self.snap_cells}
+        return {**super().to_dict(), "gate": self.gate, "snap_cells": self.snap_cells, "head_weight": self.head_weight}
 
 
 @register_tracker("dino-flow", summary="DINO-Tracker fused with optical flow, the default (trains per video only "

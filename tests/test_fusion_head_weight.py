@@ -1,0 +1,107 @@
+"""``fuse_tracks(head_weight=...)`` and its per-backend resolution (tracker/fusion.py, tracker/config.py): where
+consistent flow and a seeing head agree, the reported position moves that share of the way to the head, and
+the chain goes on from flow's position. Hand-built flows and heads; expected values derived in the comments."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from cosettle.errors import UserError
+from cosettle.io.tracks import TrackResult
+from tracker.config import MEASURED_HEAD_WEIGHT, TrackerConfig, head_weight
+from tracker.fusion import FLOW_AGREE, FLOW_FAR, FLOW_UNSEEN, FusionStats, fuse_tracks
+
+H, W, T = 80, 100, 3
+
+
+def _flows(k):
+    fwd, bwd = np.zeros((H, W, 2), np.float32), np.zeros((H, W, 2), np.float32)
+    fwd[..., 0], bwd[..., 0] = 1.0, -1.0  # (+1, 0), cancelled backwards: consistent everywhere
+    return fwd, bwd
+
+
+def _fuse(weight):
+    """Flow's path is x + t. q0 (40, 40): head (43, 40) at frame 1 and (42, 41) at frame 2, within the 3-px
+    radius of flow's (41, 40) and (42, 40): agrees. q1 (20, 20): head 10 px off at frame 1 (far), on the path
+    at frame 2. q2 (60, 60): head blind at frames 1 and 2."""
+    q = np.array([[0, 40.0, 40.0], [0, 20.0, 20.0], [0, 60.0, 60.0]], np.float32)
+    head = np.zeros((3, T, 2), np.float32)
+    head[:, :, 0] = q[:, None, 1] + np.arange(T)
+    head[:, :, 1] = q[:, None, 2]
+    head[0, 1], head[0, 2] = (43, 40), (42, 41)
+    head[1, 1] = (31, 20)
+    dvis = np.ones((3, T), bool)
+    dvis[2, 1:] = False
+    st = FusionStats()
+    out = fuse_tracks(TrackResult(head, dvis, np.ones((3, T), np.float32), q), _flows, T, 3.0, 1.5, None,
+                      stats=st, head_weight=weight)
+    return out, st
+
+
+def test_where_flow_and_head_agree_the_report_moves_toward_the_head_and_the_chain_stays_on_flow():
+    (tracks, visible, conf), st = _fuse(0.5)
+    assert st.state[0].tolist() == [0, FLOW_AGREE, FLOW_AGREE]
+    # frame 1: 41 + 0.5 * (43 - 41) = 42; frame 2 chains from flow's 41 (not the reported 42): f = (42, 40),
+    # report (42, 40) + 0.5 * ((42, 41) - (42, 40)) = (42, 40.5). Chaining from the report would give x 43 / 42.5.
+    assert tracks[0].tolist() == [[40, 40], [42, 40], [42, 40.5]]
+    # far (frame 1) and blind heads leave flow's position; q1's head is back on the path at frame 2 (agrees)
+    assert st.state[1].tolist() == [0, FLOW_FAR, FLOW_AGREE] and st.state[2].tolist() == [0, FLOW_UNSEEN, FLOW_UNSEEN]
+    assert tracks[1].tolist() == [[20, 20], [21, 20], [22, 20]]
+    assert tracks[2].tolist() == [[60, 60], [61, 60], [62, 60]]
+    assert tracks.dtype == np.float32
+
+
+def test_weight_zero_reports_flow_and_the_weight_changes_nothing_else():
+    (flow_only, vis0, conf0), _ = _fuse(0.0)
+    (weighted, vis1, conf1), _ = _fuse(1.0)
+    assert flow_only[0].tolist() == [[40, 40], [41, 40], [42, 40]]  # flow's path, as before the option
+    assert weighted[0].tolist() == [[40, 40], [43, 40], [42, 41]]  # weight 1: the head's positions there
+    assert vis0.tolist() == vis1.tolist() and conf0.tolist() == conf1.tolist()
+
+
+def test_the_weight_resolves_per_backend_and_the_config_wins():
+    dinov2 = SimpleNamespace(name="dinov2_vits14_imgfocus", stride=14)
+    assert head_weight(TrackerConfig(), dinov2) == MEASURED_HEAD_WEIGHT[("dinov2_vits14_imgfocus", 14)] == 0.75
+    assert head_weight(TrackerConfig(), SimpleNamespace(name="dsift", stride=8)) == 0.0
+    assert head_weight(TrackerConfig(), SimpleNamespace(name="dinov2_vits14_imgfocus", stride=7)) == 0.0
+    assert head_weight(TrackerConfig(), object()) == 0.0  # a user's backend without name/stride
+    assert head_weight(TrackerConfig(fusion_head_weight=0.0), dinov2) == 0.0
+    assert head_weight(TrackerConfig(fusion_head_weight=0.3), SimpleNamespace(name="dsift", stride=8)) == 0.3
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5])
+def test_a_weight_outside_zero_one_is_refused(bad):
+    with pytest.raises(UserError, match=r"fusion_head_weight must be in \[0, 1\]"):
+        TrackerConfig(fusion_head_weight=bad)
+    assert TrackerConfig(fusion_head_weight=1.0).fusion_head_weight == 1.0
+
+
+def test_a_remeasured_weight_table_invalidates_cached_fused_predictions(tmp_path, monkeypatch):
+    import tracker.config as config
+    from badja_eval.runner import Method, Runner, Task
+
+    task = Task(key="clip", load=lambda: None, queries=np.zeros((1, 3)), shape=(4, 8, 8), content="c")
+    fused, head = Method("dino-flow", "dsift"), Method("dino", "dsift")
+    runner = Runner(cache_dir=tmp_path, preset="fast")
+    before = runner.fingerprint(task, fused), runner.fingerprint(task, head)
+    monkeypatch.setitem(config.MEASURED_HEAD_WEIGHT, ("dsift", 8), 0.5)
+    assert runner.fingerprint(task, fused) != before[0]
+    assert runner.fingerprint(task, head) == before[1]
+    fixed = Runner(cache_dir=tmp_path, preset="fast", tracker_overrides={"dino-flow": {"fusion_head_weight": 0.2}})
+    key = fixed.fingerprint(task, fused)
+    monkeypatch.setitem(config.MEASURED_HEAD_WEIGHT, ("dsift", 8), 0.25)
+    assert fixed.fingerprint(task, fused) == key
+
+
+def test_an_unset_weight_is_left_out_of_the_evaluators_cache_key(tmp_path):
+    """Predictions cached before the option existed stay valid: the field is keyed only when set."""
+    from badja_eval.runner import Method, Runner, Task, _plain
+
+    assert "fusion_head_weight" not in _plain(TrackerConfig())
+    assert _plain(TrackerConfig(fusion_head_weight=0.0))["fusion_head_weight"] == 0.0
+    task = Task(key="clip", load=lambda: None, queries=np.zeros((1, 3)), shape=(4, 8, 8), content="c")
+    unset = Runner(cache_dir=tmp_path, preset="fast").fingerprint(task, Method("dino", "dsift"))
+    set_ = Runner(cache_dir=tmp_path, preset="fast", tracker_overrides={"dino": {"fusion_head_weight": 0.5}})
+    assert set_.fingerprint(task, Method("dino", "dsift")) != unset
