@@ -34,7 +34,8 @@ log = logging.getLogger("mutation_test")
 # module -> the pytest arguments that select the tests covering it (fast ones: the end-to-end tracker
 # fit of test_flow_guided.py trains DINO-Tracker, ~20 s per mutant, and is left out)
 MODULES = {
-    "tracker/fusion.py": ["tests/test_flow_guided.py", "tests/test_fusion_survivors.py", "-k", "not end_to_end"],
+    "tracker/fusion.py": ["tests/test_flow_guided.py", "tests/test_fusion_survivors.py", "tests/test_fusion_states.py",
+                          "tests/test_fusion_head_weight.py", "-k", "not end_to_end"],
     "cosettle/io/masks.py": ["tests/test_mask_reader.py"],
     "tracker/eta.py": ["tests/test_eta.py"],
     "badja_eval/metrics.py": ["tests/test_eval_metrics.py"],

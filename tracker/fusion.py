@@ -37,6 +37,10 @@ Rule, per query and step a -> b (forwards from the query frame, then backwards),
   way; showing them (``fuse_tracks(drift_fail="flow")``) added wrong-visible entries on horsejump-high
   and only right ones on cows (seed 0, docs/tracking.md): not a win on both clips, so the rule stays.
   A query patch that leaves the frame or has no texture can never verify.
+* where consistent flow is followed and a seeing head agrees, the *reported* position is
+  ``f + fusion_head_weight * (d - f)`` (the next step still starts from ``f``): the head is cell-precise but
+  anchored to the query, flow pixel-precise but sliding within the radius. Measured per backend
+  (tracker/config.py ``head_weight``): 0.75 for DINOv2 ViT-S/14 at stride 14, else 0 (flow's position).
 * visible = followed flow and not lost, or verified re-detection. Confidence: the larger of flow's
   (1 / (1 + (err / fusion_fb_px)^2)) and the head's where flow was followed, the verification
   correlation where re-detected, 0 where not visible.
