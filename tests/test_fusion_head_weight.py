@@ -22,7 +22,7 @@ def _flows(k):
     return fwd, bwd
 
 
-def _fuse(weight):
+def _fuse(weight=None):
     """Flow's path is x + t. q0 (40, 40): head (43, 40) at frame 1 and (42, 41) at frame 2, within the 3-px
     radius of flow's (41, 40) and (42, 40): agrees. q1 (20, 20): head 10 px off at frame 1 (far), on the path
     at frame 2. q2 (60, 60): head blind at frames 1 and 2."""
@@ -35,8 +35,9 @@ def _fuse(weight):
     dvis = np.ones((3, T), bool)
     dvis[2, 1:] = False
     st = FusionStats()
+    kw = {} if weight is None else {"head_weight": weight}  # None: the function's default
     out = fuse_tracks(TrackResult(head, dvis, np.ones((3, T), np.float32), q), _flows, T, 3.0, 1.5, None,
-                      stats=st, head_weight=weight)
+                      stats=st, **kw)
     return out, st
 
 
@@ -57,6 +58,8 @@ def test_weight_zero_reports_flow_and_the_weight_changes_nothing_else():
     (flow_only, vis0, conf0), _ = _fuse(0.0)
     (weighted, vis1, conf1), _ = _fuse(1.0)
     assert flow_only[0].tolist() == [[40, 40], [41, 40], [42, 40]]  # flow's path, as before the option
+    (default, _, _), _ = _fuse()
+    assert default.tolist() == flow_only.tolist()  # unset, fuse_tracks reports flow's positions (the gate's pre-pass)
     assert weighted[0].tolist() == [[40, 40], [43, 40], [42, 41]]  # weight 1: the head's positions there
     assert vis0.tolist() == vis1.tolist() and conf0.tolist() == conf1.tolist()
 
