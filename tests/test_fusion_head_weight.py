@@ -81,23 +81,6 @@ def test_a_weight_outside_zero_one_is_refused(bad):
     assert TrackerConfig(fusion_head_weight=1.0).fusion_head_weight == 1.0
 
 
-def test_a_remeasured_weight_table_invalidates_cached_fused_predictions(tmp_path, monkeypatch):
-    import tracker.config as config
-    from badja_eval.runner import Method, Runner, Task
-
-    task = Task(key="clip", load=lambda: None, queries=np.zeros((1, 3)), shape=(4, 8, 8), content="c")
-    fused, head = Method("dino-flow", "dsift"), Method("dino", "dsift")
-    runner = Runner(cache_dir=tmp_path, preset="fast")
-    before = runner.fingerprint(task, fused), runner.fingerprint(task, head)
-    monkeypatch.setitem(config.MEASURED_HEAD_WEIGHT, ("dsift", 8), 0.5)
-    assert runner.fingerprint(task, fused) != before[0]
-    assert runner.fingerprint(task, head) == before[1]
-    fixed = Runner(cache_dir=tmp_path, preset="fast", tracker_overrides={"dino-flow": {"fusion_head_weight": 0.2}})
-    key = fixed.fingerprint(task, fused)
-    monkeypatch.setitem(config.MEASURED_HEAD_WEIGHT, ("dsift", 8), 0.25)
-    assert fixed.fingerprint(task, fused) == key
-
-
 def test_an_unset_weight_is_left_out_of_the_evaluators_cache_key(tmp_path):
     """Predictions cached before the option existed stay valid: the field is keyed only when set."""
     from badja_eval.runner import Method, Runner, Task, _plain

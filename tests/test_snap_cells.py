@@ -84,9 +84,13 @@ def test_dino_flow_fuses_with_the_backends_radius(monkeypatch):
         assert weights[-1] == t.fusion_stats.to_dict()["head_weight"] == weight  # and the head's share
 
 
-def test_a_remeasured_table_invalidates_cached_fused_predictions(tmp_path, monkeypatch):
-    """The evaluator keys dino-flow predictions on the radius table when the config leaves the radius unset:
-    the config alone (fusion_snap_cells None) does not change when the table does."""
+@pytest.mark.parametrize("table, field, measured, remeasured, fixed", [
+    ("MEASURED_SNAP_CELLS", "fusion_snap_cells", 3.0, 4.0, 6.0),
+    ("MEASURED_HEAD_WEIGHT", "fusion_head_weight", 0.5, 0.25, 0.2)])
+def test_a_remeasured_table_invalidates_cached_fused_predictions(tmp_path, monkeypatch, table, field, measured,
+                                                                  remeasured, fixed):
+    """The evaluator keys dino-flow predictions on a per-backend table (the radius, the head weight) when the
+    config leaves its field unset: the config alone (the field None) does not change when the table does."""
     import numpy as np
 
     import tracker.config as config
@@ -96,14 +100,14 @@ def test_a_remeasured_table_invalidates_cached_fused_predictions(tmp_path, monke
     fused, head = Method("dino-flow", "dsift"), Method("dino", "dsift")
     runner = Runner(cache_dir=tmp_path, preset="fast")
     before = runner.fingerprint(task, fused), runner.fingerprint(task, head)
-    monkeypatch.setitem(config.MEASURED_SNAP_CELLS, ("dsift", 8), 3.0)
+    monkeypatch.setitem(getattr(config, table), ("dsift", 8), measured)
     assert runner.fingerprint(task, fused) != before[0]
     assert runner.fingerprint(task, head) == before[1]  # the head does not use it: its entries stay valid
-    # a radius set explicitly is in the config itself; the table is then irrelevant
-    fixed = Runner(cache_dir=tmp_path, preset="fast", tracker_overrides={"dino-flow": {"fusion_snap_cells": 6.0}})
-    key = fixed.fingerprint(task, fused)
-    monkeypatch.setitem(config.MEASURED_SNAP_CELLS, ("dsift", 8), 4.0)
-    assert fixed.fingerprint(task, fused) == key
+    # a value set explicitly is in the config itself; the table is then irrelevant
+    pinned = Runner(cache_dir=tmp_path, preset="fast", tracker_overrides={"dino-flow": {field: fixed}})
+    key = pinned.fingerprint(task, fused)
+    monkeypatch.setitem(getattr(config, table), ("dsift", 8), remeasured)
+    assert pinned.fingerprint(task, fused) == key
 
 
 def test_verify_ncc_of_minus_one_is_refused():
