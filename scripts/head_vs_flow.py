@@ -48,18 +48,22 @@ def build_parser():
     return p
 
 
-def fusion_states(runner, task, head_method, fused_method, frames, masks):
+def fusion_states(runner, task, head_method, fused_method, frames, masks, pairs: list):
     """Re-fuse the cached head of ``head_method`` with ``fused_method``'s (dino-flow's) resolved settings on the
-    tracker's own flows and foreground -> (fused tracks (N, T, 2), per-entry state (N, T) int8)."""
+    tracker's own flows and foreground -> (fused tracks (N, T, 2), per-entry state (N, T) int8). ``pairs``: the
+    video's flow pairs, filled on the first call (they do not depend on the backend) and reused after."""
     pred = runner.load_cached(task, head_method)
     fusion = runner.fusion_tracker(head_method, frames, masks)
+    if not pairs:
+        flow_pair = fusion.flow_pair()
+        pairs.extend(flow_pair(t) for t in range(frames.shape[0] - 1))
     c = runner.tracker_config(fused_method)
     backend = runner.backend(head_method.backend)
     cell = fusion.cell_px()
     head = TrackResult(pred.tracks, pred.visible, pred.visible.astype(np.float32), task.queries)
     st = FusionStats()
     verifier = TemplateVerifier(frames, task.queries, search_px=c.fusion_verify_cells * cell)
-    tracks, _, _ = fuse_tracks(head, fusion.flow_pair(), frames.shape[0], snap_cells(c, backend) * cell,
+    tracks, _, _ = fuse_tracks(head, pairs.__getitem__, frames.shape[0], snap_cells(c, backend) * cell,
                                c.fusion_fb_px, verifier, c.fusion_verify_ncc, c.fusion_drift_frames,
                                fusion.foreground, stats=st, head_weight=head_weight(c, backend))
     return tracks, st.state
@@ -92,6 +96,7 @@ def report(cfg, head: str = "dino", fused: str | None = "dino-flow", states: boo
 
         flow = hits(cached(task, Method("flow", None)))
         frames_masks = task.load() if states else None
+        pairs: list = []  # this video's flows, for every backend's re-fusion
         for backend in cfg.backends:
             h = hits(cached(task, Method(head, backend)))
             g = hits(cached(task, Method(fused, backend))) if fused else None
@@ -100,7 +105,7 @@ def report(cfg, head: str = "dino", fused: str | None = "dino-flow", states: boo
                 frames, masks = frames_masks
                 tracks, state = fusion_states(runner, task, Method(head, backend),
                                               Method(fused or "dino-flow", backend), frames,
-                                              masks if cfg.masks else None)
+                                              masks if cfg.masks else None, pairs)
                 refused = hits(tracks)
                 row["states"] = by_state(h, refused, state, ev_mask, STATES)
                 row["states_match_cache"] = None if g is None else bool((refused == g)[ev_mask].all())
