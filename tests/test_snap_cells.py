@@ -66,7 +66,7 @@ def test_dino_flow_fuses_with_the_backends_radius(monkeypatch):
     monkeypatch.setattr(fusion, "fuse_tracks", fake_fuse)
     backend = load_backend("dsift")
     for name, stride, cfg, want, weight in (
-            ("dinov2_vits14_imgfocus", 14, preset("fast"), 2.0 * 10, 0.75),
+            ("dinov2_vits14_imgfocus", 14, preset("fast"), 2.0 * 10, 0.0),
             ("dsift", backend.stride, preset("fast"), 6.0 * 10, 0.0),
             ("dinov2_vits14_imgfocus", 14, preset("fast", fusion_snap_cells=4.0, fusion_head_weight=0.5), 4.0 * 10, 0.5)):
         b = load_backend("dsift")

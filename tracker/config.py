@@ -212,12 +212,12 @@ MEASURED_SNAP_CELLS = {("dinov2_vits14_imgfocus", 14): 2.0}
 
 
 # fusion_head_weight measured per backend and stride the same way (docs/tracking.md, "The head's share of a
-# reported position"; scripts/tune_fusion.py --head-weight): with the DINOv2 ViT-S/14 head at stride 14, 0.75
-# raised dino-flow on every one of 24 fits (base + 4 Co-Settle projectors x 2 clips x 3 seeds; base: mean
-# delta_seg 64.55 -> 67.98, wrong-visible 17.36 -> 13.93) at the price of delta_3px (the head is cell-precise).
-# dsift keeps 0: its cows gain at 0.5 was +0.36 and 0.75 lost on a seed, while delta_3px fell below flow's.
+# reported position"; scripts/tune_fusion.py --head-weight). No backend has a measured value: with the DINOv2
+# ViT-S/14 head at stride 14, 0.75 raised BADJA delta_seg on every one of 24 fits (base 64.55 -> 67.98, fewer
+# wrong-visible points) but cost pixel precision -- delta_3px below flow's, and synthetic TAP AJ 55.4 -> 44.7 --
+# so it wins on one benchmark and loses on another: an option, not a default. dsift: no weight passed at all.
 DEFAULT_HEAD_WEIGHT = 0.0
-MEASURED_HEAD_WEIGHT = {("dinov2_vits14_imgfocus", 14): 0.75}
+MEASURED_HEAD_WEIGHT: dict = {}
 
 
 def measured_snap_token() -> str:

@@ -39,8 +39,9 @@ Rule, per query and step a -> b (forwards from the query frame, then backwards),
   A query patch that leaves the frame or has no texture can never verify.
 * where consistent flow is followed and a seeing head agrees, the *reported* position is
   ``f + fusion_head_weight * (d - f)`` (the next step still starts from ``f``): the head is cell-precise but
-  anchored to the query, flow pixel-precise but sliding within the radius. Measured per backend
-  (tracker/config.py ``head_weight``): 0.75 for DINOv2 ViT-S/14 at stride 14, else 0 (flow's position).
+  anchored to the query, flow pixel-precise but sliding within the radius. Default 0 (flow's position) for
+  every backend (tracker/config.py ``head_weight``): on DINOv2 ViT-S/14 0.75 gains BADJA delta_seg on every fit
+  but loses pixel precision (synthetic TAP AJ -10.7), so it is an option (docs/tracking.md).
 * visible = followed flow and not lost, or verified re-detection. Confidence: the larger of flow's
   (1 / (1 + (err / fusion_fb_px)^2)) and the head's where flow was followed, the verification
   correlation where re-detected, 0 where not visible.
@@ -269,7 +270,7 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
         st.state[idx, b] = state
         if head_weight:
             # the head is cell-precise but anchored to the query; flow is pixel-precise but slides: where they
-            # agree, report a point between them (measured per backend, docs/tracking.md), keep chaining flow
+            # agree, report a point between them (an option, measured in docs/tracking.md), keep chaining flow
             rep = p_b.copy()
             m = state == FLOW_AGREE
             rep[m] += np.float32(head_weight) * (d_b[m] - p_b[m])
