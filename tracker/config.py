@@ -220,34 +220,38 @@ DEFAULT_HEAD_WEIGHT = 0.0
 MEASURED_HEAD_WEIGHT: dict = {}
 
 
+def _table_token(table: dict, default: float, *tag: str) -> str:
+    return json.dumps([*tag, default, sorted([list(k), v] for k, v in table.items())])
+
+
 def measured_snap_token() -> str:
     """The radius table as text: what a cache of fused predictions made with an unset ``fusion_snap_cells``
     must key on besides the config, so that a re-measured table does not return old predictions."""
-    return json.dumps([DEFAULT_SNAP_CELLS, sorted([list(k), v] for k, v in MEASURED_SNAP_CELLS.items())])
+    return _table_token(MEASURED_SNAP_CELLS, DEFAULT_SNAP_CELLS)  # untagged: the keys made before the weight
 
 
 def measured_head_weight_token() -> str:
     """The same for an unset ``fusion_head_weight`` and its table."""
-    table = sorted([list(k), v] for k, v in MEASURED_HEAD_WEIGHT.items())
-    return json.dumps(["head_weight", DEFAULT_HEAD_WEIGHT, table])
+    return _table_token(MEASURED_HEAD_WEIGHT, DEFAULT_HEAD_WEIGHT, "head_weight")
+
+
+def _per_backend(value, table: dict, default: float, backend) -> float:
+    """A dino-flow setting: the config's ``value``, else ``table``'s entry for ``backend`` (its registry name and
+    stride), else ``default``."""
+    if value is not None:
+        return float(value)
+    return table.get((getattr(backend, "name", None), getattr(backend, "stride", None)), default)
 
 
 def snap_cells(cfg: "TrackerConfig", backend) -> float:
-    """The agreement radius of dino-flow in feature cells: the config's value, else the one measured for
-    ``backend`` (its registry name and stride), else DEFAULT_SNAP_CELLS."""
-    if cfg.fusion_snap_cells is not None:
-        return float(cfg.fusion_snap_cells)
-    key = (getattr(backend, "name", None), getattr(backend, "stride", None))
-    return MEASURED_SNAP_CELLS.get(key, DEFAULT_SNAP_CELLS)
+    """The agreement radius of dino-flow in feature cells (MEASURED_SNAP_CELLS, else DEFAULT_SNAP_CELLS)."""
+    return _per_backend(cfg.fusion_snap_cells, MEASURED_SNAP_CELLS, DEFAULT_SNAP_CELLS, backend)
 
 
 def head_weight(cfg: "TrackerConfig", backend) -> float:
-    """The head's share of dino-flow's reported position where flow and the head agree: the config's value,
-    else the one measured for ``backend`` (its registry name and stride), else DEFAULT_HEAD_WEIGHT."""
-    if cfg.fusion_head_weight is not None:
-        return float(cfg.fusion_head_weight)
-    key = (getattr(backend, "name", None), getattr(backend, "stride", None))
-    return MEASURED_HEAD_WEIGHT.get(key, DEFAULT_HEAD_WEIGHT)
+    """The head's share of dino-flow's reported position where flow and the head agree (MEASURED_HEAD_WEIGHT,
+    else DEFAULT_HEAD_WEIGHT)."""
+    return _per_backend(cfg.fusion_head_weight, MEASURED_HEAD_WEIGHT, DEFAULT_HEAD_WEIGHT, backend)
 
 
 @dataclass
