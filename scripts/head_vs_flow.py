@@ -31,8 +31,7 @@ from cosettle.errors import UserError, cli_entry
 from cosettle.io.atomic import write_text
 from cosettle.io.tracks import TrackResult
 from cosettle.provenance import setup_logging
-from tracker.config import head_weight, snap_cells
-from tracker.fusion import STATES, FusionStats, TemplateVerifier, fuse_tracks
+from tracker.fusion import STATES, FusionStats
 
 log = logging.getLogger("head_vs_flow")
 
@@ -49,23 +48,17 @@ def build_parser():
 
 
 def fusion_states(runner, task, head_method, fused_method, frames, masks, pairs: list):
-    """Re-fuse the cached head of ``head_method`` with ``fused_method``'s (dino-flow's) resolved settings on the
-    tracker's own flows and foreground -> (fused tracks (N, T, 2), per-entry state (N, T) int8). ``pairs``: the
-    video's flow pairs, filled on the first call (they do not depend on the backend) and reused after."""
+    """Re-fuse the cached head of ``head_method`` with ``fused_method``'s (dino-flow's) settings, through the
+    tracker's own ``fuse_head`` -> (fused tracks (N, T, 2), per-entry state (N, T) int8). ``pairs``: the video's
+    flow pairs, filled on the first call (they do not depend on the backend) and reused after."""
     pred = runner.load_cached(task, head_method)
-    fusion = runner.fusion_tracker(head_method, frames, masks)
+    fusion = runner.fusion_tracker(fused_method, frames, masks)
     if not pairs:
         flow_pair = fusion.flow_pair()
         pairs.extend(flow_pair(t) for t in range(frames.shape[0] - 1))
-    c = runner.tracker_config(fused_method)
-    backend = runner.backend(head_method.backend)
-    cell = fusion.cell_px()
     head = TrackResult(pred.tracks, pred.visible, pred.visible.astype(np.float32), task.queries)
     st = FusionStats()
-    verifier = TemplateVerifier(frames, task.queries, search_px=c.fusion_verify_cells * cell)
-    tracks, _, _ = fuse_tracks(head, pairs.__getitem__, frames.shape[0], snap_cells(c, backend) * cell,
-                               c.fusion_fb_px, verifier, c.fusion_verify_ncc, c.fusion_drift_frames,
-                               fusion.foreground, stats=st, head_weight=head_weight(c, backend))
+    tracks, _, _ = fusion.fuse_head(head, pairs.__getitem__, st)
     return tracks, st.state
 
 

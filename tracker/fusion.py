@@ -423,23 +423,28 @@ class FlowGuidedTracker(Tracker):
     def _fuse(self, queries, occlusion: str | None = None) -> TrackResult:
         """The rule with the trained head (the path before the gate, unchanged)."""
         res = self.track_head(queries, occlusion)
-        c = self.cfg
-        flow_pair = self.flow_pair()
-        frames = self._frames
         # the decision that led here (None: no pre-pass ran, the head was trained already or 'always')
-        snap = snap_cells(c, self.backend)  # the config's, else the one measured for this backend and stride
-        weight = head_weight(c, self.backend)  # likewise
-        self.fusion_stats = _GatedStats(gate=None if self.gate is None else self.gate.to_dict(), snap_cells=snap,
-                                        head_weight=weight)
-        cell = self.cell_px()
-        verifier = TemplateVerifier(frames, res.queries, search_px=c.fusion_verify_cells * cell)
-        tracks, vis, conf = fuse_tracks(res, flow_pair, frames.shape[0], snap * cell,
-                                        c.fusion_fb_px, verifier, c.fusion_verify_ncc, c.fusion_drift_frames,
-                                        self.foreground, progress=self.progress, stats=self.fusion_stats,
-                                        head_weight=weight)
+        self.fusion_stats = _GatedStats(gate=None if self.gate is None else self.gate.to_dict())
+        tracks, vis, conf = self.fuse_head(res, stats=self.fusion_stats)
         self.eta.add_time("fusion", self.fusion_stats.seconds)
         log.info("flow+dino fusion: %s", self.fusion_stats.to_dict())
         return TrackResult(tracks, vis, conf, res.queries, res.names, redetected=self.fusion_stats.redetected)
+
+    def fuse_head(self, head: TrackResult, flow_pair=None, stats: FusionStats | None = None):
+        """The rule on a head's result with this tracker's settings (radius and head weight resolved for its
+        backend), flows and foreground -> ``fuse_tracks``' (tracks, visible, confidence). ``flow_pair``: the
+        video's flows if already computed (default: this tracker's). ``_fuse`` and scripts/head_vs_flow.py
+        --states (a cached head) both fuse through here. A ``_GatedStats`` records the radius and weight used."""
+        c = self.cfg
+        snap = snap_cells(c, self.backend)  # the config's, else the one measured for this backend and stride
+        weight = head_weight(c, self.backend)  # likewise
+        if isinstance(stats, _GatedStats):
+            stats.snap_cells, stats.head_weight = snap, weight
+        cell = self.cell_px()
+        verifier = TemplateVerifier(self._frames, head.queries, search_px=c.fusion_verify_cells * cell)
+        return fuse_tracks(head, flow_pair or self.flow_pair(), self._frames.shape[0], snap * cell, c.fusion_fb_px,
+                           verifier, c.fusion_verify_ncc, c.fusion_drift_frames, self.foreground,
+                           progress=self.progress, stats=stats, head_weight=weight)
 
     def report(self) -> RunReport:
         """``Tracker.report`` plus the fusion's counts and the gate's decision (``fusion``)."""
