@@ -91,7 +91,7 @@ class Prediction:
 # config fields added after predictions were cached, left out of the cache key while unset, so that those
 # entries stay valid: an unset value changes nothing a cached tracker computed (dino-flow's resolved value is
 # keyed by the measured table's token instead)
-KEYED_ONLY_WHEN_SET = {"fusion_head_weight": None}
+KEYED_ONLY_WHEN_SET = {"fusion_head_weight": None, "fusion_head_gate": "flow-failed"}
 
 
 def _plain(cfg) -> Any:
@@ -212,6 +212,10 @@ class Runner:
             h.update(measured_snap_token().encode())  # the radius comes from the per-backend table
         if method.tracker == "dino-flow" and getattr(cfg, "fusion_head_weight", 0.0) is None:
             h.update(measured_head_weight_token().encode())  # so does the head's share of a position
+        elif method.tracker == "dino-flow" and getattr(cfg, "fusion_head_gate", None) == "flow-failed" \
+                and cfg.fusion_head_weight:
+            # a set weight with the default gate: predictions cached before the gate existed moved every point
+            h.update(json.dumps(["fusion_head_gate", cfg.fusion_head_gate]).encode())
         h.update(np.ascontiguousarray(task.queries, dtype=np.float64).tobytes())
         return h.hexdigest()[:20]
 

@@ -4,7 +4,7 @@ The expensive part of ``dino-flow`` -- training DINO-Tracker on each video -- do
 fusion settings, so this tool takes the pure ``dino`` predictions that ``badja_eval/run.py`` cached, computes
 each video's full-resolution flows once, and scores every setting (snap cells, forward-backward px, drift
 frames, verification NCC and search cells, what a failed drift re-detection does, the head's share of a
-position where flow and head agree) with the benchmark's own
+position where flow and head agree and which points it moves) with the benchmark's own
 scorer, wrong-visible included. It is
 the development protocol for the ``dino-flow`` defaults: run it on BOTH labelled clips (horsejump-high,
 cows) for several tracker seeds (one ``--out`` per seed), and keep a setting only if it holds on both.
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cosettle.errors import UserError, cli_entry
+from tracker.config import HEAD_GATES
 
 log = logging.getLogger("tune_fusion")
 
@@ -39,11 +40,14 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v]
 
 
-def _words(text: str) -> list[str]:
-    bad = [v for v in text.split(",") if v and v not in ("lost", "flow")]
-    if bad:
-        raise argparse.ArgumentTypeError(f"unknown value(s) {','.join(bad)}: use lost and/or flow")
-    return [v for v in text.split(",") if v]
+def _choices(*allowed: str):
+    """An argparse type: a comma-separated list of some of ``allowed``."""
+    def parse(text: str) -> list[str]:
+        bad = [v for v in text.split(",") if v and v not in allowed]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown value(s) {','.join(bad)}: use {' and/or '.join(allowed)}")
+        return [v for v in text.split(",") if v]
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-cells", type=_floats, default=[2.0], help="fusion_verify_cells values to try")
     p.add_argument("--head-weight", type=_floats, default=[0.0],
                    help="fusion_head_weight values to try (the head's share of a position where flow and head agree)")
-    p.add_argument("--drift-fail", type=_words, default=["lost"],
+    p.add_argument("--head-gate", type=_choices(*HEAD_GATES), default=["flow-failed"],
+                   help="fusion_head_gate values to try: flow-failed (the weight moves only points whose flow failed a "
+                        "check earlier) and/or always")
+    p.add_argument("--drift-fail", type=_choices("lost", "flow"), default=["lost"],
                    help="what a drift candidate that fails verification does: lost (the rule) and/or flow")
     p.add_argument("--dino-tracker", default="dino", help="cached tracker whose predictions are fused")
     p.add_argument("--json", dest="json_out", help="also write the JSON here")
@@ -78,7 +85,8 @@ def _tasks(cfg):
     return ev.tapvid_tasks(cfg, pickles)
 
 
-SETTING_KEYS = ("snap_cells", "fb_px", "drift_frames", "verify_ncc", "verify_cells", "drift_fail", "head_weight")
+SETTING_KEYS = ("snap_cells", "fb_px", "drift_frames", "verify_ncc", "verify_cells", "drift_fail", "head_weight",
+                "head_gate")
 
 
 def sweep(cfg, grid: dict, dino_tracker="dino"):
@@ -114,7 +122,8 @@ def sweep(cfg, grid: dict, dino_tracker="dino"):
                 tr, vis, _ = fuse_tracks(dino, lambda t: pairs[t], T, s["snap_cells"] * cell, s["fb_px"], ver,
                                          s["verify_ncc"], int(s["drift_frames"]), fusion.foreground,
                                          stats=counts[k], drift_fail=s.get("drift_fail", "lost"),
-                                         head_weight=s.get("head_weight", 0.0))
+                                         head_weight=s.get("head_weight", 0.0),
+                                         head_gate=s.get("head_gate", "flow-failed"))
                 scores[k][(backend_name, task.key)] = scorers[task.key](Prediction(tr, vis))
             log.info("%s %s: %d settings scored", backend_name, task.key, len(settings))
     rows = []
@@ -135,7 +144,8 @@ def main(argv=None):
     setup_logging(args.verbose)
     cfg = ev.resolve(args)
     grid = {"snap_cells": args.snap, "fb_px": args.fb, "drift_frames": args.drift, "verify_ncc": args.verify_ncc,
-            "verify_cells": args.verify_cells, "drift_fail": args.drift_fail, "head_weight": args.head_weight}
+            "verify_cells": args.verify_cells, "drift_fail": args.drift_fail, "head_weight": args.head_weight,
+            "head_gate": args.head_gate}
     out = sweep(cfg, grid, args.dino_tracker)
     text = json.dumps(out, indent=1, default=float)
     if args.json_out:

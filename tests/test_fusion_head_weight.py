@@ -1,6 +1,7 @@
-"""``fuse_tracks(head_weight=...)`` and its per-backend resolution (tracker/fusion.py, tracker/config.py): where
-consistent flow and a seeing head agree, the reported position moves that share of the way to the head, and
-the chain goes on from flow's position. Hand-built flows and heads; expected values derived in the comments."""
+"""``fuse_tracks(head_weight=..., head_gate=...)`` and the weight's per-backend resolution (tracker/fusion.py,
+tracker/config.py): where consistent flow and a seeing head agree, the reported position moves that share of the
+way to the head -- by default only for a point whose flow has failed a check earlier in the pass -- and the chain
+goes on from flow's position. Hand-built flows and heads; expected values derived in the comments."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -11,7 +12,7 @@ import pytest
 from cosettle.errors import UserError
 from cosettle.io.tracks import TrackResult
 from tracker.config import MEASURED_HEAD_WEIGHT, TrackerConfig, head_weight
-from tracker.fusion import FLOW_AGREE, FLOW_FAR, FLOW_UNSEEN, FusionStats, fuse_tracks
+from tracker.fusion import BROKEN_AGREE, FLOW_AGREE, FLOW_FAR, FLOW_UNSEEN, QUERY, FusionStats, fuse_tracks
 
 H, W, T = 80, 100, 3
 
@@ -22,7 +23,7 @@ def _flows(k):
     return fwd, bwd
 
 
-def _fuse(weight=None):
+def _fuse(weight=None, gate="always"):
     """Flow's path is x + t. q0 (40, 40): head (43, 40) at frame 1 and (42, 41) at frame 2, within the 3-px
     radius of flow's (41, 40) and (42, 40): agrees. q1 (20, 20): head 10 px off at frame 1 (far), on the path
     at frame 2. q2 (60, 60): head blind at frames 1 and 2."""
@@ -36,6 +37,7 @@ def _fuse(weight=None):
     dvis[2, 1:] = False
     st = FusionStats()
     kw = {} if weight is None else {"head_weight": weight}  # None: the function's default
+    kw["head_gate"] = gate  # "always": flow never fails here, so the default gate would move nothing
     out = fuse_tracks(TrackResult(head, dvis, np.ones((3, T), np.float32), q), _flows, T, 3.0, 1.5, None,
                       stats=st, **kw)
     return out, st
@@ -97,3 +99,23 @@ def test_an_unset_weight_is_left_out_of_the_evaluators_cache_key(tmp_path):
     unset = Runner(cache_dir=tmp_path, preset="fast").fingerprint(task, Method("dino", "dsift"))
     set_ = Runner(cache_dir=tmp_path, preset="fast", tracker_overrides={"dino": {"fusion_head_weight": 0.5}})
     assert set_.fingerprint(task, Method("dino", "dsift")) != unset
+
+
+def test_the_gate_keeps_cached_heads_valid_and_rekeys_a_set_weights_fused_predictions(tmp_path):
+    """The default gate stays out of the key (cached ``dino`` heads stay valid), but a set weight with the
+    default gate is keyed apart from the same weight cached before the gate existed (it moved every point).
+    The literal keys are those main dc1743e (before the gate) computed for the same task."""
+    from badja_eval.runner import Method, Runner, Task, _plain
+
+    assert "fusion_head_gate" not in _plain(TrackerConfig())
+    assert _plain(TrackerConfig(fusion_head_gate="always"))["fusion_head_gate"] == "always"
+    task = Task(key="clip", load=lambda: None, queries=np.zeros((1, 3)), shape=(4, 8, 8), content="c")
+
+    def key(tracker, **over):
+        runner = Runner(cache_dir=tmp_path, preset="fast", tracker_overrides={tracker: over} if over else {})
+        return runner.fingerprint(task, Method(tracker, "dsift"))
+
+    assert key("dino") == "ec88b77f27bd94a48bac"  # unchanged: no cached head is recomputed
+    gated = key("dino-flow", fusion_head_weight=0.5)
+    assert gated != "35211fca131d362cb496"  # the same override's key before the gate
+    assert gated != key("dino-flow", fusion_head_weight=0.5, fusion_head_gate="always")

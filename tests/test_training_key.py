@@ -34,7 +34,8 @@ def test_a_new_unmarked_field_changes_the_key_and_a_marked_one_does_not():
 
 # fields added after 542fcfb that do not change the trained model (each marked inference-only where defined)
 ADDED_SINCE = {"fusion_train",        # issue 26: whether dino-flow trains at all, not what it trains
-               "fusion_head_weight"}  # issue 26: where dino-flow reports a point, after training
+               "fusion_head_weight",  # issue 26: where dino-flow reports a point, after training
+               "fusion_head_gate"}    # issue 26: which points that weight moves
 
 
 def test_the_marked_fields_are_the_old_hand_kept_set():

@@ -24,6 +24,7 @@ from cosettle.errors import UserError
 
 PRESETS = ("fast", "paper")
 FUSION_TRAIN = ("auto", "always", "never")  # when dino-flow trains (TrackerConfig.fusion_train)
+HEAD_GATES = ("flow-failed", "always")  # which points the head weight moves (TrackerConfig.fusion_head_gate)
 REF_HEIGHT = 476  # the reference's model height; pixel thresholds below are given at this height
 
 # The training key (``training_key`` in tracker/api.py: the name of a fit's ``train_<key>`` folder) holds every
@@ -154,6 +155,10 @@ class TrackerConfig:
     #                                                     to the head's (the chain goes on from flow's); None: the
     #                                                     measured value for the backend (head_weight:
     #                                                     MEASURED_HEAD_WEIGHT, else 0 = flow's position)
+    fusion_head_gate: str = inference("flow-failed")  # which points the head weight moves: "flow-failed" (only a
+    #                                                    point whose flow failed a check earlier in the pass, so
+    #                                                    flow's pixel precision stays where flow never failed) or
+    #                                                    "always" (every agreeing point, the first variant)
     fusion_fb_px: float = inference(1.5)  # forward-backward error (original px) above which flow is broken
     fusion_drift_frames: int = inference(1)  # frames in a row that consistent flow must stay off the
     #                                          foreground (while the head sees the point elsewhere) before a drift
@@ -193,6 +198,9 @@ class TrackerConfig:
         if self.fusion_head_weight is not None and not 0.0 <= self.fusion_head_weight <= 1.0:
             raise UserError(f"fusion_head_weight must be in [0, 1] (or unset for the backend's value), not "
                             f"{self.fusion_head_weight}")
+        if self.fusion_head_gate not in HEAD_GATES:
+            raise UserError(f"unknown fusion_head_gate {self.fusion_head_gate!r}",
+                            f"use one of {', '.join(HEAD_GATES)}")
         if self.fusion_train not in FUSION_TRAIN:
             raise UserError(f"unknown fusion_train {self.fusion_train!r}", f"use one of {', '.join(FUSION_TRAIN)}")
         if self.iterations < 0 or self.batch_size < 1 or self.batch_n_frames < 2:
@@ -231,8 +239,9 @@ def measured_snap_token() -> str:
 
 
 def measured_head_weight_token() -> str:
-    """The same for an unset ``fusion_head_weight`` and its table."""
-    return _table_token(MEASURED_HEAD_WEIGHT, DEFAULT_HEAD_WEIGHT, "head_weight")
+    """The same for an unset ``fusion_head_weight`` and its table ("gated": the keys made since the weight moves
+    only the points whose flow failed, ``fusion_head_gate``'s default)."""
+    return _table_token(MEASURED_HEAD_WEIGHT, DEFAULT_HEAD_WEIGHT, "head_weight", "gated")
 
 
 def _per_backend(value, table: dict, default: float, backend) -> float:

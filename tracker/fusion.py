@@ -39,9 +39,11 @@ Rule, per query and step a -> b (forwards from the query frame, then backwards),
   A query patch that leaves the frame or has no texture can never verify.
 * where consistent flow is followed and a seeing head agrees, the *reported* position is
   ``f + fusion_head_weight * (d - f)`` (the next step still starts from ``f``): the head is cell-precise but
-  anchored to the query, flow pixel-precise but sliding within the radius. Default 0 (flow's position) for
-  every backend (tracker/config.py ``head_weight``): on DINOv2 ViT-S/14 0.75 gains BADJA delta_seg on every fit
-  but loses pixel precision (synthetic TAP AJ -10.7), so it is an option (docs/tracking.md).
+  anchored to the query, flow pixel-precise but sliding within the radius. By default (``fusion_head_gate``
+  "flow-failed") only for a point whose flow has already failed a check in this pass: applied to every point
+  (gate "always") it gained BADJA delta_seg but cost pixel precision where flow never fails (synthetic TAP AJ
+  -10.7 at 0.75 on DINOv2). The weight is measured per backend (tracker/config.py ``head_weight``,
+  docs/tracking.md).
 * visible = followed flow and not lost, or verified re-detection. Confidence: the larger of flow's
   (1 / (1 + (err / fusion_fb_px)^2)) and the head's where flow was followed, the verification
   correlation where re-detected, 0 where not visible.
@@ -66,7 +68,7 @@ from cosettle.io.tracks import TrackResult
 from cosettle.progress import tqdm
 
 from .base import RunReport
-from .config import head_weight, snap_cells
+from .config import HEAD_GATES, head_weight, snap_cells
 from .dino.tracker import PREPROCESS_LOCK, Tracker
 from .fusion_gate import GateDecision, blind_head, decide, reuse_flows
 from .preprocess.flow import inside, make_flow_estimator, sample_flow
@@ -82,6 +84,9 @@ log = logging.getLogger(__name__)
 STATES = ("query", "flow, head agrees", "flow, head far", "flow, head unseen", "broken flow, head agrees",
           "re-detected", "lost", "still lost")
 QUERY, FLOW_AGREE, FLOW_FAR, FLOW_UNSEEN, BROKEN_AGREE, REDETECTED, LOST, STILL_LOST = range(len(STATES))
+# the states in which a point's flow has failed a check (broke, or was carried off the foreground): from then
+# on in that pass, the head weight's gate "flow-failed" lets the head pull the point's reported position
+FLOW_FAILED = (BROKEN_AGREE, REDETECTED, LOST, STILL_LOST)
 
 
 @dataclass
@@ -191,7 +196,7 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
                 verifier: TemplateVerifier | None, verify_ncc: float = 0.5, drift_frames: int = 1,
                 foreground: Callable[[int, np.ndarray], np.ndarray] | None = None,
                 progress: bool = False, stats: FusionStats | None = None, drift_fail: str = "lost",
-                head_weight: float = 0.0):
+                head_weight: float = 0.0, head_gate: str = "flow-failed"):
     """Fuse DINO predictions with flow. ``flow_pair(t) -> (F[t], B[t])``: flows t -> t+1 and t+1 -> t.
     ``verifier``: a :class:`TemplateVerifier` of the queries; None accepts every re-detection candidate
     that the head sees (no appearance check: for tests of the rule alone, never the tracker's default).
@@ -201,12 +206,17 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
     (keeps following flow, visible; a development variant for ``scripts/tune_fusion.py``, docs/tracking.md).
     ``head_weight``: where consistent flow is followed and a seeing head agrees with it (state "flow, head
     agrees"), the reported position is ``f + head_weight * (d - f)``; the next step still starts from ``f``
-    (0: flow's position everywhere, as before this option).
+    (0: flow's position everywhere, as before this option). ``head_gate``: which points it applies to --
+    ``"flow-failed"``: only a point whose flow has failed a check (a state in ``FLOW_FAILED``) earlier in the same
+    pass (forwards, or backwards, from its query), so a point whose flow never failed keeps flow's pixel-precise
+    position; ``"always"``: every point (the option as first measured, docs/tracking.md).
 
     Returns (tracks (N,T,2), visible (N,T), confidence (N,T)) in original pixels.
     """
     if drift_fail not in ("lost", "flow"):
         raise ValueError(f"drift_fail must be 'lost' or 'flow', not {drift_fail!r}")
+    if head_gate not in HEAD_GATES:
+        raise ValueError(f"head_gate must be one of {HEAD_GATES}, not {head_gate!r}")
     st = stats if stats is not None else FusionStats()
     q = np.asarray(dino.queries, np.float64)
     n, T = len(q), num_frames
@@ -219,6 +229,7 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
     vis[np.arange(n), tq] = True
     conf[np.arange(n), tq] = 1.0
     lost = np.zeros(n, bool)
+    flow_failed = np.zeros(n, bool)  # this pass: the point's flow failed a check at some step (head_gate)
     run = np.zeros(n, np.int64)
     on_fg = np.zeros(n, bool)  # queries made on the foreground: only they can drift off it
     st.redetected = np.zeros((n, T), bool)  # this call's (a FusionStats may add up several calls' counts)
@@ -273,6 +284,9 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
             # agree, report a point between them (an option, measured in docs/tracking.md), keep chaining flow
             rep = p_b.copy()
             m = state == FLOW_AGREE
+            if head_gate == "flow-failed":  # only where flow has already shown it can fail for this point
+                flow_failed[idx] |= np.isin(state, FLOW_FAILED)
+                m &= flow_failed[idx]
             rep[m] += np.float32(head_weight) * (d_b[m] - p_b[m])
             reported[idx, b] = rep
         st.flow_steps += int((follow & ~ok).sum())
@@ -293,6 +307,7 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
         bar.update(1)
     if need_back:
         lost[:] = False  # the backward pass starts again from the query point
+        flow_failed[:] = False
         run[:] = 0
         for t in range(T - 2, -1, -1):  # backwards: points queried at >= t+1 move t+1 -> t
             idx = np.nonzero(tq >= t + 1)[0]
@@ -437,14 +452,14 @@ class FlowGuidedTracker(Tracker):
         --states (a cached head) both fuse through here. A ``_GatedStats`` records the radius and weight used."""
         c = self.cfg
         snap = snap_cells(c, self.backend)  # the config's, else the one measured for this backend and stride
-        weight = head_weight(c, self.backend)  # likewise
+        weight = head_weight(c, self.backend)  # likewise (gated by c.fusion_head_gate)
         if isinstance(stats, _GatedStats):
             stats.snap_cells, stats.head_weight = snap, weight
         cell = self.cell_px()
         verifier = TemplateVerifier(self._frames, head.queries, search_px=c.fusion_verify_cells * cell)
         return fuse_tracks(head, flow_pair or self.flow_pair(), self._frames.shape[0], snap * cell, c.fusion_fb_px,
                            verifier, c.fusion_verify_ncc, c.fusion_drift_frames, self.foreground,
-                           progress=self.progress, stats=stats, head_weight=weight)
+                           progress=self.progress, stats=stats, head_weight=weight, head_gate=c.fusion_head_gate)
 
     def report(self) -> RunReport:
         """``Tracker.report`` plus the fusion's counts and the gate's decision (``fusion``)."""
