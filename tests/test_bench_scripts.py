@@ -107,17 +107,21 @@ def test_tune_fusion_tiny(tmp_path):
     _run([REPO / "badja_eval" / "run.py", "--trackers", "dino,dino-flow", *common, "--tracker-args", fit])
     p = _run([REPO / "scripts" / "tune_fusion.py", *common, "--tracker-args", "dino.iterations=2",
               "--snap", "1,2", "--fb", "1.5", "--drift-fail", "lost,flow", "--head-weight", "0,0.5",
+              "--head-gate", "flow-failed,always",
               "--json", tmp_path / "sweep.json"])
     r = _json_out(p)
     assert json.loads((tmp_path / "sweep.json").read_text()) == r
-    assert [(row["snap_cells"], row["fb_px"], row["drift_fail"], row["head_weight"]) for row in r["rows"]] == [
-        (snap, 1.5, fail, weight) for snap in (1.0, 2.0) for fail in ("lost", "flow") for weight in (0.0, 0.5)]
+    assert [(row["snap_cells"], row["fb_px"], row["drift_fail"], row["head_weight"], row["head_gate"])
+            for row in r["rows"]] == [(snap, 1.5, fail, weight, gate) for snap in (1.0, 2.0) for fail in ("lost", "flow")
+                                      for weight in (0.0, 0.5) for gate in ("flow-failed", "always")]
     for row in r["rows"]:
         assert len(row["per_video"]) == 1
         assert all(np.isfinite(v) for v in row["mean"].values()) and row["mean"]
     ran = json.loads((tmp_path / "eval" / "results.json").read_text())["per_video"]
     (fused,) = [v for k, v in ran.items() if k.split("|")[1].startswith("dino-flow/")]
-    (row,) = [row for row in r["rows"] if (row["snap_cells"], row["drift_fail"], row["head_weight"]) == (2.0, "lost", 0.5)]
+    (row,) = [row for row in r["rows"]
+              if (row["snap_cells"], row["drift_fail"], row["head_weight"], row["head_gate"]) == (2.0, "lost", 0.5,
+                                                                                                "flow-failed")]
     (swept,) = row["per_video"].values()  # run.py's settings
     assert {k: swept[k] for k in fused} == fused
 

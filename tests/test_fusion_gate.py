@@ -88,6 +88,21 @@ def test_flow_that_holds_skips_training_and_returns_flows_answer(tmp_path, no_tr
     assert list(work.glob("masks-*"))  # the stage the gate read, cached for a fit that may follow
 
 
+@pytest.mark.parametrize("gate, trains", [("flow-failed", False), ("always", True)])
+def test_a_weight_on_every_point_trains_where_flow_holds(tmp_path, no_training, gate, trains):
+    """With a head weight, the default gate still skips training where flow holds (it moves only points whose
+    flow failed); gate "always" lets the head move any agreeing point, so the pre-pass cannot stand in."""
+    clip = translating_clip(H, W, T, DX, DY)
+    tr = _dino_flow(_cfg(tmp_path, "w", fusion_head_weight=0.75, fusion_head_gate=gate)).fit(clip,
+                                                                                          np.ones((T, H, W), bool))
+    if trains:
+        with pytest.raises(Trained):
+            tr.track(Q)
+    else:
+        np.testing.assert_array_equal(tr.track(Q).tracks, _flow(clip, Q).tracks)
+        assert tr.gate is not None and not tr.gate.train
+
+
 @pytest.mark.parametrize("drift_frames, trains", [(1, True), (4, True), (5, False)])
 def test_a_query_carried_off_the_foreground_trains(tmp_path, no_training, drift_frames, trains):
     """A fixed foreground box while the scene slides left 3 px per frame: the first query (x 33 in frame 0,
@@ -210,6 +225,7 @@ def test_where_flow_holds_no_head_changes_positions_or_visibility():
         return np.ones(len(xy), bool)
     blind = fuse_tracks(blind_head(q, t), lambda _: (fwd, bwd), t, 3.0, 1.5, None, 0.5, 1, fg)
     assert not decide("auto", blind[1], blind[0], q, fg, 1).need.any()
+    moved_any = False
     for seed in range(5):
         r = np.random.default_rng(seed)
         head = TrackResult(r.uniform(0, 30, (n, t, 2)), r.random((n, t)) < 0.7, r.random((n, t)), q)
@@ -217,6 +233,14 @@ def test_where_flow_holds_no_head_changes_positions_or_visibility():
         np.testing.assert_array_equal(tracks, blind[0])
         np.testing.assert_array_equal(vis, blind[1])
         assert (conf >= blind[2]).all()
+        # a head weight with its default gate moves only points whose flow failed: none here
+        weighted = fuse_tracks(head, lambda _: (fwd, bwd), t, 3.0, 1.5, None, 0.5, 1, fg, head_weight=0.75)
+        np.testing.assert_array_equal(weighted[0], blind[0])
+        # moving every agreeing point (gate "always") does change them: why the tracker then trains
+        always = fuse_tracks(head, lambda _: (fwd, bwd), t, 3.0, 1.5, None, 0.5, 1, fg, head_weight=0.75,
+                             head_gate="always")
+        moved_any |= not np.array_equal(always[0], blind[0])
+    assert moved_any
 
 
 def test_what_the_gate_flags_a_head_can_change():

@@ -70,12 +70,13 @@ def test_the_weight_resolves_per_backend_and_the_config_wins(monkeypatch):
     import tracker.config as config
 
     dinov2 = SimpleNamespace(name="dinov2_vits14_imgfocus", stride=14)
-    # no backend has a measured weight (it costs pixel precision: docs/tracking.md): flow's position everywhere
-    assert MEASURED_HEAD_WEIGHT == {} and head_weight(TrackerConfig(), dinov2) == 0.0
+    # measured (docs/tracking.md): DINOv2 ViT-S/14 at stride 14 moves points whose flow failed 0.75 of the way
+    assert MEASURED_HEAD_WEIGHT == {("dinov2_vits14_imgfocus", 14): 0.75}
+    assert head_weight(TrackerConfig(), dinov2) == 0.75
     assert head_weight(TrackerConfig(), object()) == 0.0  # a user's backend without name/stride
     # a table entry applies to its backend and stride only, and a value in the config wins over it
-    monkeypatch.setitem(config.MEASURED_HEAD_WEIGHT, ("dinov2_vits14_imgfocus", 14), 0.75)
-    assert head_weight(TrackerConfig(), dinov2) == 0.75
+    monkeypatch.setitem(config.MEASURED_HEAD_WEIGHT, ("dinov2_vits14_imgfocus", 14), 0.4)
+    assert head_weight(TrackerConfig(), dinov2) == 0.4
     assert head_weight(TrackerConfig(), SimpleNamespace(name="dsift", stride=8)) == 0.0
     assert head_weight(TrackerConfig(), SimpleNamespace(name="dinov2_vits14_imgfocus", stride=7)) == 0.0
     assert head_weight(TrackerConfig(fusion_head_weight=0.0), dinov2) == 0.0

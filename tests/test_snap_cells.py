@@ -47,7 +47,7 @@ def test_unset_and_set_share_the_fit():
 
 def test_dino_flow_fuses_with_the_backends_radius(monkeypatch):
     """The wiring: FlowGuidedTracker._fuse hands fuse_tracks snap_cells(cfg, its backend) x the cell size and
-    head_weight(cfg, its backend)."""
+    head_weight(cfg, its backend) with the config's fusion_head_gate."""
     import numpy as np
 
     import tracker.fusion as fusion
@@ -56,19 +56,21 @@ def test_dino_flow_fuses_with_the_backends_radius(monkeypatch):
 
     seen = []
 
-    weights = []
+    weights, gates = [], []
 
     def fake_fuse(res, flow_pair, T, snap_px, *a, **kw):
         seen.append(snap_px)
         weights.append(kw["head_weight"])
+        gates.append(kw["head_gate"])
         return res.tracks, res.visible, res.confidence
 
     monkeypatch.setattr(fusion, "fuse_tracks", fake_fuse)
     backend = load_backend("dsift")
     for name, stride, cfg, want, weight in (
-            ("dinov2_vits14_imgfocus", 14, preset("fast"), 2.0 * 10, 0.0),
+            ("dinov2_vits14_imgfocus", 14, preset("fast"), 2.0 * 10, 0.75),
             ("dsift", backend.stride, preset("fast"), 6.0 * 10, 0.0),
-            ("dinov2_vits14_imgfocus", 14, preset("fast", fusion_snap_cells=4.0, fusion_head_weight=0.5), 4.0 * 10, 0.5)):
+            ("dinov2_vits14_imgfocus", 14, preset("fast", fusion_snap_cells=4.0, fusion_head_weight=0.5,
+                                                  fusion_head_gate="always"), 4.0 * 10, 0.5)):
         b = load_backend("dsift")
         b.name, b.stride = name, stride
         t = fusion.FlowGuidedTracker(b, cfg, progress=False)
@@ -82,6 +84,7 @@ def test_dino_flow_fuses_with_the_backends_radius(monkeypatch):
         assert seen[-1] == want, (name, stride)
         assert t.fusion_stats.to_dict()["snap_cells"] == want / 10  # run_info.json records the radius used
         assert weights[-1] == t.fusion_stats.to_dict()["head_weight"] == weight  # and the head's share
+        assert gates[-1] == cfg.fusion_head_gate  # which points it moves: the config's
 
 
 @pytest.mark.parametrize("table, field, measured, remeasured, fixed", [

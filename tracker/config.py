@@ -219,13 +219,13 @@ DEFAULT_SNAP_CELLS = 6.0
 MEASURED_SNAP_CELLS = {("dinov2_vits14_imgfocus", 14): 2.0}
 
 
-# fusion_head_weight measured per backend and stride the same way (docs/tracking.md, "The head's share of a
-# reported position"; scripts/tune_fusion.py --head-weight). No backend has a measured value: with the DINOv2
-# ViT-S/14 head at stride 14, 0.75 raised BADJA delta_seg on every one of 24 fits (base 64.55 -> 67.98, fewer
-# wrong-visible points) but cost pixel precision -- delta_3px below flow's, and synthetic TAP AJ 55.4 -> 44.7 --
-# so it wins on one benchmark and loses on another: an option, not a default. dsift: no weight passed at all.
+# fusion_head_weight measured per backend and stride the same way, with the default fusion_head_gate (docs/tracking.md,
+# "Only where flow has failed"; scripts/tune_fusion.py --head-weight --head-gate): the DINOv2 ViT-S/14 head at
+# stride 14 at 0.75 raised BADJA delta_seg on every fit of both clips and 3 seeds (base 64.55 -> 67.53, fewer
+# wrong-visible points, delta_3px still >= flow's) and synthetic TAP AJ on every seed (55.58 -> 56.24). Without the
+# gate the same weight cost 10.7 synthetic AJ. dsift (one cows fit a joint worse at 0.5) and stride 7 keep 0.
 DEFAULT_HEAD_WEIGHT = 0.0
-MEASURED_HEAD_WEIGHT: dict = {}
+MEASURED_HEAD_WEIGHT = {("dinov2_vits14_imgfocus", 14): 0.75}
 
 
 def _table_token(table: dict, default: float, *tag: str) -> str:

@@ -281,7 +281,7 @@ def fuse_tracks(dino: TrackResult, flow_pair, num_frames: int, snap_px: float, f
         st.state[idx, b] = state
         if head_weight:
             # the head is cell-precise but anchored to the query; flow is pixel-precise but slides: where they
-            # agree, report a point between them (an option, measured in docs/tracking.md), keep chaining flow
+            # agree, report a point between them (measured per backend, docs/tracking.md), keep chaining flow
             rep = p_b.copy()
             m = state == FLOW_AGREE
             if head_gate == "flow-failed":  # only where flow has already shown it can fail for this point
@@ -403,9 +403,16 @@ class FlowGuidedTracker(Tracker):
     def track(self, queries, occlusion: str | None = None) -> TrackResult:
         if self.prep is None:
             raise RuntimeError("call fit(video) before track()")
-        if self.cfg.fusion_train == "always" or (self._trained and self.cfg.fusion_train == "auto"):
+        c = self.cfg
+        # a weight applied to every agreeing point lets the head move points whose flow never failed: the
+        # pre-pass cannot prove those positions, so only the trained rule can give them
+        every_point = c.fusion_head_gate == "always" and head_weight(c, self.backend) > 0
+        if c.fusion_train == "always" or (c.fusion_train == "auto" and (self._trained or every_point)):
+            if every_point and not self._trained and c.fusion_train == "auto":
+                log.info("fusion gate: fusion_head_gate=always with a head weight moves points whose flow held "
+                         "-> training")
             self.gate = None
-            return self._fuse(queries, occlusion)  # the head is paid for: use it
+            return self._fuse(queries, occlusion)  # the head is paid for (or needed everywhere): use it
         res, self.gate = self.prepass(queries)
         log.info("fusion gate: %s", self.gate.message())
         if not self.gate.train:
