@@ -69,18 +69,30 @@ def test_weight_zero_reports_flow_and_the_weight_changes_nothing_else():
 def test_the_weight_resolves_per_backend_and_the_config_wins(monkeypatch):
     import tracker.config as config
 
-    dinov2 = SimpleNamespace(name="dinov2_vits14_imgfocus", stride=14)
-    # measured (docs/tracking.md): DINOv2 ViT-S/14 at stride 14 moves points whose flow failed 0.75 of the way
-    assert MEASURED_HEAD_WEIGHT == {("dinov2_vits14_imgfocus", 14): 0.75}
+    dinov2 = SimpleNamespace(name="dinov2_vits14_imgfocus", stride=14, norm=True)
+    # measured (docs/tracking.md): DINOv2 ViT-S/14 at stride 14 with the final LayerNorm moves points whose flow
+    # failed 0.75 of the way; its raw tokens (norm False, the backend's default) did not pass: 0
+    assert MEASURED_HEAD_WEIGHT == {("dinov2_vits14_imgfocus", 14, "norm"): 0.75}
     assert head_weight(TrackerConfig(), dinov2) == 0.75
+    assert head_weight(TrackerConfig(), SimpleNamespace(name="dinov2_vits14_imgfocus", stride=14, norm=False)) == 0.0
+    assert head_weight(TrackerConfig(), SimpleNamespace(name="dinov2_vits14_imgfocus", stride=14)) == 0.0
     assert head_weight(TrackerConfig(), object()) == 0.0  # a user's backend without name/stride
     # a table entry applies to its backend and stride only, and a value in the config wins over it
-    monkeypatch.setitem(config.MEASURED_HEAD_WEIGHT, ("dinov2_vits14_imgfocus", 14), 0.4)
+    monkeypatch.setitem(config.MEASURED_HEAD_WEIGHT, ("dinov2_vits14_imgfocus", 14, "norm"), 0.4)
     assert head_weight(TrackerConfig(), dinov2) == 0.4
     assert head_weight(TrackerConfig(), SimpleNamespace(name="dsift", stride=8)) == 0.0
-    assert head_weight(TrackerConfig(), SimpleNamespace(name="dinov2_vits14_imgfocus", stride=7)) == 0.0
+    assert head_weight(TrackerConfig(), SimpleNamespace(name="dinov2_vits14_imgfocus", stride=7, norm=True)) == 0.0
     assert head_weight(TrackerConfig(fusion_head_weight=0.0), dinov2) == 0.0
     assert head_weight(TrackerConfig(fusion_head_weight=0.3), SimpleNamespace(name="dsift", stride=8)) == 0.3
+
+
+@pytest.mark.parametrize("norm, weight", [(True, 0.75), (False, 0.0)])
+def test_the_real_dinov2_backend_resolves_by_its_norm_flag(norm, weight):
+    """The table's feature variant is read from the backend class itself (random init: no weights needed)."""
+    from cosettle import load_backend
+
+    backend = load_backend("dinov2_vits14_imgfocus", weights="random", stride=14, norm=norm)
+    assert head_weight(TrackerConfig(), backend) == weight
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5])

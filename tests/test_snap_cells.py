@@ -66,13 +66,14 @@ def test_dino_flow_fuses_with_the_backends_radius(monkeypatch):
 
     monkeypatch.setattr(fusion, "fuse_tracks", fake_fuse)
     backend = load_backend("dsift")
-    for name, stride, cfg, want, weight in (
-            ("dinov2_vits14_imgfocus", 14, preset("fast"), 2.0 * 10, 0.75),
-            ("dsift", backend.stride, preset("fast"), 6.0 * 10, 0.0),
-            ("dinov2_vits14_imgfocus", 14, preset("fast", fusion_snap_cells=4.0, fusion_head_weight=0.5,
-                                                  fusion_head_gate="always"), 4.0 * 10, 0.5)):
+    for name, stride, norm, cfg, want, weight in (
+            ("dinov2_vits14_imgfocus", 14, True, preset("fast"), 2.0 * 10, 0.75),
+            ("dinov2_vits14_imgfocus", 14, False, preset("fast"), 2.0 * 10, 0.0),
+            ("dsift", backend.stride, None, preset("fast"), 6.0 * 10, 0.0),
+            ("dinov2_vits14_imgfocus", 14, True, preset("fast", fusion_snap_cells=4.0, fusion_head_weight=0.5,
+                                                        fusion_head_gate="always"), 4.0 * 10, 0.5)):
         b = load_backend("dsift")
-        b.name, b.stride = name, stride
+        b.name, b.stride, b.norm = name, stride, norm
         t = fusion.FlowGuidedTracker(b, cfg, progress=False)
         q = np.array([[0.0, 2.0, 2.0]])
         head = TrackResult(np.zeros((1, 2, 2), np.float32), np.ones((1, 2), bool), np.ones((1, 2), np.float32), q)

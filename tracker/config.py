@@ -219,13 +219,15 @@ DEFAULT_SNAP_CELLS = 6.0
 MEASURED_SNAP_CELLS = {("dinov2_vits14_imgfocus", 14): 2.0}
 
 
-# fusion_head_weight measured per backend and stride the same way, with the default fusion_head_gate (docs/tracking.md,
-# "Only where flow has failed"; scripts/tune_fusion.py --head-weight --head-gate): the DINOv2 ViT-S/14 head at
-# stride 14 at 0.75 raised BADJA delta_seg on every fit of both clips and 3 seeds (base 64.55 -> 67.53, fewer
-# wrong-visible points, delta_3px still >= flow's) and synthetic TAP AJ on every seed (55.58 -> 56.24). Without the
-# gate the same weight cost 10.7 synthetic AJ. dsift (one cows fit a joint worse at 0.5) and stride 7 keep 0.
+# fusion_head_weight measured per backend, stride and feature variant the same way, with the default
+# fusion_head_gate (docs/tracking.md, "Only where flow has failed"; scripts/tune_fusion.py --head-weight
+# --head-gate): the DINOv2 ViT-S/14 head at stride 14 on block 7 + the final LayerNorm (norm=True) at 0.75 raised
+# BADJA delta_seg on every fit of both clips and 3 seeds (64.55 -> 67.53, fewer wrong-visible points, delta_3px
+# still >= flow's) and synthetic TAP AJ on every seed (55.58 -> 56.24); without the gate it cost 10.7 synthetic AJ.
+# The same backend's raw tokens (norm=False, its default) lost a cows fit by 4 joints at 0.75 (2 fits at 0.5),
+# dsift a cows fit by one joint at 0.5: they keep 0, as does every backend not measured.
 DEFAULT_HEAD_WEIGHT = 0.0
-MEASURED_HEAD_WEIGHT = {("dinov2_vits14_imgfocus", 14): 0.75}
+MEASURED_HEAD_WEIGHT = {("dinov2_vits14_imgfocus", 14, "norm"): 0.75}
 
 
 def _table_token(table: dict, default: float, *tag: str) -> str:
@@ -244,12 +246,12 @@ def measured_head_weight_token() -> str:
     return _table_token(MEASURED_HEAD_WEIGHT, DEFAULT_HEAD_WEIGHT, "head_weight", "gated")
 
 
-def _per_backend(value, table: dict, default: float, backend) -> float:
+def _per_backend(value, table: dict, default: float, backend, *variant: str) -> float:
     """A dino-flow setting: the config's ``value``, else ``table``'s entry for ``backend`` (its registry name and
-    stride), else ``default``."""
+    stride, then ``variant``), else ``default``."""
     if value is not None:
         return float(value)
-    return table.get((getattr(backend, "name", None), getattr(backend, "stride", None)), default)
+    return table.get((getattr(backend, "name", None), getattr(backend, "stride", None), *variant), default)
 
 
 def snap_cells(cfg: "TrackerConfig", backend) -> float:
@@ -260,7 +262,9 @@ def snap_cells(cfg: "TrackerConfig", backend) -> float:
 def head_weight(cfg: "TrackerConfig", backend) -> float:
     """The head's share of dino-flow's reported position where flow and the head agree (MEASURED_HEAD_WEIGHT,
     else DEFAULT_HEAD_WEIGHT)."""
-    return _per_backend(cfg.fusion_head_weight, MEASURED_HEAD_WEIGHT, DEFAULT_HEAD_WEIGHT, backend)
+    # the features' final LayerNorm changes what the head learns: measured apart (a backend's ``norm`` flag)
+    variant = ("norm",) if getattr(backend, "norm", None) is True else ()
+    return _per_backend(cfg.fusion_head_weight, MEASURED_HEAD_WEIGHT, DEFAULT_HEAD_WEIGHT, backend, *variant)
 
 
 @dataclass
