@@ -71,8 +71,10 @@ def test_the_weight_resolves_per_backend_and_the_config_wins(monkeypatch):
 
     dinov2 = SimpleNamespace(name="dinov2_vits14_imgfocus", stride=14, norm=True)
     # measured (docs/tracking.md): DINOv2 ViT-S/14 at stride 14 with the final LayerNorm moves points whose flow
-    # failed 0.75 of the way; its raw tokens (norm False, the backend's default) did not pass: 0
-    assert MEASURED_HEAD_WEIGHT == {("dinov2_vits14_imgfocus", 14, "norm"): 0.75}
+    # failed 0.75 of the way, and so at stride 7 (the backend's default, raw tokens); its raw tokens at stride 14
+    # did not pass: 0
+    assert MEASURED_HEAD_WEIGHT == {("dinov2_vits14_imgfocus", 14, "norm"): 0.75, ("dinov2_vits14_imgfocus", 7): 0.75}
+    assert head_weight(TrackerConfig(), SimpleNamespace(name="dinov2_vits14_imgfocus", stride=7, norm=False)) == 0.75
     assert head_weight(TrackerConfig(), dinov2) == 0.75
     assert head_weight(TrackerConfig(), SimpleNamespace(name="dinov2_vits14_imgfocus", stride=14, norm=False)) == 0.0
     assert head_weight(TrackerConfig(), SimpleNamespace(name="dinov2_vits14_imgfocus", stride=14)) == 0.0
@@ -86,12 +88,13 @@ def test_the_weight_resolves_per_backend_and_the_config_wins(monkeypatch):
     assert head_weight(TrackerConfig(fusion_head_weight=0.3), SimpleNamespace(name="dsift", stride=8)) == 0.3
 
 
-@pytest.mark.parametrize("norm, weight", [(True, 0.75), (False, 0.0)])
-def test_the_real_dinov2_backend_resolves_by_its_norm_flag(norm, weight):
-    """The table's feature variant is read from the backend class itself (random init: no weights needed)."""
+@pytest.mark.parametrize("stride, norm, weight", [(14, True, 0.75), (14, False, 0.0), (7, False, 0.75),
+                                                  (7, True, 0.0)])
+def test_the_real_dinov2_backend_resolves_by_its_stride_and_norm_flag(stride, norm, weight):
+    """The table's key is read from the backend class itself (random init: no weights needed)."""
     from cosettle import load_backend
 
-    backend = load_backend("dinov2_vits14_imgfocus", weights="random", stride=14, norm=norm)
+    backend = load_backend("dinov2_vits14_imgfocus", weights="random", stride=stride, norm=norm)
     assert head_weight(TrackerConfig(), backend) == weight
 
 
