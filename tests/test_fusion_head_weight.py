@@ -135,3 +135,66 @@ def test_the_gate_keeps_cached_heads_valid_and_rekeys_a_set_weights_fused_predic
     gated = key("dino-flow", fusion_head_weight=0.5)
     assert gated != "35211fca131d362cb496"  # the same override's key before the gate
     assert gated != key("dino-flow", fusion_head_weight=0.5, fusion_head_gate="always")
+
+
+def _broken_flows(t):
+    """Flow (+1, 0) everywhere, consistent except where a step lands in two patches of the backward flow set
+    to (+2, 0): around (41, 40) at step 0 -> 1 and around (71, 60) at step 1 -> 2. There the forward-backward
+    error is |(+1) + (+2)| = 3 px > fb_px 1.5: flow fails its check."""
+    fwd, bwd = _flows(t)
+    if t == 0:
+        bwd[38:43, 39:44] = (2.0, 0.0)
+    if t == 1:
+        bwd[58:63, 69:74] = (2.0, 0.0)
+    return fwd, bwd
+
+
+def _fuse_gated(gate):
+    """T = 4. q0 (40, 40) at frame 0: flow fails at step 0 -> 1 (head (42, 40) agrees: followed, "broken flow,
+    head agrees"), then is consistent; the head sits 2 px right of flow's path at frames 2 and 3 (agrees).
+    q1 (20, 20) at frame 0: flow never fails; the head 2 px right at frames 1-3. q2 (70, 60) queried at frame 1:
+    flow fails forwards at step 1 -> 2 (head agrees), is consistent at 2 -> 3; the head 2 px right at frames 0,
+    2 and 3 -- frame 0 is reached by the backward pass, which starts again from the query."""
+    T4 = 4
+    q = np.array([[0, 40.0, 40.0], [0, 20.0, 20.0], [1, 70.0, 60.0]], np.float32)
+    t0 = q[:, 0].astype(int)
+    head = np.zeros((3, T4, 2), np.float32)
+    head[:, :, 0] = q[:, None, 1] + np.arange(T4) - t0[:, None] + 2.0  # flow's path, 2 px to the right
+    head[:, :, 1] = q[:, None, 2]
+    head[np.arange(3), t0] = q[:, 1:]
+    st = FusionStats()
+    out = fuse_tracks(TrackResult(head, np.ones((3, T4), bool), np.ones((3, T4), np.float32), q), _broken_flows,
+                      T4, 3.0, 1.5, None, stats=st, head_weight=0.5, head_gate=gate)
+    return out, st
+
+
+def test_the_default_gate_moves_only_points_whose_flow_failed_earlier_in_the_pass():
+    (tracks, visible, _), st = _fuse_gated("flow-failed")
+    assert st.state[0].tolist() == [QUERY, BROKEN_AGREE, FLOW_AGREE, FLOW_AGREE]
+    assert st.state[1].tolist() == [QUERY, FLOW_AGREE, FLOW_AGREE, FLOW_AGREE]
+    assert st.state[2].tolist() == [FLOW_AGREE, QUERY, BROKEN_AGREE, FLOW_AGREE]
+    # q0: frame 1 follows the broken-but-agreeing flow, 41 (that state is never moved); from frame 2 on its flow
+    # has failed, so 42 + 0.5 * 2 = 43 and 43 + 1 = 44
+    assert tracks[0, :, 0].tolist() == [40, 41, 43, 44]
+    # q1: flow never failed -> flow's positions, pixel-precise, although the head agrees 2 px away
+    assert tracks[1, :, 0].tolist() == [20, 21, 22, 23]
+    # q2: frame 3 after the forward failure: 72 + 1 = 73; frame 0, backwards, where flow has not failed: 69
+    assert tracks[2, :, 0].tolist() == [69, 70, 71, 73]
+    assert visible.all()
+
+
+def test_gate_always_moves_every_agreeing_point_and_the_gate_changes_only_positions():
+    (gated, vis_g, conf_g), _ = _fuse_gated("flow-failed")
+    (always, vis_a, conf_a), _ = _fuse_gated("always")
+    assert always[0, :, 0].tolist() == [40, 41, 43, 44]
+    assert always[1, :, 0].tolist() == [20, 22, 23, 24]  # 21 + 1, 22 + 1, 23 + 1
+    assert always[2, :, 0].tolist() == [70, 70, 71, 73]  # frame 0: 69 + 0.5 * 2
+    assert vis_g.tolist() == vis_a.tolist() and conf_g.tolist() == conf_a.tolist()
+    with pytest.raises(ValueError, match="head_gate must be one of"):
+        _fuse(0.5, gate="sometimes")
+
+
+def test_an_unknown_gate_is_refused_in_the_config():
+    with pytest.raises(UserError, match="unknown fusion_head_gate 'sometimes'"):
+        TrackerConfig(fusion_head_gate="sometimes")
+    assert TrackerConfig().fusion_head_gate == "flow-failed"
