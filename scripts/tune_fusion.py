@@ -93,7 +93,7 @@ def sweep(cfg, grid: dict, dino_tracker="dino"):
     """``grid``: {setting key: list of values} (keys of SETTING_KEYS)."""
     from badja_eval.runner import Method, Prediction, Runner
     from cosettle.io.tracks import TrackResult
-    from tracker.fusion import FusionStats, TemplateVerifier, fuse_tracks
+    from tracker.fusion import FusionStats
 
     tasks, scorers, groups = _tasks(cfg)
     runner = Runner(Path(cfg.out) / "cache", cfg.preset, cfg.device, use_masks=cfg.masks, progress=False,
@@ -115,15 +115,15 @@ def sweep(cfg, grid: dict, dino_tracker="dino"):
             if pairs is None:
                 flow_pair = fusion.flow_pair()
                 pairs = [flow_pair(t) for t in range(T - 1)]
-            cell = fusion.cell_px()
             dino = TrackResult(pred.tracks, pred.visible, pred.visible.astype(np.float32), task.queries)
-            for k, s in enumerate(settings):
-                ver = TemplateVerifier(frames, task.queries, search_px=s["verify_cells"] * cell)
-                tr, vis, _ = fuse_tracks(dino, lambda t: pairs[t], T, s["snap_cells"] * cell, s["fb_px"], ver,
-                                         s["verify_ncc"], int(s["drift_frames"]), fusion.foreground,
-                                         stats=counts[k], drift_fail=s.get("drift_fail", "lost"),
-                                         head_weight=s.get("head_weight", 0.0),
-                                         head_gate=s.get("head_gate", "flow-failed"))
+            for k, s in enumerate(settings):  # through the tracker's own fuse_head: what run.py's dino-flow does
+                cfg_k = fusion.cfg.replace(
+                    fusion_snap_cells=s["snap_cells"], fusion_fb_px=s["fb_px"],
+                    fusion_drift_frames=int(s["drift_frames"]), fusion_verify_ncc=s["verify_ncc"],
+                    fusion_verify_cells=s["verify_cells"], fusion_head_weight=s["head_weight"],
+                    fusion_head_gate=s["head_gate"])
+                tr, vis, _ = fusion.fuse_head(dino, pairs.__getitem__, counts[k], cfg=cfg_k,
+                                              drift_fail=s["drift_fail"])
                 scores[k][(backend_name, task.key)] = scorers[task.key](Prediction(tr, vis))
             log.info("%s %s: %d settings scored", backend_name, task.key, len(settings))
     rows = []

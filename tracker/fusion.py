@@ -452,12 +452,15 @@ class FlowGuidedTracker(Tracker):
         log.info("flow+dino fusion: %s", self.fusion_stats.to_dict())
         return TrackResult(tracks, vis, conf, res.queries, res.names, redetected=self.fusion_stats.redetected)
 
-    def fuse_head(self, head: TrackResult, flow_pair=None, stats: FusionStats | None = None):
+    def fuse_head(self, head: TrackResult, flow_pair=None, stats: FusionStats | None = None, cfg=None,
+                  drift_fail: str = "lost"):
         """The rule on a head's result with this tracker's settings (radius and head weight resolved for its
         backend), flows and foreground -> ``fuse_tracks``' (tracks, visible, confidence). ``flow_pair``: the
-        video's flows if already computed (default: this tracker's). ``_fuse`` and scripts/head_vs_flow.py
-        --states (a cached head) both fuse through here. A ``_GatedStats`` records the radius and weight used."""
-        c = self.cfg
+        video's flows if already computed (default: this tracker's). ``cfg``: other fusion settings than this
+        tracker's (scripts/tune_fusion.py's sweep), ``drift_fail``: ``fuse_tracks``' development variant.
+        ``_fuse``, scripts/head_vs_flow.py --states and scripts/tune_fusion.py (a cached head) all fuse through
+        here. A ``_GatedStats`` records the radius and weight used."""
+        c = self.cfg if cfg is None else cfg
         snap = snap_cells(c, self.backend)  # the config's, else the one measured for this backend and stride
         weight = head_weight(c, self.backend)  # likewise (gated by c.fusion_head_gate)
         if isinstance(stats, _GatedStats):
@@ -466,7 +469,8 @@ class FlowGuidedTracker(Tracker):
         verifier = TemplateVerifier(self._frames, head.queries, search_px=c.fusion_verify_cells * cell)
         return fuse_tracks(head, flow_pair or self.flow_pair(), self._frames.shape[0], snap * cell, c.fusion_fb_px,
                            verifier, c.fusion_verify_ncc, c.fusion_drift_frames, self.foreground,
-                           progress=self.progress, stats=stats, head_weight=weight, head_gate=c.fusion_head_gate)
+                           progress=self.progress, stats=stats, drift_fail=drift_fail, head_weight=weight,
+                           head_gate=c.fusion_head_gate)
 
     def report(self) -> RunReport:
         """``Tracker.report`` plus the fusion's counts and the gate's decision (``fusion``)."""
