@@ -408,7 +408,7 @@ class FlowGuidedTracker(Tracker):
         # pre-pass cannot prove those positions, so only the trained rule can give them
         every_point = c.fusion_head_gate == "always" and head_weight(c, self.backend) > 0
         if c.fusion_train == "always" or (c.fusion_train == "auto" and (self._trained or every_point)):
-            if every_point and not self._trained and c.fusion_train == "auto":
+            if c.fusion_train == "auto" and not self._trained:  # here only because of every_point
                 log.info("fusion gate: fusion_head_gate=always with a head weight moves points whose flow held "
                          "-> training")
             self.gate = None
